@@ -1,0 +1,27 @@
+# Quick start: `make demo` (plans the example agent graphs) and `make test`.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: demo test bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q -U pip
+	$(PY) -m pip install -q -e '.[test,calibrate]'
+	@# PyPI's CUDA torchvision/torchaudio break transformers beside the CPU torch (see docs/calibration.md)
+	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m examples.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) bench/planner_scale.py
+
+clean:
+	rm -rf $(VENV) .hetagent .pytest_cache .hypothesis

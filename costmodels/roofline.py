@@ -1,0 +1,207 @@
+"""Roofline latency and throughput of granular ops on device types.
+
+For one op on one device type the model enumerates *configurations* — batch size and tensor-
+parallel degree — and for each gives the latency of one call, the calls/s one replica sustains,
+its memory footprint and what it occupies (whole devices on accelerators; core-seconds on a
+time-shared CPU socket). A step takes
+
+    t = max(FLOPs / (peak · eff_compute · tp), bytes / (bandwidth · eff_memory · tp))
+        + tensor-parallel all-reduce time + fixed_overhead_ms
+
+Prefill is one step over the prompt (compute-bound); decode is ``output_tokens`` steps at the
+mean context (memory-bound: weights once per step plus every sequence's KV). Efficiency factors
+and the fixed overhead come from the catalog and are calibrated against measurements.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from compiler.granular import GranularOp
+from costmodels import work as W
+from costmodels.catalog import Catalog, DeviceClass, DeviceType
+
+MEMORY_HEADROOM = 0.9  # vLLM's gpu_memory_utilization default: leave 10% for activations/fragmentation
+TP_DEGREES = (1, 2, 4, 8)
+BATCH_OPTIONS: dict[str, tuple[int, ...]] = {
+    "prefill": (1, 4),
+    "decode": (1, 8, 32, 128),
+    "embed": (1, 32),
+    "vector_search": (1, 16),
+}
+TOOL_CONCURRENCY = 256  # in-flight HTTP calls one async worker holds
+TOOL_CPU_S_PER_CALL = 0.0002  # client-side CPU per HTTP call (parse, TLS), core-seconds
+HOST_PROCESS_BYTES = 256 * 2**20  # RSS of one worker process before its data
+VECTOR_SEARCH_MAX_THREADS = 16
+
+
+@dataclass(frozen=True)
+class OpConfig:
+    """One way to run an op on a device type."""
+
+    device: str
+    batch: int
+    tensor_parallel: int  # devices per replica on accelerators; 1 on CPU
+    cores_per_replica: int  # CPU threads of one replica (0 on accelerators)
+    latency_ms: float  # one call, per request, at this batch
+    throughput_per_replica: float  # calls/s one replica sustains
+    memory_bytes: float  # resident per replica (per device on accelerators)
+    core_s_per_call: float  # CPU core-seconds per call (0 on accelerators)
+    bound: str  # "compute" | "memory" | "fixed"
+
+    @property
+    def devices_per_replica(self) -> int:
+        return self.tensor_parallel if self.cores_per_replica == 0 else 0
+
+
+def _allreduce_s(device: DeviceType, tp: int, tokens: float, hidden: int, dtype_bytes: int, layers: int) -> float:
+    """Two ring all-reduces per layer of the activations (Megatron-style tensor parallelism)."""
+    if tp <= 1:
+        return 0.0
+    payload = tokens * hidden * dtype_bytes * 2.0 * (tp - 1) / tp
+    return 2 * layers * payload / (device.intra_node_link_gb_s * 1e9 * device.efficiency.link)
+
+
+def roofline_step_s(
+    work: W.Work, device: DeviceType, dtype: str, *, tp: int = 1, cores: int | None = None
+) -> tuple[float, str]:
+    """Seconds for one step of ``work`` on ``tp`` devices (or ``cores`` of a CPU socket)."""
+    share = float(tp)
+    if device.device_class is DeviceClass.cpu and cores is not None and device.cores:
+        share = min(cores, device.cores) / device.cores
+    compute_s = work.flops / (device.peak_flops(dtype) * device.efficiency.compute * share)
+    memory_s = work.bytes_moved / (device.memory_bandwidth_gb_s * 1e9 * device.efficiency.memory * share)
+    bound = "compute" if compute_s >= memory_s else "memory"
+    return max(compute_s, memory_s) + device.efficiency.fixed_overhead_ms / 1000.0, bound
+
+
+def nic_transfer_ms(nbytes: float, device: DeviceType) -> float:
+    """Time for ``nbytes`` through one device's share of the scale-out network."""
+    return nbytes / (device.network_gb_s * device.efficiency.link * 1e9) * 1000.0
+
+
+def transfer_ms(nbytes: float, src: DeviceType, dst: DeviceType) -> float:
+    """Time to move ``nbytes`` between two device types: the slower NIC limits; 0 on the same type."""
+    if src.name == dst.name or nbytes <= 0:
+        return 0.0
+    return max(nic_transfer_ms(nbytes, src), nic_transfer_ms(nbytes, dst))
+
+
+def op_configs(op: GranularOp, device: DeviceType, catalog: Catalog, *, per_node: int | None = None) -> list[OpConfig]:
+    """Every feasible configuration of ``op`` on ``device``, Pareto-pruned (latency vs resource per call)."""
+    is_cpu = device.device_class is DeviceClass.cpu
+    if op.host_only and not is_cpu:
+        return []
+    max_tp = min(device.max_devices_per_node, per_node or device.max_devices_per_node)
+    kind = op.kind
+    if kind in ("prefill", "decode", "embed"):
+        configs = _model_configs(op, device, catalog, max_tp)
+    elif kind == "vector_search":
+        configs = _vector_search_configs(op, device)
+    else:
+        configs = [_host_config(op, device)]
+    return _pareto(configs, device)
+
+
+def _model_configs(op: GranularOp, device: DeviceType, catalog: Catalog, max_tp: int) -> list[OpConfig]:
+    model = catalog.model(op.model or "")
+    is_cpu = device.device_class is DeviceClass.cpu
+    cores = device.cores if is_cpu else 0
+    out: list[OpConfig] = []
+    tps = (1,) if is_cpu else tuple(t for t in TP_DEGREES if t <= max_tp)
+    fitting = 0
+    for tp in tps:
+        if fitting >= 2:  # the smallest degree that fits and its double are enough choices
+            break
+        fitted_here = False
+        for batch in BATCH_OPTIONS[op.kind]:
+            if op.kind == "prefill":
+                step = W.prefill_work(model, op.input_tokens, batch)
+                steps, tokens_per_step = 1, op.input_tokens * batch
+                kv_resident = step.kv_bytes
+            elif op.kind == "decode":
+                ctx = W.decode_mean_context(op.input_tokens, op.output_tokens)
+                step = W.decode_step_work(model, ctx, batch)
+                steps, tokens_per_step = op.output_tokens, batch
+                kv_resident = W.kv_cache_bytes(model, op.input_tokens + op.output_tokens) * batch
+            else:  # embed
+                step = W.embed_work(model, op.input_tokens, batch * op.batch)
+                steps, tokens_per_step = 1, op.input_tokens * batch * op.batch
+                kv_resident = 0.0
+            memory = (model.weight_bytes + kv_resident) / tp + (HOST_PROCESS_BYTES if is_cpu else 0.0)
+            if memory > device.memory_bytes * MEMORY_HEADROOM:
+                continue
+            step_s, bound = roofline_step_s(step, device, model.dtype, tp=tp, cores=cores or None)
+            step_s += _allreduce_s(device, tp, tokens_per_step, model.hidden_size, model.dtype_bytes, model.layers)
+            latency_s = step_s * steps
+            out.append(
+                OpConfig(
+                    device=device.name,
+                    batch=batch,
+                    tensor_parallel=tp,
+                    cores_per_replica=cores,
+                    latency_ms=latency_s * 1000.0,
+                    throughput_per_replica=batch / latency_s,
+                    memory_bytes=memory,
+                    core_s_per_call=latency_s * cores / batch if is_cpu else 0.0,
+                    bound=bound,
+                )
+            )
+            fitted_here = True
+        fitting += fitted_here
+    return out
+
+
+def _vector_search_configs(op: GranularOp, device: DeviceType) -> list[OpConfig]:
+    threads = min(device.cores or 1, VECTOR_SEARCH_MAX_THREADS)
+    dim = int(op.params.get("dimension", 384))
+    out = []
+    for batch in BATCH_OPTIONS["vector_search"]:
+        step = W.vector_search_work(int(op.params.get("index_size", 1)), dim, queries=batch * op.batch)
+        memory = step.weight_bytes + HOST_PROCESS_BYTES
+        if memory > device.memory_bytes * MEMORY_HEADROOM:
+            continue
+        step_s, bound = roofline_step_s(step, device, "fp32", cores=threads)
+        out.append(
+            OpConfig(device.name, batch, 1, threads, step_s * 1000.0, batch / step_s, memory, step_s * threads / batch, bound)
+        )
+    return out
+
+
+def _host_config(op: GranularOp, device: DeviceType) -> OpConfig:
+    if op.kind == "tool":
+        latency_s = op.fixed_latency_ms / 1000.0 + TOOL_CPU_S_PER_CALL
+        return OpConfig(device.name, 1, 1, 1, latency_s * 1000.0, TOOL_CONCURRENCY / latency_s,
+                        HOST_PROCESS_BYTES, TOOL_CPU_S_PER_CALL, "fixed")
+    if op.kind == "transform":
+        latency_s = max(op.fixed_latency_ms / 1000.0, 1e-5)
+        return OpConfig(device.name, 1, 1, 1, latency_s * 1000.0, 1.0 / latency_s, HOST_PROCESS_BYTES, latency_s, "fixed")
+    # tokenize / detokenize: one core
+    tokens = op.input_tokens if op.kind == "tokenize" else op.output_tokens
+    step_s, bound = roofline_step_s(W.tokenize_work(max(tokens, 1)), device, "fp32", cores=1)
+    return OpConfig(device.name, 1, 1, 1, step_s * 1000.0, 1.0 / step_s, HOST_PROCESS_BYTES, step_s, bound)
+
+
+def resource_per_call(c: OpConfig, device: DeviceType) -> float:
+    """Device-seconds (accelerators) or socket-seconds (CPU) one call costs."""
+    if c.cores_per_replica:
+        return c.core_s_per_call / (device.cores or 1)
+    return c.tensor_parallel / c.throughput_per_replica
+
+
+def _pareto(configs: list[OpConfig], device: DeviceType) -> list[OpConfig]:
+    """Drop configs that are no faster, no cheaper per call and no larger than another one."""
+
+    def key(c: OpConfig) -> tuple[float, float, float]:
+        return (c.latency_ms, resource_per_call(c, device), c.memory_bytes)
+
+    keys = [key(c) for c in configs]
+    return [
+        c for c, k in zip(configs, keys)
+        if not any(o != k and all(a <= b for a, b in zip(o, k)) for o in keys)
+    ]
+
+
+def replicas_needed(rate_per_s: float, c: OpConfig, max_utilisation: float) -> int:
+    return max(1, math.ceil(rate_per_s / (c.throughput_per_replica * max_utilisation) - 1e-9))

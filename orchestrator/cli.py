@@ -1,0 +1,233 @@
+"""`hetagent` command line: validate, compile, plan, calibrate, schema."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve AI agent graphs on heterogeneous hardware.")
+out = Console(width=None if sys.stdout.isatty() else 150)
+err = Console(stderr=True)
+
+
+class Emit(str, Enum):
+    mlir = "mlir"
+    granular = "granular"
+    json = "json"
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+class Solver(str, Enum):
+    cbc = "cbc"
+    highs = "highs"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    """Exceptions that are the user's input, printed without a traceback."""
+    from compiler.spec import SpecError
+    from costmodels.catalog import CatalogError
+    from planner.ilp import PlanningError
+
+    errors: tuple[type[Exception], ...] = (SpecError, CatalogError, PlanningError)
+    try:
+        from compiler.ir import CompileError
+
+        errors += (CompileError,)
+    except ImportError:  # pragma: no cover
+        pass
+    return errors
+
+
+def _load(graph_path: Path):
+    from compiler.spec import load_graph
+    from costmodels.catalog import load_catalog
+
+    catalog = load_catalog()
+    return load_graph(graph_path, catalog), catalog
+
+
+@app.command()
+def validate(graph: Path = typer.Argument(..., help="Agent graph spec, YAML or JSON.")) -> None:
+    """Check a graph spec against the schema and the catalogs."""
+    try:
+        g, _ = _load(graph)
+    except _user_errors() as exc:
+        _fail(f"{graph}:\n{exc}")
+    kinds: dict[str, int] = {}
+    for n in g.spec.nodes:
+        kinds[n.kind] = kinds.get(n.kind, 0) + 1
+    summary = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
+    out.print(f"[green]valid[/]: {g.metadata.name} — {len(g.spec.nodes)} nodes ({summary}), SLA {g.spec.sla.e2e_ms:g} ms")
+
+
+@app.command()
+def compile(  # noqa: A001 - the verb users type
+    graph: Path = typer.Argument(..., help="Agent graph spec, YAML or JSON."),
+    emit: Emit = typer.Option(Emit.mlir, help="mlir: the agent-dialect IR; granular: after decomposition and "
+                                              "analysis; json: the granular op list."),
+) -> None:
+    """Compile a graph spec to the MLIR-based IR."""
+    try:
+        g, catalog = _load(graph)
+        from compiler.ir import build_agent_module, compile_graph, print_module
+
+        if emit is Emit.mlir:
+            out.print(print_module(build_agent_module(g, catalog)), highlight=False, markup=False)
+            return
+        module, granular = compile_graph(g, catalog)
+        if emit is Emit.granular:
+            out.print(print_module(module), highlight=False, markup=False)
+        else:
+            from dataclasses import asdict
+
+            sys.stdout.write(json.dumps({"ops": [asdict(o) for o in granular.ops],
+                                         "edges": [asdict(e) for e in granular.edges]}, indent=2) + "\n")
+    except _user_errors() as exc:
+        _fail(f"{graph}:\n{exc}")
+
+
+@app.command()
+def plan(
+    graph: Path = typer.Argument(..., help="Agent graph spec, YAML or JSON."),
+    cluster: str = typer.Option("local", help="Cluster inventory: a path or a name in configs/clusters/."),
+    sla_ms: Optional[float] = typer.Option(None, help="End-to-end SLA, ms (default: the spec's)."),
+    ttft_ms: Optional[float] = typer.Option(None, help="TTFT target of the final LLM, ms (default: the spec's)."),
+    rate: float = typer.Option(1.0, help="Arrival rate, graph runs per second."),
+    max_utilisation: float = typer.Option(0.8, help="Utilisation cap of every replica pool."),
+    solver: Solver = typer.Option(Solver.cbc, help="MILP solver: cbc (bundled) or highs (needs highspy)."),
+    time_limit_s: float = typer.Option(60.0, help="Solver time limit per ILP."),
+    baselines: bool = typer.Option(True, help="Also plan homogeneous fleets and the greedy-fastest heuristic."),
+    format: Format = typer.Option(Format.table, "--format", help="table or json."),  # noqa: A002
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the plan JSON here."),
+) -> None:
+    """Place every granular op on the cheapest tier that meets the SLA; compare with baselines."""
+    from costmodels.catalog import load_cluster
+    from planner.pipeline import plan_spec
+    from planner.place import PlanOptions
+
+    try:
+        g, catalog = _load(graph)
+        inv = load_cluster(cluster, catalog)
+        result = plan_spec(g, inv, PlanOptions(rate_per_s=rate, sla_ms=sla_ms, ttft_ms=ttft_ms,
+                                               max_utilisation=max_utilisation, solver=solver.value,
+                                               time_limit_s=time_limit_s, baselines=baselines), catalog)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    doc = result.model_dump_json(indent=2)
+    if output:
+        output.write_text(doc + "\n")
+    if format is Format.json:
+        sys.stdout.write(doc + "\n")
+    else:
+        print_plan(result)
+    if not result.feasible:
+        raise typer.Exit(3)
+
+
+def print_plan(p) -> None:  # p: planner.plan.Plan
+    title = f"{p.graph} on {p.cluster} — SLA {p.sla_ms:g} ms" + (f", TTFT {p.ttft_ms:g} ms" if p.ttft_ms else "")
+    title += f", {p.rate_per_s:g} runs/s ({p.solver}, {p.solve_seconds:.2f} s)"
+    if not p.feasible:
+        out.print(f"[bold red]INFEASIBLE[/] {title}", highlight=False)
+        out.print(f"reason: {p.reason}", highlight=False)
+        if p.tightest_sla_ms is not None:
+            out.print(f"tightest achievable SLA: [bold]{p.tightest_sla_ms:.1f} ms[/]")
+        if p.max_rate_per_s is not None:
+            out.print(f"highest sustainable rate: [bold]{p.max_rate_per_s:.3g} runs/s[/]")
+        out.print("binding: " + "; ".join(p.binding_constraints), highlight=False)
+    else:
+        t = Table(title=title, title_justify="left")
+        for col in ("op", "kind", "device", "replicas", "batch", "TP", "latency ms", "util", "bound"):
+            t.add_column(col, justify="right" if col in ("replicas", "batch", "TP", "latency ms", "util") else "left")
+        for o in p.ops:
+            t.add_row(o.name, o.kind, o.device, str(o.replicas), str(o.batch), str(o.tensor_parallel),
+                      f"{o.predicted_latency_ms:.2f}", f"{o.utilisation:.0%}", o.bound)
+        out.print(t)
+        cross = [e for e in p.edges if e.transfer_ms > 0]
+        if cross:
+            et = Table(title="cross-device transfers", title_justify="left")
+            for col in ("edge", "bytes", "transfer ms"):
+                et.add_column(col)
+            for e in cross:
+                et.add_row(f"{e.src} → {e.dst} ({e.src_device}→{e.dst_device})", f"{e.bytes:,.0f}", f"{e.transfer_ms:.2f}")
+            out.print(et)
+        dt = Table(title="devices", title_justify="left")
+        for col in ("device", "allocated / inventory", "busy", "$/h"):
+            dt.add_column(col)
+        for d in p.devices:
+            dt.add_row(d.device, f"{d.allocated} / {d.inventory if d.inventory is not None else '∞'}",
+                       f"{d.busy_fraction:.0%}", f"{d.usd_per_hour:.2f}")
+        out.print(dt)
+        ttft = f", TTFT {p.predicted_ttft_ms:.1f} ms" if p.predicted_ttft_ms is not None else ""
+        out.print(f"predicted e2e [bold]{p.predicted_e2e_ms:.1f} ms[/]{ttft}; TCO [bold]${p.tco_usd_per_hour:.2f}/h[/], "
+                  f"${p.usd_per_1k_runs:.4f} per 1,000 runs")
+        out.print("critical path: " + " → ".join(p.critical_path), highlight=False)
+        out.print("binding: " + ("; ".join(p.binding_constraints) or "none"), highlight=False)
+    if p.baselines:
+        bt = Table(title="baselines (same workload)", title_justify="left")
+        for col in ("baseline", "feasible", "TCO $/h", "× plan", "e2e ms", "devices / note"):
+            bt.add_column(col)
+        for b in sorted(p.baselines, key=lambda b: (not b.feasible, b.tco_usd_per_hour or 0)):
+            note = ", ".join(f"{n}×{d}" for d, n in b.devices.items()) if b.feasible else (b.reason or "")
+            if b.feasible and b.reason:
+                note += f" ({b.reason})"
+            bt.add_row(b.name, "yes" if b.feasible else "[red]no[/]",
+                       f"{b.tco_usd_per_hour:.2f}" if b.tco_usd_per_hour is not None else "—",
+                       f"{b.tco_ratio:.2f}" if b.tco_ratio is not None else "—",
+                       f"{b.predicted_e2e_ms:.1f}" if b.predicted_e2e_ms is not None else "—", note)
+        out.print(bt)
+
+
+@app.command()
+def calibrate(
+    output: Path = typer.Option(None, "--output", "-o", help="Profile path (default: <data dir>/profiles/<name>.yaml)."),
+    name: str = typer.Option("local-cpu", help="Device type id the profile defines."),
+    quick: bool = typer.Option(False, help="Smaller measurements (seconds instead of a minute)."),
+) -> None:
+    """Measure this machine's CPU (GEMM FLOP/s, memory bandwidth, tiny-model prefill/decode) into a device profile."""
+    from costmodels.calibrate import calibrate_cpu, write_profile
+    from costmodels.catalog import profiles_dir
+
+    device, raw = calibrate_cpu(name=name, quick=quick)
+    path = output or profiles_dir() / f"{name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_profile(device, path)
+    for k, v in raw.items():
+        out.print(f"{k}: {v}", highlight=False)
+    out.print(f"[green]wrote[/] {path}")
+
+
+@app.command()
+def schema(what: str = typer.Argument(..., help="graph or plan")) -> None:
+    """Print the JSON Schema of the graph spec or of the plan document."""
+    if what == "graph":
+        from compiler.spec import graph_json_schema
+
+        doc = graph_json_schema()
+    elif what == "plan":
+        from planner.plan import plan_json_schema
+
+        doc = plan_json_schema()
+    else:
+        _fail(f"unknown schema {what!r}; choose graph or plan")
+    sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+def main() -> None:  # pragma: no cover
+    app()

@@ -1,0 +1,295 @@
+"""Placement ILP: a tier, a configuration and a replica count for every granular op, at minimum TCO.
+
+Notation (after SkyPilot's optimizer and Mélange's GPU-mix ILP)::
+
+    O            granular ops;  E ⊆ O×O  data edges (u, v) carrying b_uv bytes per run
+    D            device types of the cluster; D_cpu ⊆ D time-shared CPU sockets
+    C_o          configurations of op o: (device d(c), batch, tensor-parallel degree tp_c), each
+                 with latency l_c (ms), per-replica throughput μ_c (calls/s), memory m_c (bytes per
+                 replica) and CPU core-seconds per call k_c — all from the roofline cost model
+    λ            arrival rate (runs/s);  ρ  utilisation cap;  S  end-to-end SLA (ms)
+    N_d, P_d     inventory of device type d, and its TCO $/device-hour
+    β_d          effective scale-out bandwidth of d (bytes/ms)
+
+    Variables
+    x_oc ∈ {0,1}     op o runs with configuration c
+    n_oc ∈ ℤ≥0       replicas of o in configuration c (n_oc = 0 unless x_oc = 1)
+    a_d  ∈ ℤ≥0       devices of type d the plan allocates (a_d ≤ N_d)
+    f_o  ≥ 0         finish time of op o, ms;   t_uv ≥ 0  transfer time on edge (u, v), ms
+    y_od = Σ_{c ∈ C_o, d(c)=d} x_oc        (op o sits on device type d)
+
+    min  Σ_d P_d · a_d  +  ε · Σ_{o sink} f_o
+    s.t. Σ_c x_oc = 1                                              ∀o     (one configuration)
+         n_oc ≤ M_oc · x_oc ;  Σ_c ρ μ_c n_oc ≥ λ                   ∀o     (throughput)
+         f_o ≥ Σ_c l_c x_oc                                        ∀o
+         f_v ≥ f_u + t_uv + Σ_c l_c x_vc                           ∀(u,v) ∈ E   (finish times)
+         t_uv ≥ (b_uv / β_d)(y_ud − y_vd),  t_uv ≥ (b_uv / β_d)(y_vd − y_ud)   ∀(u,v), d
+                   (⇒ t_uv = b_uv / min(β_du, β_dv) when the ends differ, 0 when they share a type)
+         f_o ≤ S                                                   ∀o sink (SLA)
+         f_p + t_pq + Σ_c (l_c / N_out) x_qc ≤ TTFT                 (prefill p, decode q of the final LLM)
+         Σ_{o, c: d(c)=d} tp_c n_oc ≤ a_d                          ∀d ∉ D_cpu   (dedicated devices)
+         Σ_{o, c: d(c)=d} λ k_c x_oc ≤ ρ · cores_d · a_d            ∀d ∈ D_cpu   (time-shared cores)
+         Σ_{o, c: d(c)=d} m_c n_oc ≤ 0.9 · mem_d · a_d              ∀d ∈ D_cpu   (host memory)
+         a_d ≤ N_d                                                 ∀d     (inventory)
+
+Memory fit on accelerators is enforced when C_o is built (a configuration exists only if weights
+and the KV cache of its batch fit in tp_c devices). The ε term (≤ 10⁻⁴ of the cheapest device-hour)
+only breaks ties toward lower latency.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from compiler.granular import GranularGraph, GranularOp
+from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DevicePool, DeviceType, device_usd_per_h
+from costmodels.roofline import OpConfig, nic_transfer_ms, op_configs, replicas_needed
+
+UNBOUNDED_DEVICES = 100_000
+
+
+class PlanningError(ValueError):
+    """The problem cannot be posed: an op has no device that can run it, or a bad argument."""
+
+
+@dataclass(frozen=True)
+class Tier:
+    device: DeviceType
+    inventory: int | None  # None: unbounded (hypothetical fleets of the baselines)
+    per_node: int
+    usd_per_h: float
+
+    @property
+    def is_cpu(self) -> bool:
+        return self.device.device_class is DeviceClass.cpu
+
+
+@dataclass
+class PlacementProblem:
+    graph: GranularGraph
+    tiers: dict[str, Tier]
+    configs: dict[str, list[OpConfig]]
+    rate_per_s: float
+    sla_ms: float
+    ttft_ms: float | None
+    max_utilisation: float
+    ttft_ops: tuple[str, str] | None  # (prefill, decode) of the final LLM
+
+
+@dataclass
+class Assignment:
+    """A solved (or hand-built) placement: one configuration and replica count per op."""
+
+    config: dict[str, OpConfig]
+    replicas: dict[str, int]
+    allocated: dict[str, int]
+    solver: str = ""
+    solve_seconds: float = 0.0
+    status: str = "Optimal"
+    gap: float | None = None
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+def cluster_tiers(cluster: ClusterInventory, catalog: Catalog) -> dict[str, Tier]:
+    tiers = {}
+    for pool in cluster.devices:
+        dev = catalog.device(pool.type)
+        tiers[dev.name] = Tier(dev, pool.count, pool.per_node, device_usd_per_h(dev, pool, cluster))
+    return tiers
+
+
+def fleet_tier(device: DeviceType, cluster: ClusterInventory) -> Tier:
+    """An unbounded fleet of ``device`` priced with the cluster's economics (for baselines)."""
+    try:
+        pool = cluster.pool(device.name)
+    except ValueError:
+        pool = DevicePool(type=device.name, count=0, per_node=device.max_devices_per_node)
+    return Tier(device, None, pool.per_node, device_usd_per_h(device, pool, cluster))
+
+
+def _ttft_ops(graph: GranularGraph) -> tuple[str, str] | None:
+    """The final LLM's prefill and decode: a streaming LLM if any, else the last decode in topological order."""
+    decodes = [o for o in graph.topological() if o.kind == "decode"]
+    if not decodes:
+        return None
+    streaming = [o for o in decodes if o.params.get("stream")]
+    dec = (streaming or decodes)[-1]
+    pre = [e.src for e in graph.predecessors(dec.name) if graph.op(e.src).kind == "prefill"]
+    return (pre[0], dec.name) if pre else None
+
+
+def build_problem(
+    graph: GranularGraph,
+    catalog: Catalog,
+    tiers: dict[str, Tier],
+    *,
+    rate_per_s: float,
+    sla_ms: float | None = None,
+    ttft_ms: float | None = None,
+    max_utilisation: float = 0.8,
+    allow: Callable[[GranularOp, Tier], bool] | None = None,
+) -> PlacementProblem:
+    if rate_per_s <= 0:
+        raise PlanningError(f"rate must be positive, got {rate_per_s}")
+    if not 0 < max_utilisation <= 1:
+        raise PlanningError(f"max utilisation must be in (0, 1], got {max_utilisation}")
+    sla = sla_ms if sla_ms is not None else graph.sla_e2e_ms
+    if sla <= 0:
+        raise PlanningError(f"SLA must be positive, got {sla} ms")
+    configs: dict[str, list[OpConfig]] = {}
+    for op in graph.ops:
+        candidates = []
+        considered = []
+        for tier in tiers.values():
+            if op.pin and tier.device.name != op.pin:
+                continue
+            if op.allowed_devices and not op.host_only and tier.device.name not in op.allowed_devices:
+                continue
+            if allow and not allow(op, tier):
+                continue
+            considered.append(tier.device.name)
+            candidates += op_configs(op, tier.device, catalog, per_node=tier.per_node)
+        if not candidates:
+            why = (
+                "it needs a CPU tier" if op.host_only
+                else f"its model does not fit in memory on any of {considered}" if considered
+                else "its placement hints exclude every device type of the cluster"
+            )
+            raise PlanningError(f"op {op.name!r} cannot run on this cluster: {why}")
+        configs[op.name] = candidates
+    return PlacementProblem(
+        graph, tiers, configs, rate_per_s, sla, ttft_ms if ttft_ms is not None else graph.ttft_ms,
+        max_utilisation, _ttft_ops(graph),
+    )
+
+
+def available_solvers() -> list[str]:
+    import pulp
+
+    names = pulp.listSolvers(onlyAvailable=True)
+    return [s for s, key in (("cbc", "PULP_CBC_CMD"), ("highs", "HiGHS")) if key in names]
+
+
+def _make_solver(name: str, time_limit_s: float, gap: float):
+    import pulp
+
+    if name == "cbc":
+        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap)
+    if name == "highs":
+        if "HiGHS" not in pulp.listSolvers(onlyAvailable=True):
+            raise PlanningError("solver 'highs' needs the highspy package: pip install 'hetagent[highs]'")
+        return pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap)
+    raise PlanningError(f"unknown solver {name!r}; choose cbc or highs")
+
+
+def solve(
+    p: PlacementProblem,
+    *,
+    objective: str = "cost",
+    enforce_sla: bool = True,
+    rate_scale: float = 1.0,
+    solver: str = "cbc",
+    time_limit_s: float = 60.0,
+    gap: float = 1e-3,
+) -> Assignment | None:
+    """Solve the ILP. ``objective`` is "cost" (min TCO) or "latency" (min makespan, for the tightest SLA)."""
+    import pulp
+
+    lam = p.rate_per_s * rate_scale
+    ops = p.graph.ops
+    prob = pulp.LpProblem("place_graph", pulp.LpMinimize)
+    x: dict[tuple[str, int], pulp.LpVariable] = {}
+    n: dict[tuple[str, int], pulp.LpVariable] = {}
+    for oi, op in enumerate(ops):
+        for ci, c in enumerate(p.configs[op.name]):
+            x[op.name, ci] = pulp.LpVariable(f"x_{oi}_{ci}", cat="Binary")
+            n[op.name, ci] = pulp.LpVariable(f"n_{oi}_{ci}", lowBound=0, cat="Integer")
+    alloc = {
+        d: pulp.LpVariable(f"a_{di}", lowBound=0, upBound=t.inventory if t.inventory is not None else UNBOUNDED_DEVICES,
+                           cat="Integer")
+        for di, (d, t) in enumerate(p.tiers.items())
+    }
+    finish = {op.name: pulp.LpVariable(f"f_{oi}", lowBound=0) for oi, op in enumerate(ops)}
+    lat = {op.name: pulp.lpSum(c.latency_ms * x[op.name, ci] for ci, c in enumerate(p.configs[op.name])) for op in ops}
+
+    def on(op_name: str, d: str):
+        return pulp.lpSum(x[op_name, ci] for ci, c in enumerate(p.configs[op_name]) if c.device == d)
+
+    for op in ops:
+        cs = p.configs[op.name]
+        prob += pulp.lpSum(x[op.name, ci] for ci in range(len(cs))) == 1, f"one_{op.name}"
+        for ci, c in enumerate(cs):
+            prob += n[op.name, ci] <= (replicas_needed(lam, c, p.max_utilisation) + 1) * x[op.name, ci]
+        prob += pulp.lpSum(p.max_utilisation * c.throughput_per_replica * n[op.name, ci] for ci, c in enumerate(cs)) >= lam
+        prob += finish[op.name] >= lat[op.name]
+
+    transfer = {}
+    for ei, e in enumerate(p.graph.edges):
+        t_e = 0
+        devs_u = {c.device for c in p.configs[e.src]}
+        devs_v = {c.device for c in p.configs[e.dst]}
+        if e.bytes > 0 and (len(devs_u | devs_v) > 1):
+            t_e = pulp.LpVariable(f"t_{ei}", lowBound=0)
+            for d in devs_u | devs_v:
+                ms = nic_transfer_ms(e.bytes, p.tiers[d].device)
+                prob += t_e >= ms * (on(e.src, d) - on(e.dst, d))
+                prob += t_e >= ms * (on(e.dst, d) - on(e.src, d))
+        transfer[e.src, e.dst] = t_e
+        prob += finish[e.dst] >= finish[e.src] + t_e + lat[e.dst]
+
+    sinks = [op.name for op in ops if not any(e.src == op.name for e in p.graph.edges)]
+    makespan = pulp.LpVariable("makespan", lowBound=0)
+    for s in sinks:
+        prob += makespan >= finish[s]
+        if enforce_sla:
+            prob += finish[s] <= p.sla_ms, f"sla_{s}"
+    ttft_expr = None
+    if p.ttft_ops:
+        pre, dec = p.ttft_ops
+        out_tokens = max(p.graph.op(dec).output_tokens, 1)
+        ttft_expr = finish[pre] + transfer.get((pre, dec), 0) + pulp.lpSum(
+            c.latency_ms / out_tokens * x[dec, ci] for ci, c in enumerate(p.configs[dec]))
+        if enforce_sla and p.ttft_ms is not None:
+            prob += ttft_expr <= p.ttft_ms, "ttft"
+
+    for d, tier in p.tiers.items():
+        members = [(op.name, ci, c) for op in ops for ci, c in enumerate(p.configs[op.name]) if c.device == d]
+        if not members:
+            prob += alloc[d] == 0
+            continue
+        if tier.is_cpu:
+            cores = tier.device.cores or 1
+            prob += pulp.lpSum(lam * c.core_s_per_call * x[o, ci] for o, ci, c in members) <= (
+                p.max_utilisation * cores * alloc[d])
+            prob += pulp.lpSum(c.memory_bytes * n[o, ci] for o, ci, c in members) <= (
+                0.9 * tier.device.memory_bytes * alloc[d])
+        else:
+            prob += pulp.lpSum(c.tensor_parallel * n[o, ci] for o, ci, c in members) <= alloc[d], f"devices_{d}"
+
+    cost = pulp.lpSum(t.usd_per_h * alloc[d] for d, t in p.tiers.items())
+    if objective == "cost":
+        eps = 1e-4 * min(t.usd_per_h for t in p.tiers.values()) / (max(p.sla_ms, 1.0) * max(len(sinks), 1))
+        prob += cost + eps * pulp.lpSum(finish[s] for s in sinks)
+    elif objective == "latency":
+        prob += makespan + 1e-6 * cost
+    else:
+        raise PlanningError(f"unknown objective {objective!r}")
+
+    t0 = time.perf_counter()
+    status = prob.solve(_make_solver(solver, time_limit_s, gap))
+    elapsed = time.perf_counter() - t0
+    status_name = pulp.LpStatus[status]
+    if status_name != "Optimal" or any(v.varValue is None for v in x.values()):
+        # CBC reports a time-limited incumbent as "Not Solved" with values; accept only full assignments
+        if status_name in ("Infeasible", "Undefined", "Unbounded") or any(v.varValue is None for v in x.values()):
+            return None
+    chosen: dict[str, OpConfig] = {}
+    replicas: dict[str, int] = {}
+    for op in ops:
+        ci = max(range(len(p.configs[op.name])), key=lambda i: x[op.name, i].varValue or 0)
+        chosen[op.name] = p.configs[op.name][ci]
+        replicas[op.name] = max(1, int(round(n[op.name, ci].varValue or 0)))
+    allocated = {d: int(round(v.varValue or 0)) for d, v in alloc.items()}
+    return Assignment(chosen, replicas, allocated, solver, elapsed, status_name)

@@ -1,0 +1,106 @@
+"""The plan document: what `hetagent plan --format json` prints and what the runtime and daemon consume.
+
+Pydantic models double as the format's documentation; `plan_json_schema()` generates the JSON
+Schema shipped in docs/plan.schema.json.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+PLAN_API_VERSION = "hetagent.dev/v1alpha1"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PlannedOp(_Strict):
+    name: str = Field(description="Granular op id, '<node>.<kind>'.")
+    kind: str = Field(description="Granular kind: tokenize, prefill, decode, detokenize, embed, vector_search, tool, transform.")
+    source_node: str = Field(description="Spec node the op came from.")
+    model: str | None = Field(None, description="Model catalog id for model ops.")
+    device: str = Field(description="Hardware catalog id of the tier the op runs on.")
+    device_class: Literal["cpu", "gpu", "accelerator"]
+    replicas: int = Field(ge=1, description="Replica count in the op's pool on that device type.")
+    batch: int = Field(ge=1, description="Requests one replica serves concurrently (vLLM max_num_seqs).")
+    tensor_parallel: int = Field(ge=1, description="Devices per replica (accelerators).")
+    cores_per_replica: int = Field(ge=0, description="CPU threads per replica (CPU tiers; 0 on accelerators).")
+    devices_allocated: int = Field(ge=0, description="replicas × tensor_parallel on accelerators; 0 on time-shared CPUs.")
+    predicted_latency_ms: float = Field(ge=0, description="Service time of one call at this batch.")
+    throughput_per_replica: float = Field(gt=0, description="Calls/s one replica sustains.")
+    utilisation: float = Field(ge=0, description="Offered load / pool capacity.")
+    memory_bytes_per_replica: float = Field(ge=0)
+    bound: str = Field(description="What limits the op on this device: compute, memory or fixed (external).")
+    execution: dict[str, Any] = Field(default_factory=dict, description="Lowered execution config (engine args, threads…).")
+
+
+class PlannedEdge(_Strict):
+    src: str
+    dst: str
+    bytes: float = Field(ge=0, description="Payload per run (the KV cache on prefill→decode).")
+    transfer_ms: float = Field(ge=0, description="0 when both ends share a device type.")
+    src_device: str
+    dst_device: str
+
+
+class DeviceUsage(_Strict):
+    device: str
+    device_class: Literal["cpu", "gpu", "accelerator"]
+    allocated: int = Field(ge=0, description="Devices (GPUs, or CPU sockets) the plan occupies.")
+    inventory: int | None = Field(None, description="Devices of this type in the cluster (None: unbounded fleet).")
+    busy_fraction: float = Field(ge=0, description="Mean busy time of allocated devices at the planned rate.")
+    usd_per_hour_per_device: float = Field(ge=0)
+    usd_per_hour: float = Field(ge=0)
+
+
+class Baseline(_Strict):
+    name: str = Field(description="'homogeneous:<device>' or 'greedy-fastest'.")
+    feasible: bool
+    tco_usd_per_hour: float | None = None
+    usd_per_1k_runs: float | None = None
+    predicted_e2e_ms: float | None = None
+    tco_ratio: float | None = Field(None, description="Baseline TCO ÷ this plan's TCO (> 1: the plan is cheaper).")
+    devices: dict[str, int] = Field(default_factory=dict, description="Devices allocated per type.")
+    reason: str | None = None
+
+
+class Plan(_Strict):
+    apiVersion: Literal["hetagent.dev/v1alpha1"] = PLAN_API_VERSION
+    kind: Literal["Plan"] = "Plan"
+    graph: str
+    cluster: str
+    feasible: bool
+    sla_ms: float
+    ttft_ms: float | None = None
+    rate_per_s: float
+    max_utilisation: float
+    predicted_e2e_ms: float | None = Field(None, description="Longest path through ops and edges (latencies + transfers).")
+    predicted_ttft_ms: float | None = None
+    critical_path: list[str] = Field(default_factory=list)
+    tco_usd_per_hour: float | None = None
+    usd_per_1k_runs: float | None = None
+    solver: str
+    solve_seconds: float
+    optimality_gap: float | None = Field(None, description="Relative MIP gap the solver stopped at.")
+    binding_constraints: list[str] = Field(default_factory=list)
+    ops: list[PlannedOp] = Field(default_factory=list)
+    edges: list[PlannedEdge] = Field(default_factory=list)
+    devices: list[DeviceUsage] = Field(default_factory=list)
+    baselines: list[Baseline] = Field(default_factory=list)
+    engines: list[dict[str, Any]] = Field(default_factory=list, description="Per-device execution configs from lowering.")
+    tightest_sla_ms: float | None = Field(None, description="Infeasible plans: lowest e2e latency the inventory can reach.")
+    max_rate_per_s: float | None = Field(None, description="Infeasible plans: highest rate the inventory sustains.")
+    reason: str | None = Field(None, description="Why the plan is infeasible.")
+
+    def op(self, name: str) -> PlannedOp:
+        for o in self.ops:
+            if o.name == name:
+                return o
+        raise KeyError(name)
+
+
+def plan_json_schema() -> dict[str, Any]:
+    return Plan.model_json_schema()

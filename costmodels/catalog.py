@@ -286,7 +286,10 @@ def load_cluster(path_or_name: str | Path, catalog: Catalog | None = None) -> Cl
     if not path.exists() and not path.suffix:
         path = repo_configs_dir() / "clusters" / f"{path_or_name}.yaml"
     cluster: ClusterInventory = _parse(ClusterInventory, _read_yaml(path), str(path))  # type: ignore[assignment]
-    (catalog or load_catalog()).check_cluster(cluster)
+    try:
+        (catalog or load_catalog()).check_cluster(cluster)
+    except CatalogError as exc:
+        raise CatalogError(f"{path}: {exc}") from None
     return cluster
 
 

@@ -13,23 +13,24 @@ Notation (after SkyPilot's optimizer and Mélange's GPU-mix ILP)::
 
     Variables
     x_oc ∈ {0,1}     op o runs with configuration c
-    n_oc ∈ ℤ≥0       replicas of o in configuration c (n_oc = 0 unless x_oc = 1)
-    a_d  ∈ ℤ≥0       devices of type d the plan allocates (a_d ≤ N_d)
+    R_oc = ⌈λ / (ρ μ_c)⌉   replicas o needs in configuration c; the replica decision is
+                     n_o = Σ_c R_oc x_oc ∈ ℤ≥0 (more replicas never lower cost or latency in this model)
+    a_d  ≥ 0         devices of type d the plan allocates (a_d ≤ N_d); integer for CPU sockets, and
+                     integral by construction on accelerators (a sum of tp_c R_oc over chosen x)
     f_o  ≥ 0         finish time of op o, ms;   t_uv ≥ 0  transfer time on edge (u, v), ms
     y_od = Σ_{c ∈ C_o, d(c)=d} x_oc        (op o sits on device type d)
 
     min  Σ_d P_d · a_d  +  ε · Σ_{o sink} f_o
     s.t. Σ_c x_oc = 1                                              ∀o     (one configuration)
-         n_oc ≤ M_oc · x_oc ;  Σ_c ρ μ_c n_oc ≥ λ                   ∀o     (throughput)
-         f_o ≥ Σ_c l_c x_oc                                        ∀o
-         f_v ≥ f_u + t_uv + Σ_c l_c x_vc                           ∀(u,v) ∈ E   (finish times)
+         L_o = Σ_c l_c x_oc ;  f_o ≥ L_o                            ∀o     (latency of o)
+         f_v ≥ f_u + t_uv + L_v                                    ∀(u,v) ∈ E   (finish times)
          t_uv ≥ (b_uv / β_d)(y_ud − y_vd),  t_uv ≥ (b_uv / β_d)(y_vd − y_ud)   ∀(u,v), d
                    (⇒ t_uv = b_uv / min(β_du, β_dv) when the ends differ, 0 when they share a type)
          f_o ≤ S                                                   ∀o sink (SLA)
          f_p + t_pq + Σ_c (l_c / N_out) x_qc ≤ TTFT                 (prefill p, decode q of the final LLM)
-         Σ_{o, c: d(c)=d} tp_c n_oc ≤ a_d                          ∀d ∉ D_cpu   (dedicated devices)
+         Σ_{o, c: d(c)=d} tp_c R_oc x_oc ≤ a_d                     ∀d ∉ D_cpu   (dedicated devices)
          Σ_{o, c: d(c)=d} λ k_c x_oc ≤ ρ · cores_d · a_d            ∀d ∈ D_cpu   (time-shared cores)
-         Σ_{o, c: d(c)=d} m_c n_oc ≤ 0.9 · mem_d · a_d              ∀d ∈ D_cpu   (host memory)
+         Σ_{o, c: d(c)=d} m_c R_oc x_oc ≤ 0.9 · mem_d · a_d         ∀d ∈ D_cpu   (host memory)
          a_d ≤ N_d                                                 ∀d     (inventory)
 
 Memory fit on accelerators is enforced when C_o is built (a configuration exists only if weights
@@ -200,29 +201,30 @@ def solve(
     lam = p.rate_per_s * rate_scale
     ops = p.graph.ops
     prob = pulp.LpProblem("place_graph", pulp.LpMinimize)
-    x: dict[tuple[str, int], pulp.LpVariable] = {}
-    n: dict[tuple[str, int], pulp.LpVariable] = {}
-    for oi, op in enumerate(ops):
-        for ci, c in enumerate(p.configs[op.name]):
-            x[op.name, ci] = pulp.LpVariable(f"x_{oi}_{ci}", cat="Binary")
-            n[op.name, ci] = pulp.LpVariable(f"n_{oi}_{ci}", lowBound=0, cat="Integer")
+    # Replicas: the fewest that carry λ under the cap, R_oc = ⌈λ / (ρ μ_c)⌉, so n_oc = R_oc · x_oc is an
+    # integer decision tied to the configuration (more replicas never lower cost or latency here).
+    reps = {(op.name, ci): replicas_needed(lam, c, p.max_utilisation)
+            for op in ops for ci, c in enumerate(p.configs[op.name])}
+    x: dict[tuple[str, int], pulp.LpVariable] = {
+        (op.name, ci): pulp.LpVariable(f"x_{oi}_{ci}", cat="Binary")
+        for oi, op in enumerate(ops) for ci in range(len(p.configs[op.name]))
+    }
+    # Accelerator counts are integral whenever x is (Σ tp·R·x), so only CPU sockets need integer a_d.
     alloc = {
         d: pulp.LpVariable(f"a_{di}", lowBound=0, upBound=t.inventory if t.inventory is not None else UNBOUNDED_DEVICES,
-                           cat="Integer")
+                           cat="Integer" if t.is_cpu else "Continuous")
         for di, (d, t) in enumerate(p.tiers.items())
     }
     finish = {op.name: pulp.LpVariable(f"f_{oi}", lowBound=0) for oi, op in enumerate(ops)}
-    lat = {op.name: pulp.lpSum(c.latency_ms * x[op.name, ci] for ci, c in enumerate(p.configs[op.name])) for op in ops}
+    lat = {op.name: pulp.LpVariable(f"l_{oi}", lowBound=0) for oi, op in enumerate(ops)}
 
     def on(op_name: str, d: str):
         return pulp.lpSum(x[op_name, ci] for ci, c in enumerate(p.configs[op_name]) if c.device == d)
 
     for op in ops:
         cs = p.configs[op.name]
-        prob += pulp.lpSum(x[op.name, ci] for ci in range(len(cs))) == 1, f"one_{op.name}"
-        for ci, c in enumerate(cs):
-            prob += n[op.name, ci] <= (replicas_needed(lam, c, p.max_utilisation) + 1) * x[op.name, ci]
-        prob += pulp.lpSum(p.max_utilisation * c.throughput_per_replica * n[op.name, ci] for ci, c in enumerate(cs)) >= lam
+        prob += pulp.lpSum(x[op.name, ci] for ci in range(len(cs))) == 1
+        prob += lat[op.name] == pulp.lpSum(c.latency_ms * x[op.name, ci] for ci, c in enumerate(cs))
         prob += finish[op.name] >= lat[op.name]
 
     transfer = {}
@@ -263,10 +265,10 @@ def solve(
             cores = tier.device.cores or 1
             prob += pulp.lpSum(lam * c.core_s_per_call * x[o, ci] for o, ci, c in members) <= (
                 p.max_utilisation * cores * alloc[d])
-            prob += pulp.lpSum(c.memory_bytes * n[o, ci] for o, ci, c in members) <= (
+            prob += pulp.lpSum(c.memory_bytes * reps[o, ci] * x[o, ci] for o, ci, c in members) <= (
                 0.9 * tier.device.memory_bytes * alloc[d])
         else:
-            prob += pulp.lpSum(c.tensor_parallel * n[o, ci] for o, ci, c in members) <= alloc[d], f"devices_{d}"
+            prob += pulp.lpSum(c.tensor_parallel * reps[o, ci] * x[o, ci] for o, ci, c in members) <= alloc[d]
 
     cost = pulp.lpSum(t.usd_per_h * alloc[d] for d, t in p.tiers.items())
     if objective == "cost":
@@ -281,15 +283,21 @@ def solve(
     status = prob.solve(_make_solver(solver, time_limit_s, gap))
     elapsed = time.perf_counter() - t0
     status_name = pulp.LpStatus[status]
-    if status_name != "Optimal" or any(v.varValue is None for v in x.values()):
-        # CBC reports a time-limited incumbent as "Not Solved" with values; accept only full assignments
-        if status_name in ("Infeasible", "Undefined", "Unbounded") or any(v.varValue is None for v in x.values()):
-            return None
+    if status_name in ("Infeasible", "Undefined", "Unbounded"):
+        return None
     chosen: dict[str, OpConfig] = {}
     replicas: dict[str, int] = {}
     for op in ops:
-        ci = max(range(len(p.configs[op.name])), key=lambda i: x[op.name, i].varValue or 0)
-        chosen[op.name] = p.configs[op.name][ci]
-        replicas[op.name] = max(1, int(round(n[op.name, ci].varValue or 0)))
+        values = [x[op.name, ci].varValue for ci in range(len(p.configs[op.name]))]
+        picked = [ci for ci, v in enumerate(values) if v is not None and v > 0.5]
+        if len(picked) != 1 or any(v is not None and 1e-4 < v < 1 - 1e-4 for v in values):
+            return None  # a time limit left no integral incumbent
+        chosen[op.name] = p.configs[op.name][picked[0]]
+        replicas[op.name] = reps[op.name, picked[0]]
     allocated = {d: int(round(v.varValue or 0)) for d, v in alloc.items()}
-    return Assignment(chosen, replicas, allocated, solver, elapsed, status_name)
+    # the exact requirement: rounding of continuous accelerator counts must not undercount
+    for d, tier in p.tiers.items():
+        if not tier.is_cpu:
+            allocated[d] = sum(c.tensor_parallel * replicas[o] for o, c in chosen.items() if c.device == d)
+    return Assignment(chosen, replicas, allocated, solver, elapsed,
+                      "Optimal" if status_name == "Optimal" else "TimeLimit", gap if status_name == "Optimal" else None)

@@ -1,0 +1,121 @@
+"""Re-check a plan against the cost model, independently of the ILP that produced it.
+
+Reads only the Plan document (what the runtime would receive), recomputes every op's
+configuration from the roofline, walks every source-to-sink path (not the ILP's finish-time
+variables), and re-derives memory, capacity, inventory and TCO. Returns the violations found.
+"""
+
+from __future__ import annotations
+
+import math
+
+from compiler.granular import GranularGraph
+from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, device_usd_per_h
+from costmodels.roofline import MEMORY_HEADROOM, op_configs, transfer_ms
+from planner.plan import Plan
+
+REL_TOL = 1e-6
+
+
+def _close(a: float, b: float, tol: float = 1e-3) -> bool:
+    return math.isclose(a, b, rel_tol=tol, abs_tol=tol)
+
+
+def all_paths(graph: GranularGraph) -> list[list[str]]:
+    """Every source-to-sink path (exponential in the worst case: meant for checking, not planning)."""
+    succ: dict[str, list[str]] = {o.name: [] for o in graph.ops}
+    has_pred = set()
+    for e in graph.edges:
+        succ[e.src].append(e.dst)
+        has_pred.add(e.dst)
+    paths: list[list[str]] = []
+
+    def walk(path: list[str]) -> None:
+        nxt = succ[path[-1]]
+        if not nxt:
+            paths.append(path)
+        for n in nxt:
+            walk(path + [n])
+
+    for o in graph.ops:
+        if o.name not in has_pred:
+            walk([o.name])
+    return paths
+
+
+def check_plan(plan: Plan, graph: GranularGraph, catalog: Catalog, cluster: ClusterInventory | None) -> list[str]:
+    """Violations of ``plan``: latency, SLA, memory, capacity, inventory and TCO. Empty when it holds."""
+    bad: list[str] = []
+    planned = {o.name: o for o in plan.ops}
+    if set(planned) != {o.name for o in graph.ops}:
+        return [f"plan ops {sorted(planned)} differ from graph ops {sorted(o.name for o in graph.ops)}"]
+    pools = {p.type: p for p in cluster.devices} if cluster else {}
+    latency: dict[str, float] = {}
+    for op in graph.ops:
+        po = planned[op.name]
+        dev = catalog.device(po.device)
+        if op.pin and po.device != op.pin:
+            bad.append(f"{op.name}: pinned to {op.pin}, placed on {po.device}")
+        if op.allowed_devices and not op.host_only and po.device not in op.allowed_devices:
+            bad.append(f"{op.name}: {po.device} not in allowed devices {op.allowed_devices}")
+        if op.host_only and dev.device_class is not DeviceClass.cpu:
+            bad.append(f"{op.name}: host-only op on {po.device}")
+        per_node = pools[po.device].per_node if po.device in pools else None
+        match = [c for c in op_configs(op, dev, catalog, per_node=per_node)
+                 if c.batch == po.batch and c.tensor_parallel == po.tensor_parallel]
+        if not match:
+            bad.append(f"{op.name}: no configuration batch={po.batch} tp={po.tensor_parallel} on {po.device}")
+            latency[op.name] = po.predicted_latency_ms
+            continue
+        c = match[0]
+        latency[op.name] = c.latency_ms
+        if not _close(c.latency_ms, po.predicted_latency_ms):
+            bad.append(f"{op.name}: latency {po.predicted_latency_ms} ms, cost model says {c.latency_ms:.4f}")
+        if dev.device_class is not DeviceClass.cpu and c.memory_bytes > dev.memory_bytes * MEMORY_HEADROOM * (1 + REL_TOL):
+            bad.append(f"{op.name}: {c.memory_bytes:.3g} B per device exceed {po.device} memory")
+        if po.replicas * c.throughput_per_replica * plan.max_utilisation < plan.rate_per_s * (1 - REL_TOL):
+            bad.append(f"{op.name}: {po.replicas} replicas × {c.throughput_per_replica:.3g}/s × "
+                       f"{plan.max_utilisation} < {plan.rate_per_s} runs/s")
+
+    # every path, with transfers recomputed from the catalog
+    xfer = {}
+    for e in graph.edges:
+        xfer[e.src, e.dst] = transfer_ms(e.bytes, catalog.device(planned[e.src].device), catalog.device(planned[e.dst].device))
+    for pe in plan.edges:
+        if not _close(xfer.get((pe.src, pe.dst), -1.0), pe.transfer_ms):
+            bad.append(f"edge {pe.src}->{pe.dst}: transfer {pe.transfer_ms} ms, cost model says {xfer.get((pe.src, pe.dst))}")
+    longest = 0.0
+    for path in all_paths(graph):
+        total = sum(latency[o] for o in path) + sum(xfer[a, b] for a, b in zip(path, path[1:]))
+        longest = max(longest, total)
+        if total > plan.sla_ms * (1 + REL_TOL):
+            bad.append(f"path {' -> '.join(path)} takes {total:.2f} ms > SLA {plan.sla_ms} ms")
+    if plan.predicted_e2e_ms is None or not _close(longest, plan.predicted_e2e_ms):
+        bad.append(f"predicted_e2e_ms {plan.predicted_e2e_ms} but the longest path is {longest:.4f} ms")
+
+    # allocation, inventory, TCO
+    tco = 0.0
+    used = {d.device: d.allocated for d in plan.devices}
+    for dev_name in {o.device for o in plan.ops} | set(used):
+        dev = catalog.device(dev_name)
+        members = [o for o in plan.ops if o.device == dev_name]
+        alloc = used.get(dev_name, 0)
+        if dev.device_class is DeviceClass.cpu:
+            core_s = 0.0
+            for o in members:
+                match = [c for c in op_configs(graph.op(o.name), dev, catalog) if c.batch == o.batch]
+                core_s += plan.rate_per_s * (match[0].core_s_per_call if match else 0.0)
+            need = max(math.ceil(core_s / (plan.max_utilisation * (dev.cores or 1)) - REL_TOL),
+                       math.ceil(sum(o.memory_bytes_per_replica * o.replicas for o in members)
+                                 / (0.9 * dev.memory_bytes) - REL_TOL))
+        else:
+            need = sum(o.replicas * o.tensor_parallel for o in members)
+        if alloc < need:
+            bad.append(f"{dev_name}: {alloc} allocated but the ops need {need}")
+        if dev_name in pools and alloc > pools[dev_name].count:
+            bad.append(f"{dev_name}: {alloc} allocated of an inventory of {pools[dev_name].count}")
+        if cluster is not None and dev_name in pools:
+            tco += alloc * device_usd_per_h(dev, pools[dev_name], cluster)
+    if cluster is not None and plan.tco_usd_per_hour is not None and not _close(tco, plan.tco_usd_per_hour, 1e-3):
+        bad.append(f"tco_usd_per_hour {plan.tco_usd_per_hour} but allocated devices cost {tco:.4f}")
+    return bad

@@ -29,6 +29,7 @@ class Format(str, Enum):
 
 
 class Solver(str, Enum):
+    auto = "auto"
     cbc = "cbc"
     highs = "highs"
 
@@ -110,7 +111,8 @@ def plan(
     ttft_ms: Optional[float] = typer.Option(None, help="TTFT target of the final LLM, ms (default: the spec's)."),
     rate: float = typer.Option(1.0, help="Arrival rate, graph runs per second."),
     max_utilisation: float = typer.Option(0.8, help="Utilisation cap of every replica pool."),
-    solver: Solver = typer.Option(Solver.cbc, help="MILP solver: cbc (bundled) or highs (needs highspy)."),
+    solver: Solver = typer.Option(Solver.auto, help="MILP solver: cbc (bundled with PuLP), highs (needs highspy), "
+                                                    "or auto (highs when installed, else cbc)."),
     time_limit_s: float = typer.Option(60.0, help="Solver time limit per ILP."),
     baselines: bool = typer.Option(True, help="Also plan homogeneous fleets and the greedy-fastest heuristic."),
     format: Format = typer.Option(Format.table, "--format", help="table or json."),  # noqa: A002

@@ -46,7 +46,7 @@ from typing import Callable
 
 from compiler.granular import GranularGraph, GranularOp
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DevicePool, DeviceType, device_usd_per_h
-from costmodels.roofline import OpConfig, nic_transfer_ms, op_configs, replicas_needed
+from costmodels.roofline import OpConfig, nic_transfer_ms, op_configs, replicas_needed, transfer_ms
 
 UNBOUNDED_DEVICES = 100_000
 
@@ -160,10 +160,65 @@ def build_problem(
             )
             raise PlanningError(f"op {op.name!r} cannot run on this cluster: {why}")
         configs[op.name] = candidates
+    configs = _prune_dominated(graph, configs, tiers, rate_per_s, max_utilisation)
     return PlacementProblem(
         graph, tiers, configs, rate_per_s, sla, ttft_ms if ttft_ms is not None else graph.ttft_ms,
         max_utilisation, _ttft_ops(graph),
     )
+
+
+def _prune_dominated(
+    graph: GranularGraph, configs: dict[str, list[OpConfig]], tiers: dict[str, Tier], rate: float, cap: float
+) -> dict[str, list[OpConfig]]:
+    """Drop accelerator configurations that another device type beats on every count.
+
+    c (on d) is dropped when some c' (on an accelerator d' whose inventory cannot bind) has
+    latency(c') + worst-case transfers on o's edges ≤ latency(c) and cost(c') ≤ cost(c), where
+    cost = $/h · tp · R. Both are exact here: accelerator cost is separable per op, and c' stays at
+    least as fast whatever its neighbours choose. CPU configurations are never dropped (socket
+    rounding couples ops). The brute-force tests check that the optimum is unchanged.
+    """
+    def reps(c: OpConfig) -> int:
+        return replicas_needed(rate, c, cap)
+
+    loose = set()
+    for d, tier in tiers.items():
+        if tier.is_cpu:
+            continue
+        worst = sum(max((c.tensor_parallel * reps(c) for c in cs if c.device == d), default=0) for cs in configs.values())
+        if tier.inventory is None or worst <= tier.inventory:
+            loose.add(d)
+    if not loose:
+        return configs
+    devices_of = {name: {c.device for c in cs} for name, cs in configs.items()}
+    adjacent: dict[str, list[tuple[float, set[str]]]] = {o.name: [] for o in graph.ops}
+    for e in graph.edges:
+        adjacent[e.src].append((e.bytes, devices_of[e.dst]))
+        adjacent[e.dst].append((e.bytes, devices_of[e.src]))
+
+    def worst_transfers_ms(op_name: str, d: str) -> float:
+        """Transfers on o's edges if o sits on d and every neighbour on its worst other device."""
+        return sum(max((transfer_ms(b, tiers[d].device, tiers[n].device) for n in nbrs), default=0.0)
+                   for b, nbrs in adjacent[op_name])
+
+    out = {}
+    for name, cs in configs.items():
+        penalty_ms = {d: worst_transfers_ms(name, d) for d in devices_of[name] if d in loose}
+        cost = [tiers[c.device].usd_per_h * c.tensor_parallel * reps(c) for c in cs]
+        keep = []
+        for i, c in enumerate(cs):
+            if tiers[c.device].is_cpu:
+                keep.append(c)
+                continue
+            beaten = any(
+                j != i and o.device in loose and o.device != c.device
+                and o.latency_ms + penalty_ms[o.device] <= c.latency_ms and cost[j] <= cost[i]
+                for j, o in enumerate(cs)
+            )
+            if not beaten:
+                keep.append(c)
+        out[name] = keep
+    return out
 
 
 def available_solvers() -> list[str]:
@@ -173,16 +228,24 @@ def available_solvers() -> list[str]:
     return [s for s, key in (("cbc", "PULP_CBC_CMD"), ("highs", "HiGHS")) if key in names]
 
 
+def resolve_solver(name: str) -> str:
+    """'auto' → highs when highspy is installed, else the CBC bundled with PuLP."""
+    if name != "auto":
+        return name
+    return "highs" if "highs" in available_solvers() else "cbc"
+
+
 def _make_solver(name: str, time_limit_s: float, gap: float):
     import pulp
 
+    name = resolve_solver(name)
     if name == "cbc":
         return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap)
     if name == "highs":
         if "HiGHS" not in pulp.listSolvers(onlyAvailable=True):
             raise PlanningError("solver 'highs' needs the highspy package: pip install 'hetagent[highs]'")
         return pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap)
-    raise PlanningError(f"unknown solver {name!r}; choose cbc or highs")
+    raise PlanningError(f"unknown solver {name!r}; choose auto, cbc or highs")
 
 
 def solve(
@@ -191,9 +254,9 @@ def solve(
     objective: str = "cost",
     enforce_sla: bool = True,
     rate_scale: float = 1.0,
-    solver: str = "cbc",
+    solver: str = "auto",
     time_limit_s: float = 60.0,
-    gap: float = 1e-3,
+    gap: float = 5e-3,
 ) -> Assignment | None:
     """Solve the ILP. ``objective`` is "cost" (min TCO) or "latency" (min makespan, for the tightest SLA)."""
     import pulp
@@ -279,8 +342,10 @@ def solve(
     else:
         raise PlanningError(f"unknown objective {objective!r}")
 
+    backend = _make_solver(solver, time_limit_s, gap)
+    solver = "highs" if isinstance(backend, pulp.HiGHS) else "cbc"
     t0 = time.perf_counter()
-    status = prob.solve(_make_solver(solver, time_limit_s, gap))
+    status = prob.solve(backend)
     elapsed = time.perf_counter() - t0
     status_name = pulp.LpStatus[status]
     if status_name in ("Infeasible", "Undefined", "Unbounded"):

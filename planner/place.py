@@ -21,6 +21,7 @@ from planner.ilp import (
     Tier,
     build_problem,
     cluster_tiers,
+    resolve_solver,
     fleet_tier,
     solve,
 )
@@ -35,9 +36,9 @@ class PlanOptions:
     sla_ms: float | None = None
     ttft_ms: float | None = None
     max_utilisation: float = 0.8
-    solver: str = "cbc"
+    solver: str = "auto"
     time_limit_s: float = 60.0
-    gap: float = 1e-3
+    gap: float = 5e-3
     baselines: bool = True
 
 
@@ -192,9 +193,9 @@ def _max_rate(p: PlacementProblem, opts: PlanOptions) -> tuple[float, Assignment
 
 def _infeasible_plan(p: PlacementProblem, cluster_name: str, opts: PlanOptions, t0: float) -> Plan:
     fastest = solve(p, objective="latency", enforce_sla=False, solver=opts.solver, time_limit_s=opts.time_limit_s,
-                    gap=opts.gap)
+                    gap=min(opts.gap, 1e-4))
     base = dict(graph=p.graph.name, cluster=cluster_name, feasible=False, sla_ms=p.sla_ms, ttft_ms=p.ttft_ms,
-                rate_per_s=p.rate_per_s, max_utilisation=p.max_utilisation, solver=opts.solver)
+                rate_per_s=p.rate_per_s, max_utilisation=p.max_utilisation, solver=resolve_solver(opts.solver))
     if fastest is not None:
         finish, xfer = finish_times(p.graph, fastest, p.tiers)
         tightest = max(finish.values())
@@ -211,7 +212,7 @@ def _infeasible_plan(p: PlacementProblem, cluster_name: str, opts: PlanOptions, 
             binding = [f"ttft_ms: fastest placement gives {ttft:.1f} ms" if ttft is not None else "ttft_ms"]
         binding += [f"inventory:{d}: all {p.tiers[d].inventory} devices allocated in the fastest placement"
                     for d, n in fastest.allocated.items() if p.tiers[d].inventory is not None and n >= p.tiers[d].inventory > 0]
-        return Plan(**base, tightest_sla_ms=round(tightest, 3), reason=reason, binding_constraints=binding,
+        return Plan(**base, tightest_sla_ms=round(tightest, 6), reason=reason, binding_constraints=binding,
                     critical_path=path, solve_seconds=round(time.perf_counter() - t0, 4))
     max_rate, at_max = _max_rate(p, opts)
     full = sorted(d for d, n in (at_max.allocated.items() if at_max else []) if p.tiers[d].inventory is not None

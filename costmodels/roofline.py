@@ -110,11 +110,7 @@ def _model_configs(op: GranularOp, device: DeviceType, catalog: Catalog, max_tp:
     cores = device.cores if is_cpu else 0
     out: list[OpConfig] = []
     tps = (1,) if is_cpu else tuple(t for t in TP_DEGREES if t <= max_tp)
-    fitting = 0
     for tp in tps:
-        if fitting >= 2:  # the smallest degree that fits and its double are enough choices
-            break
-        fitted_here = False
         for batch in BATCH_OPTIONS[op.kind]:
             if op.kind == "prefill":
                 step = W.prefill_work(model, op.input_tokens, batch)
@@ -148,8 +144,6 @@ def _model_configs(op: GranularOp, device: DeviceType, catalog: Catalog, max_tp:
                     bound=bound,
                 )
             )
-            fitted_here = True
-        fitting += fitted_here
     return out
 
 

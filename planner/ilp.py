@@ -49,6 +49,7 @@ from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DevicePoo
 from costmodels.roofline import OpConfig, nic_transfer_ms, op_configs, replicas_needed, transfer_ms
 
 UNBOUNDED_DEVICES = 100_000
+SLA_REL_TOL = 1e-7  # solver feasibility tolerance: a plan may meet its SLA to within 0.1 ppm
 
 
 class PlanningError(ValueError):
@@ -309,7 +310,7 @@ def solve(
     for s in sinks:
         prob += makespan >= finish[s]
         if enforce_sla:
-            prob += finish[s] <= p.sla_ms, f"sla_{s}"
+            prob += finish[s] <= p.sla_ms * (1 + SLA_REL_TOL)
     ttft_expr = None
     if p.ttft_ops:
         pre, dec = p.ttft_ops
@@ -317,7 +318,7 @@ def solve(
         ttft_expr = finish[pre] + transfer.get((pre, dec), 0) + pulp.lpSum(
             c.latency_ms / out_tokens * x[dec, ci] for ci, c in enumerate(p.configs[dec]))
         if enforce_sla and p.ttft_ms is not None:
-            prob += ttft_expr <= p.ttft_ms, "ttft"
+            prob += ttft_expr <= p.ttft_ms * (1 + SLA_REL_TOL)
 
     for d, tier in p.tiers.items():
         members = [(op.name, ci, c) for op in ops for ci, c in enumerate(p.configs[op.name]) if c.device == d]

@@ -202,14 +202,15 @@ def _infeasible_plan(p: PlacementProblem, cluster_name: str, opts: PlanOptions, 
         ttft = ttft_of(p, fastest, finish, xfer)
         path = critical_path(p.graph, finish, xfer, fastest)
         where = ", ".join(f"{o}@{fastest.config[o].device} {fastest.config[o].latency_ms:.1f} ms" for o in path)
-        if tightest > p.sla_ms * (1 + 1e-6):
-            reason = (f"the e2e SLA of {p.sla_ms:.0f} ms is below the tightest latency this cluster reaches at "
+        ttft_misses = p.ttft_ms is not None and ttft is not None and ttft > p.ttft_ms * (1 + 1e-6)
+        if ttft_misses and tightest <= p.sla_ms * (1 + 1e-6):
+            reason = (f"the TTFT target of {p.ttft_ms:.0f} ms cannot be met together with the e2e SLA; the fastest "
+                      f"placement reaches TTFT {ttft:.1f} ms")
+            binding = [f"ttft_ms: fastest placement gives {ttft:.1f} ms"]
+        else:
+            reason = (f"the e2e SLA of {p.sla_ms:g} ms is below the tightest latency this cluster reaches at "
                       f"{p.rate_per_s:g} runs/s: {tightest:.1f} ms along {where}")
             binding = [f"sla_e2e_ms: tightest achievable {tightest:.1f} ms"]
-        else:
-            reason = (f"the TTFT target of {p.ttft_ms:.0f} ms cannot be met together with the e2e SLA; the fastest "
-                      f"placement reaches TTFT {ttft:.1f} ms" if ttft is not None else "latency targets conflict")
-            binding = [f"ttft_ms: fastest placement gives {ttft:.1f} ms" if ttft is not None else "ttft_ms"]
         binding += [f"inventory:{d}: all {p.tiers[d].inventory} devices allocated in the fastest placement"
                     for d, n in fastest.allocated.items() if p.tiers[d].inventory is not None and n >= p.tiers[d].inventory > 0]
         return Plan(**base, tightest_sla_ms=round(tightest, 6), reason=reason, binding_constraints=binding,

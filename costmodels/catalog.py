@@ -156,6 +156,11 @@ class ClusterInventory(_Strict):
     pue: float = Field(1.3, ge=1.0, description="Power usage effectiveness of the data centre.")
     amortisation_years: float = Field(4.0, gt=0)
     devices: list[DevicePool] = Field(min_length=1)
+    model_overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="Serve model A as model B on this cluster (catalog ids): a development machine runs large LLMs "
+                    "as a small one so the same graphs plan and run there.",
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> "ClusterInventory":
@@ -193,6 +198,10 @@ class Catalog(_Strict):
     def check_cluster(self, cluster: ClusterInventory) -> None:
         for pool in cluster.devices:
             self.device(pool.type)
+        for src, dst in cluster.model_overrides.items():
+            a, b = self.model(src), self.model(dst)
+            if a.kind is not b.kind:
+                raise CatalogError(f"model_overrides: {src} ({a.kind.value}) cannot be served as {dst} ({b.kind.value})")
 
     def with_device(self, device: DeviceType) -> "Catalog":
         return Catalog(hardware={**self.hardware, device.name: device}, models=self.models)

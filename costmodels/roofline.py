@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from compiler.granular import GranularOp
 from costmodels import work as W
-from costmodels.catalog import Catalog, DeviceClass, DeviceType
+from costmodels.catalog import Catalog, CatalogError, DeviceClass, DeviceType
 
 MEMORY_HEADROOM = 0.9  # vLLM's gpu_memory_utilization default: leave 10% for activations/fragmentation
 TP_DEGREES = (1, 2, 4, 8)
@@ -32,8 +32,10 @@ BATCH_OPTIONS: dict[str, tuple[int, ...]] = {
 }
 TOOL_CONCURRENCY = 256  # in-flight HTTP calls one async worker holds
 TOOL_CPU_S_PER_CALL = 0.0002  # client-side CPU per HTTP call (parse, TLS), core-seconds
-HOST_PROCESS_BYTES = 256 * 2**20  # RSS of one worker process before its data
+HOST_PROCESS_BYTES = 256 * 2**20  # RSS of one engine / FAISS worker process before its data
+LIGHT_WORKER_BYTES = 64 * 2**20  # tokenizers, HTTP clients, transforms: share pooled Python workers
 VECTOR_SEARCH_MAX_THREADS = 16
+MIN_LATENCY_S = 1e-6  # floor for degenerate (zero-work) calls, keeps throughput finite
 
 
 @dataclass(frozen=True)
@@ -96,7 +98,10 @@ def op_configs(op: GranularOp, device: DeviceType, catalog: Catalog, *, per_node
     max_tp = min(device.max_devices_per_node, per_node or device.max_devices_per_node)
     kind = op.kind
     if kind in ("prefill", "decode", "embed"):
-        configs = _model_configs(op, device, catalog, max_tp)
+        try:
+            configs = _model_configs(op, device, catalog, max_tp)
+        except CatalogError:  # no peak for the model's dtype: this device cannot run it
+            return []
     elif kind == "vector_search":
         configs = _vector_search_configs(op, device)
     else:
@@ -130,7 +135,7 @@ def _model_configs(op: GranularOp, device: DeviceType, catalog: Catalog, max_tp:
                 continue
             step_s, bound = roofline_step_s(step, device, model.dtype, tp=tp, cores=cores or None)
             step_s += _allreduce_s(device, tp, tokens_per_step, model.hidden_size, model.dtype_bytes, model.layers)
-            latency_s = step_s * steps
+            latency_s = max(step_s * steps, MIN_LATENCY_S)
             out.append(
                 OpConfig(
                     device=device.name,
@@ -157,6 +162,7 @@ def _vector_search_configs(op: GranularOp, device: DeviceType) -> list[OpConfig]
         if memory > device.memory_bytes * MEMORY_HEADROOM:
             continue
         step_s, bound = roofline_step_s(step, device, "fp32", cores=threads)
+        step_s = max(step_s, MIN_LATENCY_S)
         out.append(
             OpConfig(device.name, batch, 1, threads, step_s * 1000.0, batch / step_s, memory, step_s * threads / batch, bound)
         )
@@ -167,14 +173,15 @@ def _host_config(op: GranularOp, device: DeviceType) -> OpConfig:
     if op.kind == "tool":
         latency_s = op.fixed_latency_ms / 1000.0 + TOOL_CPU_S_PER_CALL
         return OpConfig(device.name, 1, 1, 1, latency_s * 1000.0, TOOL_CONCURRENCY / latency_s,
-                        HOST_PROCESS_BYTES, TOOL_CPU_S_PER_CALL, "fixed")
+                        LIGHT_WORKER_BYTES, TOOL_CPU_S_PER_CALL, "fixed")
     if op.kind == "transform":
         latency_s = max(op.fixed_latency_ms / 1000.0, 1e-5)
-        return OpConfig(device.name, 1, 1, 1, latency_s * 1000.0, 1.0 / latency_s, HOST_PROCESS_BYTES, latency_s, "fixed")
+        return OpConfig(device.name, 1, 1, 1, latency_s * 1000.0, 1.0 / latency_s, LIGHT_WORKER_BYTES, latency_s, "fixed")
     # tokenize / detokenize: one core
     tokens = op.input_tokens if op.kind == "tokenize" else op.output_tokens
     step_s, bound = roofline_step_s(W.tokenize_work(max(tokens, 1)), device, "fp32", cores=1)
-    return OpConfig(device.name, 1, 1, 1, step_s * 1000.0, 1.0 / step_s, HOST_PROCESS_BYTES, step_s, bound)
+    step_s = max(step_s, MIN_LATENCY_S)
+    return OpConfig(device.name, 1, 1, 1, step_s * 1000.0, 1.0 / step_s, LIGHT_WORKER_BYTES, step_s, bound)
 
 
 def resource_per_call(c: OpConfig, device: DeviceType) -> float:
@@ -187,8 +194,9 @@ def resource_per_call(c: OpConfig, device: DeviceType) -> float:
 def _pareto(configs: list[OpConfig], device: DeviceType) -> list[OpConfig]:
     """Drop configs that are no faster, no cheaper per call and no larger than another one."""
 
-    def key(c: OpConfig) -> tuple[float, float, float]:
-        return (c.latency_ms, resource_per_call(c, device), c.memory_bytes)
+    def key(c: OpConfig) -> tuple[float, float, float, int]:
+        # devices per replica matter on their own: at low rates one replica is needed whatever μ is
+        return (c.latency_ms, resource_per_call(c, device), c.memory_bytes, c.tensor_parallel)
 
     keys = [key(c) for c in configs]
     return [

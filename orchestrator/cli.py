@@ -14,7 +14,7 @@ from rich.table import Table
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve AI agent graphs on heterogeneous hardware.")
 out = Console(width=None if sys.stdout.isatty() else 150)
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)
 
 
 class Emit(str, Enum):
@@ -231,5 +231,5 @@ def schema(what: str = typer.Argument(..., help="graph or plan")) -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
-def main() -> None:  # pragma: no cover
+if __name__ == "__main__":
     app()

@@ -12,6 +12,7 @@ import math
 from compiler.granular import GranularGraph
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, device_usd_per_h
 from costmodels.roofline import MEMORY_HEADROOM, op_configs, transfer_ms
+from planner.ilp import shared_weight_bytes
 from planner.plan import Plan
 
 REL_TOL = 1e-6
@@ -105,9 +106,12 @@ def check_plan(plan: Plan, graph: GranularGraph, catalog: Catalog, cluster: Clus
             for o in members:
                 match = [c for c in op_configs(graph.op(o.name), dev, catalog) if c.batch == o.batch]
                 core_s += plan.rate_per_s * (match[0].core_s_per_call if match else 0.0)
+            # one engine per model on a CPU tier: weights once, the rest per replica
+            shared = {o.name: shared_weight_bytes(graph.op(o.name)) for o in members}
+            weights = {graph.op(o.name).model: shared[o.name] for o in members if shared[o.name]}
+            mem = sum(weights.values()) + sum((o.memory_bytes_per_replica - shared[o.name]) * o.replicas for o in members)
             need = max(math.ceil(core_s / (plan.max_utilisation * (dev.cores or 1)) - REL_TOL),
-                       math.ceil(sum(o.memory_bytes_per_replica * o.replicas for o in members)
-                                 / (0.9 * dev.memory_bytes) - REL_TOL))
+                       math.ceil(mem / (0.9 * dev.memory_bytes) - REL_TOL))
         else:
             need = sum(o.replicas * o.tensor_parallel for o in members)
         if alloc < need:

@@ -30,7 +30,9 @@ Notation (after SkyPilot's optimizer and Mélange's GPU-mix ILP)::
          f_p + t_pq + Σ_c (l_c / N_out) x_qc ≤ TTFT                 (prefill p, decode q of the final LLM)
          Σ_{o, c: d(c)=d} tp_c R_oc x_oc ≤ a_d                     ∀d ∉ D_cpu   (dedicated devices)
          Σ_{o, c: d(c)=d} λ k_c x_oc ≤ ρ · cores_d · a_d            ∀d ∈ D_cpu   (time-shared cores)
-         Σ_{o, c: d(c)=d} m_c R_oc x_oc ≤ 0.9 · mem_d · a_d         ∀d ∈ D_cpu   (host memory)
+         Σ_m W_m z_md + Σ_{o, c: d(c)=d} (m_c − W_o) R_oc x_oc ≤ 0.9 · mem_d · a_d   ∀d ∈ D_cpu
+                   (host memory; z_md ≥ x_oc for model ops of model m: one engine per model and
+                    CPU tier holds its weights W_m once, each replica adds its KV and process)
          a_d ≤ N_d                                                 ∀d     (inventory)
 
 Memory fit on accelerators is enforced when C_o is built (a configuration exists only if weights
@@ -46,7 +48,7 @@ from typing import Callable
 
 from compiler.granular import GranularGraph, GranularOp
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DevicePool, DeviceType, device_usd_per_h
-from costmodels.roofline import OpConfig, nic_transfer_ms, op_configs, replicas_needed, transfer_ms
+from costmodels.roofline import HOST_PROCESS_BYTES, OpConfig, nic_transfer_ms, op_configs, replicas_needed, transfer_ms
 
 UNBOUNDED_DEVICES = 100_000
 SLA_REL_TOL = 1e-7  # solver feasibility tolerance: a plan may meet its SLA to within 0.1 ppm
@@ -92,6 +94,11 @@ class Assignment:
     status: str = "Optimal"
     gap: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+
+
+def shared_weight_bytes(op: GranularOp) -> float:
+    """What a CPU engine shares among every op of its model on one tier: weights and the process itself."""
+    return op.weight_bytes + HOST_PROCESS_BYTES if op.kind in ("prefill", "decode", "embed") and op.model else 0.0
 
 
 def cluster_tiers(cluster: ClusterInventory, catalog: Catalog) -> dict[str, Tier]:
@@ -161,15 +168,17 @@ def build_problem(
             )
             raise PlanningError(f"op {op.name!r} cannot run on this cluster: {why}")
         configs[op.name] = candidates
-    configs = _prune_dominated(graph, configs, tiers, rate_per_s, max_utilisation)
-    return PlacementProblem(
-        graph, tiers, configs, rate_per_s, sla, ttft_ms if ttft_ms is not None else graph.ttft_ms,
-        max_utilisation, _ttft_ops(graph),
-    )
+    ttft = ttft_ms if ttft_ms is not None else graph.ttft_ms
+    ttft_ops = _ttft_ops(graph)
+    if ttft is not None and ttft_ops is None:
+        raise PlanningError(f"a TTFT target of {ttft:g} ms needs an LLM (prefill → decode) in graph {graph.name!r}")
+    configs = _prune_dominated(graph, configs, tiers, rate_per_s, max_utilisation, keep=set(ttft_ops or ()))
+    return PlacementProblem(graph, tiers, configs, rate_per_s, sla, ttft, max_utilisation, ttft_ops)
 
 
 def _prune_dominated(
-    graph: GranularGraph, configs: dict[str, list[OpConfig]], tiers: dict[str, Tier], rate: float, cap: float
+    graph: GranularGraph, configs: dict[str, list[OpConfig]], tiers: dict[str, Tier], rate: float, cap: float,
+    keep: set[str],
 ) -> dict[str, list[OpConfig]]:
     """Drop accelerator configurations that another device type beats on every count.
 
@@ -177,7 +186,8 @@ def _prune_dominated(
     latency(c') + worst-case transfers on o's edges ≤ latency(c) and cost(c') ≤ cost(c), where
     cost = $/h · tp · R. Both are exact here: accelerator cost is separable per op, and c' stays at
     least as fast whatever its neighbours choose. CPU configurations are never dropped (socket
-    rounding couples ops). The brute-force tests check that the optimum is unchanged.
+    rounding couples ops), nor are those of the ``keep`` ops (the TTFT path weighs a decode's
+    latency by 1/N_out, which this rule does not cover). The brute-force tests check the optimum.
     """
     def reps(c: OpConfig) -> int:
         return replicas_needed(rate, c, cap)
@@ -204,6 +214,9 @@ def _prune_dominated(
 
     out = {}
     for name, cs in configs.items():
+        if name in keep:
+            out[name] = cs
+            continue
         penalty_ms = {d: worst_transfers_ms(name, d) for d in devices_of[name] if d in loose}
         cost = [tiers[c.device].usd_per_h * c.tensor_parallel * reps(c) for c in cs]
         keep = []
@@ -230,10 +243,8 @@ def available_solvers() -> list[str]:
 
 
 def resolve_solver(name: str) -> str:
-    """'auto' → highs when highspy is installed, else the CBC bundled with PuLP."""
-    if name != "auto":
-        return name
-    return "highs" if "highs" in available_solvers() else "cbc"
+    """'auto' → the CBC bundled with PuLP (faster than HiGHS on our large graphs, docs/benchmarks.md)."""
+    return "cbc" if name == "auto" else name
 
 
 def _make_solver(name: str, time_limit_s: float, gap: float):
@@ -320,6 +331,7 @@ def solve(
         if enforce_sla and p.ttft_ms is not None:
             prob += ttft_expr <= p.ttft_ms * (1 + SLA_REL_TOL)
 
+    weights: dict[tuple[str, str], pulp.LpVariable] = {}
     for d, tier in p.tiers.items():
         members = [(op.name, ci, c) for op in ops for ci, c in enumerate(p.configs[op.name]) if c.device == d]
         if not members:
@@ -329,8 +341,20 @@ def solve(
             cores = tier.device.cores or 1
             prob += pulp.lpSum(lam * c.core_s_per_call * x[o, ci] for o, ci, c in members) <= (
                 p.max_utilisation * cores * alloc[d])
-            prob += pulp.lpSum(c.memory_bytes * reps[o, ci] * x[o, ci] for o, ci, c in members) <= (
-                0.9 * tier.device.memory_bytes * alloc[d])
+            # one engine per model on a CPU tier: its weights count once, KV and process overhead per replica
+            shared = {}
+            for o, ci, c in members:
+                w = shared_weight_bytes(p.graph.op(o))
+                if w:
+                    if o_model := p.graph.op(o).model:
+                        key = (o_model, d)
+                        if key not in shared:
+                            shared[key] = (pulp.LpVariable(f"w_{len(weights)}", cat="Binary"), w)
+                            weights[key] = shared[key][0]
+                        prob += shared[key][0] >= x[o, ci]
+            prob += pulp.lpSum(w * z for z, w in shared.values()) + pulp.lpSum(
+                (c.memory_bytes - shared_weight_bytes(p.graph.op(o))) * reps[o, ci] * x[o, ci] for o, ci, c in members
+            ) <= 0.9 * tier.device.memory_bytes * alloc[d]
         else:
             prob += pulp.lpSum(c.tensor_parallel * reps[o, ci] * x[o, ci] for o, ci, c in members) <= alloc[d]
 
@@ -351,6 +375,7 @@ def solve(
     status_name = pulp.LpStatus[status]
     if status_name in ("Infeasible", "Undefined", "Unbounded"):
         return None
+    proven = prob.sol_status == pulp.LpSolutionOptimal
     chosen: dict[str, OpConfig] = {}
     replicas: dict[str, int] = {}
     for op in ops:
@@ -366,4 +391,4 @@ def solve(
         if not tier.is_cpu:
             allocated[d] = sum(c.tensor_parallel * replicas[o] for o, c in chosen.items() if c.device == d)
     return Assignment(chosen, replicas, allocated, solver, elapsed,
-                      "Optimal" if status_name == "Optimal" else "TimeLimit", gap if status_name == "Optimal" else None)
+                      "Optimal" if proven else "TimeLimit", gap if proven else None)

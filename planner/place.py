@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from compiler.granular import GranularGraph, GranularOp
-from costmodels.catalog import Catalog, ClusterInventory, DeviceClass
+from costmodels.catalog import Catalog, CatalogError, ClusterInventory, DeviceClass
 from costmodels.roofline import transfer_ms
 from planner.ilp import (
     Assignment,
@@ -253,7 +253,7 @@ def homogeneous_baseline(graph: GranularGraph, catalog: Catalog, cluster: Cluste
     try:
         p = build_problem(graph, catalog, tiers, rate_per_s=opts.rate_per_s, sla_ms=opts.sla_ms, ttft_ms=opts.ttft_ms,
                           max_utilisation=opts.max_utilisation, allow=_homogeneous_allow(device_name, cpu_names))
-    except PlanningError as exc:
+    except (PlanningError, CatalogError) as exc:
         return Baseline(name=name, feasible=False, reason=str(exc))
     a = solve(p, solver=opts.solver, time_limit_s=opts.time_limit_s, gap=opts.gap)
     if a is None:

@@ -65,8 +65,13 @@ def brute_force(graph: GranularGraph, cluster: ClusterInventory, rate: float, sl
                 continue
             reps = {o: math.ceil(rate / (cap * c.throughput_per_replica) - 1e-9) for o, c in members}
             if dev.device_class is DeviceClass.cpu:
+                # a model's weights are held once per CPU tier (one engine per model); KV per replica
+                by_name = {o.name: o for o in graph.ops}
+                shared = {o: by_name[o].weight_bytes + 256 * 2**20 if by_name[o].model else 0.0 for o, _ in members}
+                weights = {by_name[o].model: shared[o] for o, _ in members if by_name[o].model}
+                mem = sum(weights.values()) + sum((c.memory_bytes - shared[o]) * reps[o] for o, c in members)
                 need = max(math.ceil(sum(rate * c.core_s_per_call for _, c in members) / (cap * dev.cores) - 1e-9),
-                           math.ceil(sum(c.memory_bytes * reps[o] for o, c in members) / (0.9 * dev.memory_bytes) - 1e-9))
+                           math.ceil(mem / (0.9 * dev.memory_bytes) - 1e-9))
             else:
                 need = sum(c.tensor_parallel * reps[o] for o, c in members)
             if need > pools[d].count:
@@ -96,8 +101,8 @@ def small_graphs(draw):
             model = CAT.model(draw(st.sampled_from(MODELS)))
             p_tok = draw(st.sampled_from([128, 1024, 4096]))
             n_tok = draw(st.sampled_from([16, 128]))
-            pre = GranularOp(f"n{i}.prefill", "prefill", f"n{i}", model.name, p_tok, n_tok)
-            dec = GranularOp(f"n{i}.decode", "decode", f"n{i}", model.name, p_tok, n_tok)
+            pre = GranularOp(f"n{i}.prefill", "prefill", f"n{i}", model.name, p_tok, n_tok, weight_bytes=model.weight_bytes)
+            dec = GranularOp(f"n{i}.decode", "decode", f"n{i}", model.name, p_tok, n_tok, weight_bytes=model.weight_bytes)
             new = [pre, dec]
             edges.append(GranularEdge(pre.name, dec.name, W.kv_cache_bytes(model, p_tok)))
         elif kind == "embed":

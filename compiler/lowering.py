@@ -19,6 +19,7 @@ from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, i64
 
 from compiler.dialects import DecodeOp, KVCacheType, KVTransferOp, PrefillOp
 from compiler.granular import GranularGraph, GranularOp
+from costmodels.roofline import TOOL_CONCURRENCY
 from compiler.ir import CompileError, granular_ops, graph_op, to_granular_graph, verify_module
 
 GIB = 1024**3
@@ -177,7 +178,7 @@ def _host(op: GranularOp, p: Placement, threads: int, bind: str) -> dict[str, An
         settings = {
             key: op.params[key] for key in ("url", "function", "method", "retries") if key in op.params
         } | {
-            "concurrency": _num(p, "batch"),
+            "concurrency": TOOL_CONCURRENCY,  # in-flight calls per replica, as the cost model assumes
             "timeout_s": op.params.get("timeout_s", 60.0),
             "idempotent": bool(op.params.get("idempotent", False)),
             "expected_latency_ms": op.fixed_latency_ms,

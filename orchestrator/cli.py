@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -220,15 +221,23 @@ def run(
     address: Optional[str] = typer.Option(None, help="Ray cluster address (ray://…); default RAY_ADDRESS or a local Ray."),
     rate: float = typer.Option(0.01, help="Arrival rate to plan for, runs/s."),
     timeout_s: float = typer.Option(600.0, help="Whole-run timeout."),
+    data_dir: Path = typer.Option(Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent")), "--data-dir",
+                                  help="Data directory: models/<catalog model>/ weights, indexes/<name>.{faiss,jsonl,txt}."),
+    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help=(
+        "Weights every LLM node serves (a Hugging Face-format folder). Default on CPU clusters: the offline "
+        "tiny model, built into the data dir on first use; elsewhere <data-dir>/models/<model>.")),
     format: Format = typer.Option(Format.table, "--format", help="table or json."),  # noqa: A002
 ) -> None:
-    """Plan (or take a plan), start the workers on Ray, execute the graph and report every op."""
+    """Plan (or take a plan), start the workers on Ray, execute the graph and report every op.
+
+    Vector indexes are looked up in <data-dir>/indexes, then in an ``indexes/`` folder beside the graph file."""
     from costmodels.catalog import load_cluster
     from planner.pipeline import apply_model_overrides, plan_spec
     from planner.place import PlanOptions
     from planner.plan import Plan
     from workers.executor import GraphRunner, InputError, RunError, check_inputs, ensure_ray
-    from workers.tiny_model import build_tiny_model, default_tiny_model_dir
+    from orchestrator.progress import RunProgress
+    from workers.tiny_model import build_tiny_model
 
     try:
         g, catalog = _load(graph)
@@ -249,20 +258,22 @@ def run(
         served = apply_model_overrides(g, inv, catalog)
     except (InputError, *_user_errors()) as exc:
         _fail(str(exc))
-    model_dir = build_tiny_model(default_tiny_model_dir())
-    ensure_ray(address, [pool.type for pool in inv.devices])
-    runner = GraphRunner(served, placed, model_dir=model_dir)
-
-    def on_event(kind: str, name: str, data: dict) -> None:
-        if format is Format.table:
-            mark = {"started": "▶", "finished": "✓", "retry": "↻", "failed": "✗", "completed": "■"}.get(kind, "·")
-            extra = ", ".join(f"{k}={v:.1f}" if isinstance(v, float) else f"{k}={v}" for k, v in data.items())
-            err.print(f"{mark} {name} {kind} {extra}", highlight=False)
-
+    cpu_only = all(o.device_class == "cpu" for o in placed.ops)
+    has_llm = any(n.kind == "llm" for n in served.spec.nodes)
+    if model_dir is None and cpu_only and has_llm:
+        with err.status("building the offline tiny model…"):
+            model_dir = build_tiny_model(data_dir / "models" / "tiny-llama")
+    with err.status("connecting to Ray…"):
+        ensure_ray(address, [pool.type for pool in inv.devices])
+    runner = GraphRunner(served, placed, data_dir=data_dir, model_dir=model_dir, index_dirs=(graph.parent / "indexes",))
     try:
-        with err.status("starting workers…"):
+        with err.status("starting worker replicas (an LLM engine takes ~15 s on CPU)…"):
             runner.start()
-        result = runner.run(inputs, on_event=on_event, timeout_s=timeout_s)
+        if format is Format.table:
+            with RunProgress([n.name for n in served.spec.nodes], err) as progress:
+                result = runner.run(inputs, on_event=progress.on_event, timeout_s=timeout_s)
+        else:
+            result = runner.run(inputs, timeout_s=timeout_s)
     except RunError as exc:
         _fail(str(exc), 4)
     finally:

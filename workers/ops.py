@@ -189,16 +189,18 @@ def build_index(docs_path: Path | str, out_dir: Path | str, embedder: Any = None
     return out
 
 
-def resolve_index_path(name: str, execution: dict | None, data_dir: Path | str | None) -> Path:
-    """``settings.index_path`` if given, else ``<data_dir>/indexes/<name>.{faiss,jsonl,txt}``."""
+def resolve_index_path(name: str, execution: dict | None, data_dir: Path | str | None,
+                       extra_dirs: tuple[Path | str, ...] = ()) -> Path:
+    """``settings.index_path`` if given, else the first ``<dir>/<name>.{faiss,jsonl,txt}`` over
+    ``<data_dir>/indexes`` then ``extra_dirs``."""
     explicit = _settings(execution).get("index_path")
     if explicit:
         p = Path(explicit)
         if not p.exists():
             raise IndexMissing(name, f"index {name!r} not found at settings.index_path={p}")
         return p
-    base = Path(data_dir or ".") / "indexes"
-    tried = [base / f"{name}{ext}" for ext in (".faiss", ".jsonl", ".txt")]
+    bases = [Path(data_dir or ".") / "indexes", *(Path(d) for d in extra_dirs)]
+    tried = [base / f"{name}{ext}" for base in bases for ext in (".faiss", ".jsonl", ".txt")]
     for p in tried:
         if p.exists():
             return p

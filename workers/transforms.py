@@ -43,14 +43,14 @@ def _card(match: re.Match[str]) -> str:
     return "[CARD]" if 13 <= len(digits) <= 19 and luhn_ok(digits) else match.group(0)
 
 
-def redact_pii(text: str | list[str]) -> str:
+def redact_pii(text: str | list) -> str:
     """Replace e-mail addresses, payment card numbers (Luhn-valid) and phone numbers.
 
     Lists are joined with newlines first. Cards are handled before phones so that a card's
     digit groups are not mistaken for a phone number.
     """
-    if isinstance(text, (list, tuple)):
-        text = "\n".join(str(t) for t in text)
+    if isinstance(text, (list, tuple)):  # e.g. search hits: [{"id", "text", "score"}, ...]
+        text = "\n".join(str(t["text"]) if isinstance(t, dict) and "text" in t else str(t) for t in text)
     elif not isinstance(text, str):
         raise TypeError(f"redact_pii expects str or list[str], got {type(text).__name__}")
     out = _EMAIL.sub("[EMAIL]", text)

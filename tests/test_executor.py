@@ -111,7 +111,10 @@ def test_failing_op_names_op_device_and_error(ray_local, slow_server):
 def test_killed_worker_is_restarted_and_op_retried(ray_local, tmp_path):
     marker = tmp_path / "crashed"
     graph = _graph([{"name": "fragile", "kind": "transform", "function": "tests.support.callables:crash_once",
-                     "inputs": {"marker": str(marker)}}])
+                     "inputs": {"marker": str(marker)}},
+                    {"name": "after", "kind": "transform", "function": "tests.support.callables:join",
+                     "inputs": {"x": "{{ nodes.fragile.output }}"}}],
+                   outputs={"fragile": "{{ nodes.fragile.output }}", "after": "{{ nodes.after.output }}"})
     runner = _runner(graph)
     events = []
     try:
@@ -121,6 +124,33 @@ def test_killed_worker_is_restarted_and_op_retried(ray_local, tmp_path):
     assert marker.exists()  # the first call really killed the worker process
     assert ("retry", "fragile") in events
     assert result.outputs["fragile"] == "recovered" and result.records[0].attempts == 2
+    # the downstream op was submitted behind the first attempt; it ran again behind the retry
+    assert result.outputs["after"] == "recovered" and result.records[1].attempts == 1
+
+
+def test_transient_error_is_retried_when_the_node_allows(ray_local, tmp_path):
+    nodes = [{"name": "flaky", "kind": "transform", "function": "tests.support.callables:flaky_once",
+              "inputs": {"marker": str(tmp_path / "m")}, "retries": 1},
+             {"name": "after", "kind": "transform", "function": "tests.support.callables:join",
+              "inputs": {"x": "{{ nodes.flaky.output }}"}}]
+    runner = _runner(_graph(nodes))
+    events = []
+    try:
+        result = runner.run({}, on_event=lambda kind, name, data: events.append((kind, name, data)))
+        (tmp_path / "m2").mkdir()
+        nodes[0]["retries"] = 0
+        nodes[0]["inputs"]["marker"] = str(tmp_path / "m2" / "m")
+    finally:
+        runner.shutdown()
+    assert result.outputs == {"after": "second try"} and result.records[0].attempts == 2
+    retry = next(d for kind, name, d in events if kind == "retry")
+    assert "ConnectionError: transient failure on purpose" in retry["error"]
+    runner = _runner(_graph(nodes))  # the same failure without retries fails the run
+    try:
+        with pytest.raises(RunError, match="flaky.*ConnectionError"):
+            runner.run({})
+    finally:
+        runner.shutdown()
 
 
 def test_per_op_timeout_cancels_the_run(ray_local):

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from workers.actors import NodeWorker, actor_options
+from workers.actors import LLMWorker, actor_options
 from workers.llm import VLLM_ENV, vllm_available
 
 pytestmark = pytest.mark.vllm
@@ -55,12 +55,12 @@ def actor(tiny_dir):
         execution = {"kind": "engine", "runtime": "vllm-cpu", "engine_args": ENGINE_ARGS,
                      "env": {"OMP_NUM_THREADS": "1"}}
         t0 = time.perf_counter()
-        a = ray.remote(NodeWorker).options(**actor_options("local-cpu", "cpu", execution, llm=True)).remote(
+        a = ray.remote(LLMWorker).options(**actor_options("local-cpu", "cpu", execution, llm=True)).remote(
             node, execution, ".", tiny_dir)
         ray.get(a.ping.remote(), timeout=120)
         info = ray.get(a.info.remote(), timeout=30)
         info["actor_ready_s"] = time.perf_counter() - t0
-        print("LLM NodeWorker ready:", info)
+        print("LLMWorker ready:", info)
         yield a, info
         ray.get(a.shutdown.remote(), timeout=30)
         ray.kill(a)

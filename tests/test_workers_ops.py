@@ -210,8 +210,8 @@ def ray_local():
     ray.shutdown()
 
 
-def test_node_worker_transform(ray_local):
-    from workers.actors import NodeWorker, actor_options
+def test_host_worker_transform(ray_local):
+    from workers.actors import HostWorker, actor_options
 
     ray = ray_local
     node = TransformNode(kind="transform", name="redact", function="workers.transforms:redact_pii",
@@ -220,10 +220,10 @@ def test_node_worker_transform(ray_local):
                  "settings": {"function": node.function}}
     opts = actor_options("local-cpu", "cpu", execution)
     assert opts["resources"] == {"device:local-cpu": 0.001}
-    assert opts["num_cpus"] < 0.1 and opts["max_restarts"] == 2 and opts["max_task_retries"] == 0
-    assert actor_options("local-cpu", "cpu", {"kind": "tool"})["num_cpus"] == 0.05
+    assert opts["num_cpus"] == 0 and opts["max_restarts"] == 2 and opts["max_task_retries"] == 0
+    assert actor_options("local-cpu", "cpu", {"kind": "engine"}, llm=True)["num_cpus"] == 1
 
-    actor = ray.remote(NodeWorker).options(**opts).remote(node.model_dump(mode="json"), execution, ".")
+    actor = ray.remote(HostWorker).options(**opts).remote(node.model_dump(mode="json"), execution, ".")
     assert ray.get(actor.ping.remote(), timeout=60).startswith("transform:redact")
     upstream = ray.put({"output": "write to a@b.com"})  # passed by reference, resolved on the worker
     env = ray.get(actor.run.remote({}, ["src"], upstream), timeout=30)

@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 from compiler.spec import AgentGraph, LLMNode, ToolNode, VectorSearchNode
 from planner.plan import Plan
-from workers.actors import NodeWorker, actor_options
+from workers.actors import actor_options, worker_class
 from workers.templates import render
 
 DEFAULT_DATA_DIR = Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent"))
@@ -154,6 +154,20 @@ class GraphRunner:
             if not ops:
                 raise ValueError(f"plan has no ops for node {name!r}: was it made for another graph?")
         self._placement = {n.name: self._node_device(n.name) for n in graph.spec.nodes}
+        self._nodes = {n.name: n for n in graph.spec.nodes}
+        self._order = graph.topological_order()
+        self._ups = {n.name: graph.upstream(n) for n in graph.spec.nodes}
+        self._succs: dict[str, list[str]] = {n: [] for n in self._order}
+        for n, us in self._ups.items():
+            for u in us:
+                self._succs[u].append(n)
+        self._sinks = graph.sinks()
+        self._descendants: dict[str, list[str]] = {}
+        for n in reversed(self._order):
+            below = dict.fromkeys(self._succs[n])
+            for c in self._succs[n]:
+                below.update(dict.fromkeys(self._descendants[c]))
+            self._descendants[n] = list(below)
 
     # -- placement of a node's pool
     def _node_device(self, name: str) -> tuple[str, dict[str, Any], int]:
@@ -184,7 +198,7 @@ class GraphRunner:
             device, execution, replicas = self._placement[node.name]
             device_class = next(o.device_class for o in self._ops_of[node.name] if o.device == device)
             options = actor_options(device, device_class, execution, llm=isinstance(node, LLMNode))
-            cls = ray.remote(NodeWorker).options(**options, max_concurrency=64)
+            cls = ray.remote(worker_class(node)).options(**options, max_concurrency=64)
             model_dir = self._weights(node, device) if isinstance(node, LLMNode) else None
             if isinstance(node, VectorSearchNode):
                 execution = self._with_index_path(node, device, execution)
@@ -269,6 +283,13 @@ class GraphRunner:
     # -- one run
     def run(self, inputs: dict[str, Any], *, on_event: Callable[[str, str, dict], None] | None = None,
             timeout_s: float | None = None) -> RunResult:
+        """Run the graph once. Every op whose upstream ops are submitted is submitted at once with their
+        ObjectRefs as arguments, so Ray's core worker starts it the moment its inputs exist (no driver
+        round trip per op); this loop only observes completions, retries, times out and cancels.
+
+        Events to ``on_event(kind, node, data)``: started (inputs ready), token (streamed LLM text),
+        retry, finished, failed, completed.
+        """
         import ray
         from ray import ObjectRefGenerator
         from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError, TaskCancelledError
@@ -278,15 +299,17 @@ class GraphRunner:
             self.start()
         run_id = uuid.uuid4().hex[:12]
         emit = on_event or (lambda *_: None)
-        ups = {n.name: self.graph.upstream(n) for n in self.graph.spec.nodes}
-        nodes = {n.name: n for n in self.graph.spec.nodes}
-        done: dict[str, Any] = {}  # node → ObjectRef of its envelope
-        records: dict[str, OpRecord] = {}
-        pending: dict[Any, tuple[str, int, float, int]] = {}  # ref → (node, replica, submitted, attempt)
-        attempts: dict[str, int] = {}
-        # the final LLM calls stream their tokens to on_event as "token" events
+        order, ups, succs, nodes = self._order, self._ups, self._succs, self._nodes
         streamed = {n for n, node in nodes.items() if isinstance(node, LLMNode) and (
-            node.stream or n in self.graph.sinks())} if on_event else set()
+            node.stream or n in self._sinks)} if on_event else set()
+        available: dict[str, Any] = {}  # node → ObjectRef of its envelope (submitted, maybe not finished)
+        done: dict[str, dict] = {}  # node → envelope
+        pending: dict[Any, str] = {}  # ObjectRef / ObjectRefGenerator → node
+        submitted: dict[str, tuple[int, int]] = {}  # node → (replica, attempt) of its live submission
+        ready_at: dict[str, float] = {}  # node → wall time its inputs existed (worker-side upstream finish)
+        seen_ready: dict[str, float] = {}  # node → monotonic time the driver saw its inputs ready (timeouts)
+        records: dict[str, OpRecord] = {}
+        attempts: dict[str, int] = {}
         t_start = time.perf_counter()
         wall_start = time.time()
         deadline = None if timeout_s is None else t_start + timeout_s
@@ -296,40 +319,73 @@ class GraphRunner:
             i = pool.pick()
             pool.in_flight[i] += 1
             attempts[name] = attempts.get(name, 0) + 1
-            args = (graph_inputs, ups[name], *[done[u] for u in ups[name]])
+            args = (graph_inputs, ups[name], *[available[u] for u in ups[name]])
             if name in streamed:
                 ref = pool.actors[i].run_stream.options(num_returns="streaming").remote(*args)
             else:
                 ref = pool.actors[i].run.remote(*args)
-            pending[ref] = (name, i, time.time(), attempts[name])
-            emit("started", name, {"device": pool.device, "replica": i, "attempt": attempts[name]})
+                available[name] = ref
+            pending[ref] = name
+            submitted[name] = (i, attempts[name])
+            if all(u in done for u in ups[name]):
+                mark_ready(name)
+
+        def mark_ready(name: str) -> None:
+            ready_at[name] = max((done[u]["finished_at"] for u in ups[name]), default=time.time())
+            seen_ready[name] = time.perf_counter()
+            replica, attempt = submitted[name]
+            emit("started", name, {"device": self.pools[name].device, "replica": replica, "attempt": attempt})
+
+        def submit_ready_successors(names: list[str]) -> None:
+            for n in order:
+                if n in names and n not in submitted and all(u in available for u in ups[n]):
+                    submit(n)
+
+        def withdraw(name: str) -> None:
+            """Forget a live submission (it failed, or an upstream is being retried)."""
+            replica, _ = submitted.pop(name)
+            self.pools[name].in_flight[replica] -= 1
+            available.pop(name, None)
+            ready_at.pop(name, None)
+            seen_ready.pop(name, None)
+            for ref, n in list(pending.items()):
+                if n == name:
+                    del pending[ref]
+                    ray.cancel(ref, force=False)
+
+        def retry(name: str, why: str) -> None:
+            emit("retry", name, {"error": why})
+            for d in [n for n in order if n in self._descendants[name] and n in submitted]:
+                withdraw(d)  # their argument was the failed ref: submit them again behind the retry
+                attempts[d] -= 1  # that submission never ran; it is not an attempt
+            submit(name)
+            submit_ready_successors(self._descendants[name])
 
         def fail(name: str, cause: str) -> None:
-            for ref in list(pending):
-                ray.cancel(ref, force=False)
-            pending.clear()
+            for n in list(submitted):
+                withdraw(n)
             emit("failed", name, {"error": cause})
             raise RunError(name, self.pools[name].device, cause)
 
-        for name in self.graph.topological_order():
-            if not ups[name]:
-                submit(name)
+        submit_ready_successors(order)
         while pending:
             now = time.perf_counter()
             if deadline is not None and now > deadline:
-                fail(next(iter(pending.values()))[0], f"run timed out after {timeout_s:g} s")
-            op_deadlines = [(s + nodes[n].timeout_s) - time.time() for n, _, s, _ in pending.values()]
-            wait_s = max(0.0, min(op_deadlines))
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=wait_s)
+                fail(next(iter(pending.values())), f"run timed out after {timeout_s:g} s")
+            waits = [seen_ready[n] + nodes[n].timeout_s - now for n in set(pending.values()) if n in seen_ready]
+            if deadline is not None:
+                waits.append(deadline - now)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, min(waits)) if waits else None)
             if not ready:
-                for ref, (n, _, s, _) in list(pending.items()):
-                    if time.time() - s > nodes[n].timeout_s:
+                now = time.perf_counter()
+                for n in set(pending.values()):
+                    if n in seen_ready and now - seen_ready[n] > nodes[n].timeout_s:
                         fail(n, f"timed out after {nodes[n].timeout_s:g} s")
                 continue
             ref = ready[0]
-            name, replica, submitted, attempt = pending.pop(ref)
-            pool = self.pools[name]
+            name = pending.pop(ref)
             node = nodes[name]
+            replica, attempt = submitted[name]
             try:
                 if isinstance(ref, ObjectRefGenerator):
                     gen = ref
@@ -337,47 +393,48 @@ class GraphRunner:
                     env = ray.get(ref)
                     if "delta" in env:
                         emit("token", name, {"text": env["delta"]})
-                        pending[gen] = (name, replica, submitted, attempt)
+                        pending[gen] = name
                         continue
                 else:
-                    env = ray.get(ref, timeout=0)
-                pool.in_flight[replica] -= 1
+                    env = ray.get(ref)
             except StopIteration:
-                pool.in_flight[replica] -= 1
                 fail(name, "the op's stream ended without a result")
             except RayActorError as exc:  # the actor died: Ray restarts it; retry once more than configured
-                pool.in_flight[replica] -= 1
-                if attempt <= node.retries + 1 and self._await_restart(pool.actors[replica]):
-                    emit("retry", name, {"error": f"worker died: {type(exc).__name__}"})
-                    submit(name)
+                if attempt <= node.retries + 1 and self._await_restart(self.pools[name].actors[replica]):
+                    withdraw(name)
+                    retry(name, f"worker died: {type(exc).__name__}")
                     continue
                 fail(name, f"worker died {attempt} times: {exc}")
             except (RayTaskError, TaskCancelledError, GetTimeoutError) as exc:
-                pool.in_flight[replica] -= 1
                 cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
                 idempotent = getattr(node, "idempotent", True) if isinstance(node, ToolNode) else True
-                if attempt <= node.retries and idempotent:
-                    emit("retry", name, {"error": f"{type(cause).__name__}: {cause}"})
-                    submit(name)
+                http_tool = isinstance(node, ToolNode) and bool(node.url)  # retried inside the op, with backoff
+                if attempt <= node.retries and idempotent and not http_tool:
+                    withdraw(name)
+                    retry(name, f"{type(cause).__name__}: {cause}")
                     continue
                 fail(name, f"{type(cause).__name__}: {cause}")
             finished = time.time()
-            done[name] = ref
-            records[name] = self._record(name, env, submitted, finished, replica, attempt)
+            self.pools[name].in_flight[replica] -= 1
+            del submitted[name]
+            env["finished_at"] = env["started_at"] + env["service_ms"] / 1000.0
+            done[name] = env
+            available[name] = ref
+            if name not in ready_at:  # its upstream results were observed out of order: use what is known
+                ready_at[name] = max((done[u]["finished_at"] for u in ups[name] if u in done), default=wall_start)
+            records[name] = self._record(name, env, ready_at[name], finished, replica, attempt)
             emit("finished", name, {"ms": records[name].measured_ms})
-            for succ in self.graph.topological_order():
-                if succ not in done and succ not in {v[0] for v in pending.values()} and name in ups[succ] and all(
-                        u in done for u in ups[succ]):
-                    submit(succ)
-        envelopes = dict(zip(done, ray.get(list(done.values()))))
-        values = {n: e["output"] for n, e in envelopes.items()}
+            for succ in succs[name]:
+                if succ in submitted and succ not in ready_at and all(u in done for u in ups[succ]):
+                    mark_ready(succ)
+            submit_ready_successors(succs[name])
+        values = {n: e["output"] for n, e in done.items()}
         outputs = {k: render(t, graph_inputs, values) for k, t in self.graph.spec.outputs.items()} or {
-            s: values[s] for s in self.graph.sinks()}
+            s: values[s] for s in self._sinks}
         e2e_ms = (time.perf_counter() - t_start) * 1000.0
         emit("completed", self.graph.metadata.name, {"ms": e2e_ms, "wall_start": wall_start})
-        ordered = [records[n] for n in self.graph.topological_order()]
         return RunResult(run_id, self.graph.metadata.name, "succeeded", outputs, e2e_ms, self.plan.predicted_e2e_ms,
-                         ordered, list(self.notes))
+                         [records[n] for n in order], list(self.notes))
 
     @staticmethod
     def _await_restart(actor: Any, within_s: float = 60.0) -> bool:
@@ -394,14 +451,15 @@ class GraphRunner:
                 time.sleep(0.2)
         return False
 
-    def _record(self, name: str, env: dict, submitted: float, finished: float, replica: int, attempt: int) -> OpRecord:
+    def _record(self, name: str, env: dict, ready_at: float, finished: float, replica: int, attempt: int) -> OpRecord:
+        """Times are from the moment the op's inputs existed (its upstream ops finished on their workers)."""
         ops = self._ops_of[name]
         pool = self.pools[name]
         predicted = sum(o.predicted_latency_ms for o in ops)
         return OpRecord(
             node=name, kind=self.graph.node(name).kind, ops=[o.name for o in ops], device=pool.device,
-            replica=replica, attempts=attempt, queue_wait_ms=max(0.0, (env["started_at"] - submitted) * 1000.0),
-            service_ms=env["service_ms"], measured_ms=(finished - submitted) * 1000.0, predicted_ms=predicted,
+            replica=replica, attempts=attempt, queue_wait_ms=max(0.0, (env["started_at"] - ready_at) * 1000.0),
+            service_ms=env["service_ms"], measured_ms=(finished - ready_at) * 1000.0, predicted_ms=predicted,
             cost_share_usd=self._cost_share(ops), status="succeeded", detail=env.get("detail", {}),
         )
 

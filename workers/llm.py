@@ -10,7 +10,7 @@ records ``model_requested`` and ``model_served`` explicitly.
 Prompts longer than ``max_model_len - max_tokens`` are truncated to their last tokens (the
 leading BOS is kept) and the number of dropped tokens is reported as ``truncated_tokens``.
 
-The Ray actor that hosts an engine is ``workers.actors.NodeWorker`` (one engine per replica),
+The Ray actor that hosts an engine is ``workers.actors.LLMWorker`` (one engine per replica),
 placed with ``workers.actors.actor_options``.
 """
 

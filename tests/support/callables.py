@@ -25,3 +25,12 @@ def crash_once(marker: str, **_):
 def slow(seconds: str = "0.3", **_):
     time.sleep(float(seconds))
     return "slept"
+
+
+def flaky_once(marker: str, **_):
+    """Raise the first time (a transient error), succeed after."""
+    path = Path(marker)
+    if not path.exists():
+        path.write_text("failed")
+        raise ConnectionError("transient failure on purpose")
+    return "second try"

@@ -154,13 +154,7 @@ class AgentGraph(_Strict):
         raise KeyError(name)
 
     def upstream(self, node: Node) -> list[str]:
-        """Explicit dependencies plus every node referenced by a template, in first-seen order."""
-        seen: dict[str, None] = dict.fromkeys(node.dependencies)
-        for text in _templates(node):
-            for scope, ref in _REF.findall(text):
-                if scope == "nodes":
-                    seen.setdefault(ref)
-        return list(seen)
+        return node_upstream(node)
 
     def topological_order(self) -> list[str]:
         order: list[str] = []
@@ -182,6 +176,16 @@ class AgentGraph(_Strict):
     def sinks(self) -> list[str]:
         used = {u for n in self.spec.nodes for u in self.upstream(n)}
         return [n.name for n in self.spec.nodes if n.name not in used]
+
+
+def node_upstream(node: Any) -> list[str]:
+    """Explicit dependencies plus every node referenced by a template, in first-seen order."""
+    seen: dict[str, None] = dict.fromkeys(node.dependencies)
+    for text in _templates(node):
+        for scope, ref in _REF.findall(text):
+            if scope == "nodes":
+                seen.setdefault(ref)
+    return list(seen)
 
 
 def _templates(node: Any) -> list[str]:

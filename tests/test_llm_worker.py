@@ -56,9 +56,9 @@ def actor(tiny_dir):
                      "env": {"OMP_NUM_THREADS": "1"}}
         t0 = time.perf_counter()
         a = ray.remote(LLMWorker).options(**actor_options("local-cpu", "cpu", execution, llm=True)).remote(
-            node, execution, ".", tiny_dir)
+            [(node, execution)], ".", tiny_dir)
         ray.get(a.ping.remote(), timeout=120)
-        info = ray.get(a.info.remote(), timeout=30)
+        info = ray.get(a.info.remote(), timeout=30)[0]
         info["actor_ready_s"] = time.perf_counter() - t0
         print("LLMWorker ready:", info)
         yield a, info
@@ -124,9 +124,10 @@ def test_stream_concatenates_to_generate(actor):
     assert len(chunks) >= 2
     assert "".join(chunks) == full["text"]
     # the node's own call path streams the same text, then ends with the envelope
-    items = [ray.get(ref, timeout=60) for ref in a.run_stream.options(num_returns="streaming").remote({"q": PROMPT}, [])]
-    assert "".join(i["delta"] for i in items[:-1]) == full["text"] == items[-1]["output"]
-    assert items[-1]["detail"]["output_tokens"] == full["output_tokens"] and items[-1]["service_ms"] > 0
+    items = [ray.get(ref, timeout=60) for ref in a.run_stream.options(num_returns="streaming").remote({"q": PROMPT})]
+    env = items[-1]["answer"]
+    assert "".join(i["delta"] for i in items[:-1]) == full["text"] == env["output"]
+    assert env["detail"]["output_tokens"] == full["output_tokens"] and env["service_ms"] > 0
 
 
 def test_long_prompt_is_truncated(actor):

@@ -211,7 +211,7 @@ def ray_local():
 
 
 def test_host_worker_transform(ray_local):
-    from workers.actors import HostWorker, actor_options
+    from workers.actors import HostWorker, NodeError, actor_options
 
     ray = ray_local
     node = TransformNode(kind="transform", name="redact", function="workers.transforms:redact_pii",
@@ -223,14 +223,14 @@ def test_host_worker_transform(ray_local):
     assert opts["num_cpus"] == 0 and opts["max_restarts"] == 2 and opts["max_task_retries"] == 0
     assert actor_options("local-cpu", "cpu", {"kind": "engine"}, llm=True)["num_cpus"] == 1
 
-    actor = ray.remote(HostWorker).options(**opts).remote(node.model_dump(mode="json"), execution, ".")
-    assert ray.get(actor.ping.remote(), timeout=60).startswith("transform:redact")
-    upstream = ray.put({"output": "write to a@b.com"})  # passed by reference, resolved on the worker
-    env = ray.get(actor.run.remote({}, ["src"], upstream), timeout=30)
-    assert env["output"] == "write to [EMAIL]" and env["service_ms"] >= 0
-    with pytest.raises(TransformError):  # the op's own error type survives the actor boundary
+    actor = ray.remote(HostWorker).options(**opts).remote([(node.model_dump(mode="json"), execution)], ".")
+    assert ray.get(actor.ping.remote(), timeout=60).startswith("host:redact")
+    upstream = ray.put({"src": {"output": "write to a@b.com"}})  # passed by reference, resolved on the worker
+    env = ray.get(actor.run.remote({}, upstream), timeout=30)["redact"]
+    assert env["output"] == "write to [EMAIL]" and env["service_ms"] >= 0 and env["attempts"] == 1
+    with pytest.raises(NodeError, match="redact: TransformError"):  # names the node and the op's error
         try:
-            ray.get(actor.run.remote({}, ["src"], ray.put({"output": 5})), timeout=30)
+            ray.get(actor.run.remote({}, ray.put({"src": {"output": 5}})), timeout=30)
         except ray.exceptions.RayTaskError as exc:
             raise exc.as_instanceof_cause()
     ray.kill(actor)

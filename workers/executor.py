@@ -9,6 +9,7 @@ whose actor died — Ray restarts the actor), and cancel everything in flight wh
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import time
@@ -19,7 +20,7 @@ from typing import Any, Callable
 
 from compiler.spec import AgentGraph, LLMNode, ToolNode, VectorSearchNode
 from planner.plan import Plan
-from workers.actors import actor_options, worker_class
+from workers.actors import HostWorker, LLMWorker, actor_options
 from workers.templates import render
 
 DEFAULT_DATA_DIR = Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent"))
@@ -108,11 +109,16 @@ def check_inputs(graph: AgentGraph, inputs: dict[str, Any]) -> dict[str, Any]:
 
 
 @dataclass
-class _Pool:
-    node: str
+class _Unit:
+    """What one actor call runs: an LLM node, or a segment of host nodes fused on one device."""
+
+    id: str
+    nodes: list[str]
     device: str
-    actors: list[Any]
-    in_flight: list[int]
+    llm: bool
+    replicas: int
+    actors: list[Any] = field(default_factory=list)
+    in_flight: list[int] = field(default_factory=list)
 
     def pick(self) -> int:
         return min(range(len(self.actors)), key=lambda i: self.in_flight[i])
@@ -138,7 +144,14 @@ def ensure_ray(address: str | None = None, devices: list[str] | None = None) -> 
 
 
 class GraphRunner:
-    """Starts the replica pools a plan asks for and runs the graph on them."""
+    """Starts the replica pools a plan asks for and runs the graph on them.
+
+    Execution units: each LLM node is a unit (an LLMWorker pool with the plan's replicas); host
+    nodes (embed, vector_search, tool, transform) that the plan puts on the same device are fused
+    into segments, one HostWorker pool each, so a chain or fan-out of light ops costs one Ray call,
+    not one per op. A segment is convex (no path leaves it and comes back), so it runs as one task.
+    Non-idempotent tools are never fused: a retried segment must not repeat a side effect.
+    """
 
     def __init__(self, graph: AgentGraph, plan: Plan, *, data_dir: Path = DEFAULT_DATA_DIR, model_dir: Path | None = None,
                  index_dirs: tuple[Path, ...] = ()):
@@ -147,7 +160,7 @@ class GraphRunner:
         self.graph, self.plan, self.data_dir = graph, plan, Path(data_dir)
         self.model_dir = model_dir
         self.index_dirs = tuple(Path(d) for d in index_dirs)
-        self.pools: dict[str, _Pool] = {}
+        self.pools: dict[str, _Unit] = {}
         self.notes: list[str] = []
         self._ops_of = {n.name: [o for o in plan.ops if o.source_node == n.name] for n in graph.spec.nodes}
         for name, ops in self._ops_of.items():
@@ -162,14 +175,16 @@ class GraphRunner:
             for u in us:
                 self._succs[u].append(n)
         self._sinks = graph.sinks()
-        self._descendants: dict[str, list[str]] = {}
+        self._descendants: dict[str, set[str]] = {}
         for n in reversed(self._order):
-            below = dict.fromkeys(self._succs[n])
+            below = set(self._succs[n])
             for c in self._succs[n]:
-                below.update(dict.fromkeys(self._descendants[c]))
-            self._descendants[n] = list(below)
+                below |= self._descendants[c]
+            self._descendants[n] = below
+        self.units = self._plan_units()
+        self._unit_of = {n: u.id for u in self.units.values() for n in u.nodes}
 
-    # -- placement of a node's pool
+    # -- placement
     def _node_device(self, name: str) -> tuple[str, dict[str, Any], int]:
         ops = self._ops_of[name]
         main = next((o for o in ops if o.kind == "decode"), None) or next(
@@ -183,6 +198,64 @@ class GraphRunner:
         replicas = max(o.replicas for o in ops if o.kind not in ("tokenize", "detokenize")) if len(ops) > 1 else ops[0].replicas
         return main.device, main.execution, max(1, replicas)
 
+    def _plan_units(self) -> dict[str, _Unit]:
+        """LLM nodes alone; host nodes greedily fused, in topological order, into convex per-device
+        segments: a node joins (and merges) the segments of its upstream nodes on its device when the
+        union stays convex. Returned in a topological order of the units."""
+        segments: dict[int, list[str]] = {}
+        seg_of: dict[str, int] = {}
+        new_ids = itertools.count()
+        units: dict[str, _Unit] = {}
+        for name in self._order:
+            node, (device, _, replicas) = self._nodes[name], self._placement[name]
+            if isinstance(node, LLMNode):
+                units[name] = _Unit(name, [name], device, True, replicas)
+                continue
+            candidates: list[int] = []
+            if self._fusable(name):
+                for u in self._ups[name]:
+                    k = seg_of.get(u)
+                    if k is not None and k not in candidates and self._placement[u][0] == device and all(
+                            self._fusable(m) for m in segments[k]):
+                        candidates.append(k)
+            choice = None
+            for group in ([candidates] if len(candidates) > 1 else []) + [[k] for k in candidates]:
+                members = {m for k in group for m in segments[k]} | {name}
+                if self._convex(members):
+                    choice = group
+                    break
+            if choice is None:
+                k = next(new_ids)
+                segments[k] = [name]
+            else:
+                k = choice[0]
+                for other in choice[1:]:
+                    segments[k] += segments.pop(other)
+                segments[k].append(name)
+            for m in segments[k]:
+                seg_of[m] = k
+        for members in segments.values():
+            members.sort(key=self._order.index)
+            uid = "+".join(members)
+            units[uid] = _Unit(uid, members, self._placement[members[0]][0], False,
+                               max(self._placement[m][2] for m in members))
+        unit_of = {n: uid for uid, u in units.items() for n in u.nodes}
+        ups = {uid: {unit_of[x] for n in u.nodes for x in self._ups[n]} - {uid} for uid, u in units.items()}
+        ordered: list[str] = []
+        while len(ordered) < len(units):  # Kahn; ties by the first node's position in the graph order
+            ready = [uid for uid in units if uid not in ordered and ups[uid] <= set(ordered)]
+            ordered.append(min(ready, key=lambda uid: self._order.index(units[uid].nodes[0])))
+        return {uid: units[uid] for uid in ordered}
+
+    def _fusable(self, name: str) -> bool:
+        node = self._nodes[name]
+        return not isinstance(node, LLMNode) and not (isinstance(node, ToolNode) and not node.idempotent)
+
+    def _convex(self, members: set[str]) -> bool:
+        """No path leaves ``members`` and comes back (else one task could not run them all)."""
+        below = set().union(*(self._descendants[m] for m in members)) - members
+        return not any(self._descendants[x] & members for x in below)
+
     def start(self, start_timeout_s: float = 300.0) -> None:
         import ray
 
@@ -194,56 +267,63 @@ class GraphRunner:
         self._await_ready(start_timeout_s)
 
     def _start_pools(self, ray: Any) -> None:
-        for node in self.graph.spec.nodes:
-            device, execution, replicas = self._placement[node.name]
-            device_class = next(o.device_class for o in self._ops_of[node.name] if o.device == device)
-            options = actor_options(device, device_class, execution, llm=isinstance(node, LLMNode))
-            cls = ray.remote(worker_class(node)).options(**options, max_concurrency=64)
-            model_dir = self._weights(node, device) if isinstance(node, LLMNode) else None
-            if isinstance(node, VectorSearchNode):
-                execution = self._with_index_path(node, device, execution)
-            actors = [cls.remote(node.model_dump(mode="json"), execution, str(self.data_dir), model_dir)
-                      for _ in range(replicas)]
-            self.pools[node.name] = _Pool(node.name, device, actors, [0] * replicas)
+        for unit in self.units.values():
+            payload = []
+            for name in unit.nodes:
+                node = self._nodes[name]
+                execution = self._placement[name][1]
+                if isinstance(node, VectorSearchNode):
+                    execution = self._with_index_path(node, unit.device, execution)
+                payload.append((node.model_dump(mode="json"), execution))
+            first = self._nodes[unit.nodes[0]]
+            device_class = next(o.device_class for o in self._ops_of[first.name] if o.device == unit.device)
+            env: dict[str, str] = {}
+            for _, execution in payload:  # a fused segment gets the widest thread settings of its ops
+                for k, v in (execution.get("env") or {}).items():
+                    env[k] = str(max(int(v), int(env.get(k, 0)))) if str(v).isdigit() else str(v)
+            options = actor_options(unit.device, device_class, {**payload[0][1], "env": env}, llm=unit.llm)
+            cls = ray.remote(LLMWorker if unit.llm else HostWorker).options(**options, max_concurrency=64)
+            model_dir = self._weights(first, unit.device) if unit.llm else None
+            unit.actors = [cls.remote(payload, str(self.data_dir), model_dir) for _ in range(unit.replicas)]
+            unit.in_flight = [0] * unit.replicas
+            self.pools[unit.id] = unit
 
     def _await_ready(self, timeout_s: float) -> None:
         """Wait for every replica's constructor; a pool that cannot be placed or fails to start is a RunError."""
         import ray
         from ray.exceptions import RayActorError
 
-        pings = {a.ping.remote(): (p.node, p.device) for p in self.pools.values() for a in p.actors}
+        pings = {a.ping.remote(): u for u in self.pools.values() for a in u.actors}
         ready, waiting = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
         for ref in ready:
             try:
                 ray.get(ref)
             except RayActorError as exc:
-                node, device = pings[ref]
+                unit = pings[ref]
                 self.shutdown()
-                raise RunError(node, device, f"worker failed to start: {exc}") from None
+                raise RunError(unit.id, unit.device, f"worker failed to start: {exc}") from None
         if not waiting:
             self._note_substitutions()
             return
-        if waiting:
-            node, device = pings[waiting[0]]
-            free = ray.available_resources()
-            self.shutdown()
-            raise RunError(node, device, (
-                f"worker not ready within {timeout_s:g} s: either it cannot be placed (does the Ray cluster have a "
-                f"node with resource 'device:{device}' and free CPU/GPU?) or its constructor is still loading; "
-                f"available now: "
-                f"{ {k: round(v, 3) for k, v in sorted(free.items()) if not k.startswith('node:')} }"))
+        unit = pings[waiting[0]]
+        free = ray.available_resources()
+        self.shutdown()
+        raise RunError(unit.id, unit.device, (
+            f"worker not ready within {timeout_s:g} s: either it cannot be placed (does the Ray cluster have a "
+            f"node with resource 'device:{unit.device}' and free CPU/GPU?) or its constructor is still loading; "
+            f"available now: {({k: round(v, 3) for k, v in sorted(free.items()) if not k.startswith('node:')})}"))
 
     def _note_substitutions(self) -> None:
         """Say in the run record when a worker serves another model than the spec names (never silently)."""
         import ray
 
-        infos = ray.get([p.actors[0].info.remote() for p in self.pools.values()])
-        for info in infos:
-            if info.get("kind") == "embed" and info.get("substituted"):
-                note = (f"{info['name']}: embedding model {info['model_requested']} is served as {info['model_served']} "
-                        "(the packaged CPU model)")
-                if note not in self.notes:
-                    self.notes.append(note)
+        for rows in ray.get([u.actors[0].info.remote() for u in self.pools.values()]):
+            for info in rows:
+                if info.get("kind") == "embed" and info.get("substituted"):
+                    note = (f"{info['name']}: embedding model {info['model_requested']} is served as "
+                            f"{info['model_served']} (the packaged CPU model)")
+                    if note not in self.notes:
+                        self.notes.append(note)
 
     def _weights(self, node: LLMNode, device: str) -> str:
         """Checkpoint an LLM node serves: ``model_dir`` when given (every LLM node serves it, and the
@@ -275,17 +355,18 @@ class GraphRunner:
     def shutdown(self) -> None:
         import ray
 
-        for p in self.pools.values():
-            for a in p.actors:
+        for u in self.pools.values():
+            for a in u.actors:
                 ray.kill(a)
         self.pools.clear()
 
     # -- one run
     def run(self, inputs: dict[str, Any], *, on_event: Callable[[str, str, dict], None] | None = None,
             timeout_s: float | None = None) -> RunResult:
-        """Run the graph once. Every op whose upstream ops are submitted is submitted at once with their
-        ObjectRefs as arguments, so Ray's core worker starts it the moment its inputs exist (no driver
-        round trip per op); this loop only observes completions, retries, times out and cancels.
+        """Run the graph once. Every unit whose upstream units are submitted is submitted at once with
+        their ObjectRefs as arguments, so Ray's core worker starts it the moment its inputs exist (no
+        driver round trip per op); this loop only observes completions, retries dead workers, times
+        out and cancels. Op errors are retried inside the workers (bounded, idempotent ops only).
 
         Events to ``on_event(kind, node, data)``: started (inputs ready), token (streamed LLM text),
         retry, finished, failed, completed.
@@ -299,142 +380,146 @@ class GraphRunner:
             self.start()
         run_id = uuid.uuid4().hex[:12]
         emit = on_event or (lambda *_: None)
-        order, ups, succs, nodes = self._order, self._ups, self._succs, self._nodes
-        streamed = {n for n, node in nodes.items() if isinstance(node, LLMNode) and (
-            node.stream or n in self._sinks)} if on_event else set()
-        available: dict[str, Any] = {}  # node → ObjectRef of its envelope (submitted, maybe not finished)
+        units, unit_of, nodes = self.units, self._unit_of, self._nodes
+        unit_ups = {uid: list(dict.fromkeys(unit_of[x] for n in u.nodes for x in self._ups[n] if unit_of[x] != uid))
+                    for uid, u in units.items()}
+        unit_succs: dict[str, list[str]] = {uid: [] for uid in units}
+        for uid, ups in unit_ups.items():
+            for up in ups:
+                unit_succs[up].append(uid)
+        descendants: dict[str, set[str]] = {}
+        for uid in reversed(list(units)):  # units are in topological order
+            descendants[uid] = set(unit_succs[uid]).union(*(descendants[c] for c in unit_succs[uid]))
+        streamed = {uid for uid, u in units.items() if u.llm and (nodes[u.nodes[0]].stream or u.nodes[0] in self._sinks)
+                    } if on_event else set()
+        unit_timeout = {uid: sum(nodes[n].timeout_s * (nodes[n].retries + 1) for n in u.nodes) for uid, u in units.items()}
+        available: dict[str, Any] = {}  # unit → ObjectRef of its result (submitted, maybe not finished)
         done: dict[str, dict] = {}  # node → envelope
-        pending: dict[Any, str] = {}  # ObjectRef / ObjectRefGenerator → node
-        submitted: dict[str, tuple[int, int]] = {}  # node → (replica, attempt) of its live submission
-        ready_at: dict[str, float] = {}  # node → wall time its inputs existed (worker-side upstream finish)
-        seen_ready: dict[str, float] = {}  # node → monotonic time the driver saw its inputs ready (timeouts)
+        finished_units: set[str] = set()
+        pending: dict[Any, str] = {}  # ObjectRef / ObjectRefGenerator → unit
+        submitted: dict[str, tuple[int, int]] = {}  # unit → (replica, attempt) of its live submission
+        seen_ready: dict[str, float] = {}  # unit → monotonic time the driver saw its inputs ready
         records: dict[str, OpRecord] = {}
         attempts: dict[str, int] = {}
         t_start = time.perf_counter()
         wall_start = time.time()
         deadline = None if timeout_s is None else t_start + timeout_s
 
-        def submit(name: str) -> None:
-            pool = self.pools[name]
-            i = pool.pick()
-            pool.in_flight[i] += 1
-            attempts[name] = attempts.get(name, 0) + 1
-            args = (graph_inputs, ups[name], *[available[u] for u in ups[name]])
-            if name in streamed:
-                ref = pool.actors[i].run_stream.options(num_returns="streaming").remote(*args)
+        def submit(uid: str) -> None:
+            unit = units[uid]
+            i = unit.pick()
+            unit.in_flight[i] += 1
+            attempts[uid] = attempts.get(uid, 0) + 1
+            args = (graph_inputs, *[available[u] for u in unit_ups[uid]])
+            if uid in streamed:
+                ref = unit.actors[i].run_stream.options(num_returns="streaming").remote(*args)
             else:
-                ref = pool.actors[i].run.remote(*args)
-                available[name] = ref
-            pending[ref] = name
-            submitted[name] = (i, attempts[name])
-            if all(u in done for u in ups[name]):
-                mark_ready(name)
+                ref = unit.actors[i].run.remote(*args)
+                available[uid] = ref
+            pending[ref] = uid
+            submitted[uid] = (i, attempts[uid])
+            if all(u in finished_units for u in unit_ups[uid]):
+                mark_ready(uid)
 
-        def mark_ready(name: str) -> None:
-            ready_at[name] = max((done[u]["finished_at"] for u in ups[name]), default=time.time())
-            seen_ready[name] = time.perf_counter()
-            replica, attempt = submitted[name]
-            emit("started", name, {"device": self.pools[name].device, "replica": replica, "attempt": attempt})
+        def mark_ready(uid: str) -> None:
+            seen_ready[uid] = time.perf_counter()
+            replica, attempt = submitted[uid]
+            for n in units[uid].nodes:
+                emit("started", n, {"device": units[uid].device, "replica": replica, "attempt": attempt})
 
-        def submit_ready_successors(names: list[str]) -> None:
-            for n in order:
-                if n in names and n not in submitted and all(u in available for u in ups[n]):
-                    submit(n)
+        def submit_ready(uids) -> None:
+            for uid in units:
+                if uid in uids and uid not in submitted and uid not in finished_units and all(
+                        u in available for u in unit_ups[uid]):
+                    submit(uid)
 
-        def withdraw(name: str) -> None:
-            """Forget a live submission (it failed, or an upstream is being retried)."""
-            replica, _ = submitted.pop(name)
-            self.pools[name].in_flight[replica] -= 1
-            available.pop(name, None)
-            ready_at.pop(name, None)
-            seen_ready.pop(name, None)
-            for ref, n in list(pending.items()):
-                if n == name:
+        def withdraw(uid: str) -> None:
+            """Forget a live submission (it failed, or an upstream unit is being retried)."""
+            replica, _ = submitted.pop(uid)
+            units[uid].in_flight[replica] -= 1
+            available.pop(uid, None)
+            seen_ready.pop(uid, None)
+            for ref, u in list(pending.items()):
+                if u == uid:
                     del pending[ref]
                     ray.cancel(ref, force=False)
 
-        def retry(name: str, why: str) -> None:
-            emit("retry", name, {"error": why})
-            for d in [n for n in order if n in self._descendants[name] and n in submitted]:
-                withdraw(d)  # their argument was the failed ref: submit them again behind the retry
-                attempts[d] -= 1  # that submission never ran; it is not an attempt
-            submit(name)
-            submit_ready_successors(self._descendants[name])
+        def fail(node: str, device: str, cause: str) -> None:
+            for uid in list(submitted):
+                withdraw(uid)
+            emit("failed", node, {"error": cause})
+            raise RunError(node, device, cause)
 
-        def fail(name: str, cause: str) -> None:
-            for n in list(submitted):
-                withdraw(n)
-            emit("failed", name, {"error": cause})
-            raise RunError(name, self.pools[name].device, cause)
-
-        submit_ready_successors(order)
+        submit_ready(set(units))
         while pending:
             now = time.perf_counter()
             if deadline is not None and now > deadline:
-                fail(next(iter(pending.values())), f"run timed out after {timeout_s:g} s")
-            waits = [seen_ready[n] + nodes[n].timeout_s - now for n in set(pending.values()) if n in seen_ready]
+                uid = next(iter(pending.values()))
+                fail(units[uid].nodes[0], units[uid].device, f"run timed out after {timeout_s:g} s")
+            waits = [seen_ready[u] + unit_timeout[u] - now for u in set(pending.values()) if u in seen_ready]
             if deadline is not None:
                 waits.append(deadline - now)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, min(waits)) if waits else None)
             if not ready:
                 now = time.perf_counter()
-                for n in set(pending.values()):
-                    if n in seen_ready and now - seen_ready[n] > nodes[n].timeout_s:
-                        fail(n, f"timed out after {nodes[n].timeout_s:g} s")
+                for uid in set(pending.values()):
+                    if uid in seen_ready and now - seen_ready[uid] > unit_timeout[uid]:
+                        fail(units[uid].nodes[0], units[uid].device, f"timed out after {unit_timeout[uid]:g} s")
                 continue
             ref = ready[0]
-            name = pending.pop(ref)
-            node = nodes[name]
-            replica, attempt = submitted[name]
+            uid = pending.pop(ref)
+            unit = units[uid]
+            replica, attempt = submitted[uid]
             try:
                 if isinstance(ref, ObjectRefGenerator):
                     gen = ref
                     ref = next(gen)
-                    env = ray.get(ref)
-                    if "delta" in env:
-                        emit("token", name, {"text": env["delta"]})
-                        pending[gen] = name
+                    result = ray.get(ref)
+                    if "delta" in result:
+                        emit("token", unit.nodes[0], {"text": result["delta"]})
+                        pending[gen] = uid
                         continue
                 else:
-                    env = ray.get(ref)
+                    result = ray.get(ref)
             except StopIteration:
-                fail(name, "the op's stream ended without a result")
-            except RayActorError as exc:  # the actor died: Ray restarts it; retry once more than configured
-                if attempt <= node.retries + 1 and self._await_restart(self.pools[name].actors[replica]):
-                    withdraw(name)
-                    retry(name, f"worker died: {type(exc).__name__}")
+                fail(unit.nodes[0], unit.device, "the op's stream ended without a result")
+            except RayActorError as exc:  # the worker died: Ray restarts it; the unit runs again
+                allowed = 1 + max(nodes[n].retries for n in unit.nodes)
+                if attempt <= allowed and self._await_restart(unit.actors[replica]):
+                    withdraw(uid)
+                    emit("retry", unit.nodes[0], {"error": f"worker died: {type(exc).__name__}"})
+                    for d in [u for u in units if u in descendants[uid] and u in submitted]:
+                        withdraw(d)  # their argument was the failed ref: submit them again behind the retry
+                        attempts[d] -= 1  # that submission never ran; it is not an attempt
+                    submit(uid)
+                    submit_ready(descendants[uid])
                     continue
-                fail(name, f"worker died {attempt} times: {exc}")
+                fail(unit.nodes[0], unit.device, f"worker died {attempt} times: {exc}")
             except (RayTaskError, TaskCancelledError, GetTimeoutError) as exc:
                 cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
-                idempotent = getattr(node, "idempotent", True) if isinstance(node, ToolNode) else True
-                http_tool = isinstance(node, ToolNode) and bool(node.url)  # retried inside the op, with backoff
-                if attempt <= node.retries and idempotent and not http_tool:
-                    withdraw(name)
-                    retry(name, f"{type(cause).__name__}: {cause}")
-                    continue
-                fail(name, f"{type(cause).__name__}: {cause}")
-            finished = time.time()
-            self.pools[name].in_flight[replica] -= 1
-            del submitted[name]
-            env["finished_at"] = env["started_at"] + env["service_ms"] / 1000.0
-            done[name] = env
-            available[name] = ref
-            if name not in ready_at:  # its upstream results were observed out of order: use what is known
-                ready_at[name] = max((done[u]["finished_at"] for u in ups[name] if u in done), default=wall_start)
-            records[name] = self._record(name, env, ready_at[name], finished, replica, attempt)
-            emit("finished", name, {"ms": records[name].measured_ms})
-            for succ in succs[name]:
-                if succ in submitted and succ not in ready_at and all(u in done for u in ups[succ]):
+                node = getattr(cause, "node", None) or unit.nodes[0]
+                fail(node, unit.device, getattr(cause, "cause", None) or f"{type(cause).__name__}: {cause}")
+            unit.in_flight[replica] -= 1
+            del submitted[uid]
+            finished_units.add(uid)
+            available[uid] = ref
+            for name in unit.nodes:  # in topological order
+                env = result[name]
+                done[name] = env
+                ready_at = max((done[u]["finished_at"] for u in self._ups[name] if u in done), default=wall_start)
+                records[name] = self._record(name, env, ready_at, unit, replica, attempt)
+                emit("finished", name, {"ms": records[name].measured_ms})
+            for succ in unit_succs[uid]:
+                if succ in submitted and succ not in seen_ready and all(u in finished_units for u in unit_ups[succ]):
                     mark_ready(succ)
-            submit_ready_successors(succs[name])
+            submit_ready(set(unit_succs[uid]))
         values = {n: e["output"] for n, e in done.items()}
         outputs = {k: render(t, graph_inputs, values) for k, t in self.graph.spec.outputs.items()} or {
             s: values[s] for s in self._sinks}
         e2e_ms = (time.perf_counter() - t_start) * 1000.0
         emit("completed", self.graph.metadata.name, {"ms": e2e_ms, "wall_start": wall_start})
         return RunResult(run_id, self.graph.metadata.name, "succeeded", outputs, e2e_ms, self.plan.predicted_e2e_ms,
-                         [records[n] for n in order], list(self.notes))
+                         [records[n] for n in self._order], list(self.notes))
 
     @staticmethod
     def _await_restart(actor: Any, within_s: float = 60.0) -> bool:
@@ -451,16 +536,17 @@ class GraphRunner:
                 time.sleep(0.2)
         return False
 
-    def _record(self, name: str, env: dict, ready_at: float, finished: float, replica: int, attempt: int) -> OpRecord:
-        """Times are from the moment the op's inputs existed (its upstream ops finished on their workers)."""
+    def _record(self, name: str, env: dict, ready_at: float, unit: _Unit, replica: int, attempt: int) -> OpRecord:
+        """Times run from the moment the op's inputs existed (its upstream ops finished on their workers)
+        to the moment it finished on its worker (wall clocks of the workers)."""
         ops = self._ops_of[name]
-        pool = self.pools[name]
-        predicted = sum(o.predicted_latency_ms for o in ops)
         return OpRecord(
-            node=name, kind=self.graph.node(name).kind, ops=[o.name for o in ops], device=pool.device,
-            replica=replica, attempts=attempt, queue_wait_ms=max(0.0, (env["started_at"] - ready_at) * 1000.0),
-            service_ms=env["service_ms"], measured_ms=(finished - ready_at) * 1000.0, predicted_ms=predicted,
-            cost_share_usd=self._cost_share(ops), status="succeeded", detail=env.get("detail", {}),
+            node=name, kind=self._nodes[name].kind, ops=[o.name for o in ops], device=unit.device,
+            replica=replica, attempts=env.get("attempts", 1) + attempt - 1,
+            queue_wait_ms=max(0.0, (env["started_at"] - ready_at) * 1000.0), service_ms=env["service_ms"],
+            measured_ms=max(env["service_ms"], (env["finished_at"] - ready_at) * 1000.0),
+            predicted_ms=sum(o.predicted_latency_ms for o in ops), cost_share_usd=self._cost_share(ops),
+            status="succeeded", detail={**env.get("detail", {}), **({"unit": unit.id} if len(unit.nodes) > 1 else {})},
         )
 
     def _cost_share(self, ops) -> float:

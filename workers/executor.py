@@ -12,6 +12,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass, field
@@ -24,6 +25,7 @@ from workers.actors import HostWorker, LLMWorker, actor_options
 from workers.templates import render
 
 DEFAULT_DATA_DIR = Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent"))
+CANCEL_POLL_S = 0.1
 
 
 class RunError(RuntimeError):
@@ -266,24 +268,30 @@ class GraphRunner:
             raise
         self._await_ready(start_timeout_s)
 
+    def _unit_payload(self, unit: _Unit) -> tuple[Any, list[tuple[dict, dict]], str | None]:
+        """(the configured actor class, its nodes with their execution configs, model weights) of a unit."""
+        import ray
+
+        payload = []
+        for name in unit.nodes:
+            node = self._nodes[name]
+            execution = self._placement[name][1]
+            if isinstance(node, VectorSearchNode):
+                execution = self._with_index_path(node, unit.device, execution)
+            payload.append((node.model_dump(mode="json"), execution))
+        first = self._nodes[unit.nodes[0]]
+        device_class = next(o.device_class for o in self._ops_of[first.name] if o.device == unit.device)
+        env: dict[str, str] = {}
+        for _, execution in payload:  # a fused segment gets the widest thread settings of its ops
+            for k, v in (execution.get("env") or {}).items():
+                env[k] = str(max(int(v), int(env.get(k, 0)))) if str(v).isdigit() else str(v)
+        options = actor_options(unit.device, device_class, {**payload[0][1], "env": env}, llm=unit.llm)
+        cls = ray.remote(LLMWorker if unit.llm else HostWorker).options(**options, max_concurrency=64)
+        return cls, payload, (self._weights(first, unit.device) if unit.llm else None)
+
     def _start_pools(self, ray: Any) -> None:
         for unit in self.units.values():
-            payload = []
-            for name in unit.nodes:
-                node = self._nodes[name]
-                execution = self._placement[name][1]
-                if isinstance(node, VectorSearchNode):
-                    execution = self._with_index_path(node, unit.device, execution)
-                payload.append((node.model_dump(mode="json"), execution))
-            first = self._nodes[unit.nodes[0]]
-            device_class = next(o.device_class for o in self._ops_of[first.name] if o.device == unit.device)
-            env: dict[str, str] = {}
-            for _, execution in payload:  # a fused segment gets the widest thread settings of its ops
-                for k, v in (execution.get("env") or {}).items():
-                    env[k] = str(max(int(v), int(env.get(k, 0)))) if str(v).isdigit() else str(v)
-            options = actor_options(unit.device, device_class, {**payload[0][1], "env": env}, llm=unit.llm)
-            cls = ray.remote(LLMWorker if unit.llm else HostWorker).options(**options, max_concurrency=64)
-            model_dir = self._weights(first, unit.device) if unit.llm else None
+            cls, payload, model_dir = self._unit_payload(unit)
             unit.actors = [cls.remote(payload, str(self.data_dir), model_dir) for _ in range(unit.replicas)]
             unit.in_flight = [0] * unit.replicas
             self.pools[unit.id] = unit
@@ -352,6 +360,38 @@ class GraphRunner:
         settings = {**(execution.get("settings") or {}), "index_path": str(path.resolve())}
         return {**execution, "settings": settings}
 
+    def scale_to(self, plan: Plan) -> bool:
+        """Adopt ``plan`` in place when it keeps every unit on the same device (only replica counts
+        change): start or stop replicas. False (nothing changed) when placements differ."""
+        import ray
+
+        other = GraphRunner(self.graph, plan, data_dir=self.data_dir, model_dir=self.model_dir, index_dirs=self.index_dirs)
+        if [(u.id, u.device) for u in other.units.values()] != [(u.id, u.device) for u in self.units.values()]:
+            return False
+        for uid, unit in self.units.items():
+            want = other.units[uid].replicas
+            pool = self.pools.get(uid)
+            if pool is None or want == len(pool.actors):
+                unit.replicas = want
+                continue
+            if want > len(pool.actors):
+                cls_opts = self._unit_payload(unit)
+                new = [cls_opts[0].remote(cls_opts[1], str(self.data_dir), cls_opts[2]) for _ in range(want - len(pool.actors))]
+                ray.get([a.ping.remote() for a in new])
+                pool.actors += new
+                pool.in_flight += [0] * len(new)
+            else:  # drop the least-loaded replicas; calls in flight on them finish first
+                keep = sorted(range(len(pool.actors)), key=lambda i: -pool.in_flight[i])[:want]
+                drop = [a for i, a in enumerate(pool.actors) if i not in keep]
+                pool.actors = [pool.actors[i] for i in keep]
+                pool.in_flight = [pool.in_flight[i] for i in keep]
+                for a in drop:
+                    a.__ray_terminate__.remote()  # graceful: queued calls run before the actor exits
+            unit.replicas = want
+        self.plan = plan
+        self._ops_of = other._ops_of
+        return True
+
     def shutdown(self) -> None:
         import ray
 
@@ -362,7 +402,7 @@ class GraphRunner:
 
     # -- one run
     def run(self, inputs: dict[str, Any], *, on_event: Callable[[str, str, dict], None] | None = None,
-            timeout_s: float | None = None) -> RunResult:
+            timeout_s: float | None = None, cancel: threading.Event | None = None) -> RunResult:
         """Run the graph once. Every unit whose upstream units are submitted is submitted at once with
         their ObjectRefs as arguments, so Ray's core worker starts it the moment its inputs exist (no
         driver round trip per op); this loop only observes completions, retries dead workers, times
@@ -459,6 +499,11 @@ class GraphRunner:
             waits = [seen_ready[u] + unit_timeout[u] - now for u in set(pending.values()) if u in seen_ready]
             if deadline is not None:
                 waits.append(deadline - now)
+            if cancel is not None:
+                if cancel.is_set():
+                    uid = next(iter(pending.values()))
+                    fail(units[uid].nodes[0], units[uid].device, "cancelled")
+                waits.append(CANCEL_POLL_S)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, min(waits)) if waits else None)
             if not ready:
                 now = time.perf_counter()

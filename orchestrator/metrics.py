@@ -1,0 +1,76 @@
+"""Prometheus metrics of the daemon (prometheus-client), one registry per app. Names follow
+Prometheus conventions (base units, ``_total`` counters) so Grafana panels can sum and quantile them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.run_latency = Histogram("hetagent_run_latency_seconds", "End-to-end latency of graph runs.",
+                                     ["graph"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.sla_violations = Counter("hetagent_sla_violations_total", "Runs slower than their graph's SLA.",
+                                      ["graph"], registry=r)
+        self.runs = Counter("hetagent_runs_total", "Finished runs by status.", ["graph", "status"], registry=r)
+        self.op_latency = Histogram("hetagent_op_latency_seconds", "Measured latency of ops (inputs ready to done).",
+                                    ["graph", "kind", "device"], buckets=LATENCY_BUCKETS_S, registry=r)
+        self.op_predicted_ratio = Gauge("hetagent_op_measured_over_predicted", "Last measured/predicted latency.",
+                                        ["graph", "node", "device"], registry=r)
+        self.replicas = Gauge("hetagent_replicas", "Replicas per deployed op.", ["graph", "op", "device"], registry=r)
+        self.utilization = Gauge("hetagent_device_utilization", "Planned busy fraction of each device type.",
+                                 ["graph", "device"], registry=r)
+        self.tco = Gauge("hetagent_tco_usd_per_hour", "Planned TCO of deployments by device type.",
+                         ["graph", "device"], registry=r)
+        self.tco_total = Gauge("hetagent_tco_total_usd_per_hour", "Planned TCO of all deployments.", registry=r)
+        self.usd_per_run = Gauge("hetagent_usd_per_run", "Planned $ per run of a deployment.", ["graph"], registry=r)
+        self.run_cost = Counter("hetagent_run_cost_usd_total", "Sum of the cost shares of finished runs.",
+                                ["graph"], registry=r)
+        self.solve_seconds = Histogram("hetagent_planner_solve_seconds", "ILP solve time.",
+                                       buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
+        self.replans = Counter("hetagent_replans_total", "Re-plans by the control loop.", ["graph", "reason"],
+                               registry=r)
+        self.arrival_rate = Gauge("hetagent_arrival_rate_per_second", "Measured run arrival rate.", ["graph"],
+                                  registry=r)
+        self._tco_by_graph: dict[str, float] = {}
+
+    def set_deployment(self, graph: str, plan: dict[str, Any]) -> None:
+        """Gauges of a deployment's plan (replicas, utilisation, TCO); replaces the graph's old values."""
+        self.clear_deployment(graph)
+        for op in plan.get("ops", []):
+            self.replicas.labels(graph, op["name"], op["device"]).set(op["replicas"])
+        for dev in plan.get("devices", []):
+            self.utilization.labels(graph, dev["device"]).set(dev.get("busy_fraction", 0.0))
+            self.tco.labels(graph, dev["device"]).set(dev.get("usd_per_hour", 0.0))
+        self._tco_by_graph[graph] = float(plan.get("tco_usd_per_hour") or 0.0)
+        self.tco_total.set(sum(self._tco_by_graph.values()))
+        self.usd_per_run.labels(graph).set(float(plan.get("usd_per_1k_runs") or 0.0) / 1000.0)
+
+    def clear_deployment(self, graph: str) -> None:
+        for gauge in (self.replicas, self.utilization, self.tco):
+            for labels in [k for k in list(gauge._metrics) if k[0] == graph]:  # noqa: SLF001 - no public remove-by-prefix
+                gauge.remove(*labels)
+        self._tco_by_graph.pop(graph, None)
+        self.tco_total.set(sum(self._tco_by_graph.values()))
+
+    def observe_run(self, graph: str, status: str, e2e_ms: float | None, sla_ms: float,
+                    records: list[dict[str, Any]]) -> None:
+        self.runs.labels(graph, status).inc()
+        if e2e_ms is None:
+            return
+        self.run_latency.labels(graph).observe(e2e_ms / 1000.0)
+        if e2e_ms > sla_ms:
+            self.sla_violations.labels(graph).inc()
+        cost = 0.0
+        for r in records:
+            self.op_latency.labels(graph, r["kind"], r["device"]).observe(r["measured_ms"] / 1000.0)
+            if r.get("predicted_ms"):
+                self.op_predicted_ratio.labels(graph, r["node"], r["device"]).set(r["measured_ms"] / r["predicted_ms"])
+            cost += r.get("cost_share_usd", 0.0)
+        self.run_cost.labels(graph).inc(cost)

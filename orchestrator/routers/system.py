@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Depends, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from orchestrator.dependencies import Read, get_service
+from orchestrator.service import Service, ServiceError
+
+router = APIRouter(tags=["system"])
+
+
+@router.get("/healthz", summary="The process is up")
+def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Database migrated, catalog loaded, recovery done")
+def readyz(service: Service = Depends(get_service)) -> dict[str, str]:
+    if not service.ready.is_set():
+        raise ServiceError(503, "not ready", "recovering state from the database", retry_after_s=1)
+    return {"status": "ready"}
+
+
+@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+def metrics(service: Service = Depends(get_service)) -> Response:
+    return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/hardware", dependencies=[Read], summary="The hardware catalog")
+def hardware(service: Service = Depends(get_service)) -> list[dict[str, Any]]:
+    return [d.model_dump(mode="json") for d in service.catalog.hardware.values()]
+
+
+@router.get("/v1/clusters", dependencies=[Read], summary="Cluster inventories shipped in configs/clusters")
+def clusters(service: Service = Depends(get_service)) -> list[dict[str, Any]]:
+    from costmodels.catalog import list_clusters, load_cluster
+
+    out = []
+    for name in list_clusters():
+        inv = load_cluster(name, service.catalog)
+        out.append({**inv.model_dump(mode="json"), "file": name, "default": inv.name == service.cluster.name})
+    return out

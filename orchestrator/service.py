@@ -484,6 +484,11 @@ class Service:
         new_rate = max(self.policy.min_rate_per_s, rate * self.policy.headroom)
         request = dict(plan_row.request)
         new = self.create_plan(graph_id, request.get("sla_ms"), new_rate, None, request.get("ttft_ms"))
+        cap = new["plan"].get("max_rate_per_s")
+        if not new["plan"]["feasible"] and cap and cap > planned:
+            # more load than the inventory sustains: scale to the most it can carry, and say so
+            reason += f"; capped at the inventory's highest sustainable rate, {cap:.3g}/s"
+            new = self.create_plan(graph_id, request.get("sla_ms"), cap * 0.99, None, request.get("ttft_ms"))
         if not new["plan"]["feasible"]:
             self._record_note(dep_id, f"re-plan at {new_rate:.3g}/s infeasible: {new['plan'].get('reason')}")
             live.last_change = now

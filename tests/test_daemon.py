@@ -1,0 +1,290 @@
+"""The daemon against a real server: `hetagent serve` in a subprocess on a free loopback port, a real
+HTTP client, SQLite in a temporary data dir, a local Ray started by the daemon."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HETAGENT = [sys.executable, "-m", "orchestrator.cli"]
+
+BUSY_GRAPH = """
+apiVersion: hetagent.dev/v1alpha1
+kind: AgentGraph
+metadata: {name: busy}
+spec:
+  sla: {e2e_ms: 5000}
+  inputs: {text: {type: string}}
+  nodes:
+    - name: crunch
+      kind: transform
+      function: tests.support.callables:slow
+      inputs: {seconds: "0.1"}
+      expected: {latency_ms: 100}
+    - name: redact
+      kind: transform
+      function: workers.transforms:redact_pii
+      inputs: {text: "{{ inputs.text }}"}
+      dependencies: [crunch]
+  outputs: {clean: "{{ nodes.redact.output }}"}
+"""
+
+SLOW_GRAPH = BUSY_GRAPH.replace("name: busy", "name: slow").replace('seconds: "0.1"', 'seconds: "{{ inputs.seconds }}"') \
+    .replace("inputs: {text: {type: string}}", "inputs: {text: {type: string}, seconds: {type: string}}") \
+    .replace("latency_ms: 100}", "latency_ms: 100}\n      timeout_s: 120")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Daemon:
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: subprocess.Popen | None = None
+        self.env = {**os.environ, "HETAGENT_CONTROL_WINDOW_S": "3", "HETAGENT_CONTROL_DWELL_S": "4",
+                    "HETAGENT_CONTROL_BAND": "0.3", "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
+
+    def key(self, scope: str) -> str:
+        out = subprocess.run([*HETAGENT, "keys", "create", "--scope", scope, "--data-dir", str(self.data_dir)],
+                             capture_output=True, text=True, cwd=ROOT, env=self.env, check=True)
+        return out.stdout.strip()
+
+    def start(self) -> None:
+        self.log = open(self.data_dir / f"daemon-{time.time():.0f}.log", "w")
+        self.proc = subprocess.Popen([*HETAGENT, "serve", "--port", str(self.port), "--data-dir", str(self.data_dir),
+                                      "--control-interval-s", "0.5"], cwd=ROOT, env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited: {(self.data_dir / self.log.name).read_text()[-3000:]}")
+            time.sleep(0.2)
+        raise RuntimeError("daemon not ready in 60 s")
+
+    def kill(self) -> None:
+        """SIGKILL the daemon's whole process group (the daemon and the local Ray it started)."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(40)
+            except subprocess.TimeoutExpired:
+                pass
+        self.kill()
+
+
+@pytest.fixture(scope="module")
+def daemon(tmp_path_factory):
+    d = Daemon(tmp_path_factory.mktemp("daemon"))
+    d.keys = {scope: d.key(scope) for scope in ("read", "write", "admin")}  # before the daemon runs
+    d.start()
+    yield d
+    d.stop()
+
+
+def _client(d: Daemon, scope: str = "write") -> httpx.Client:
+    return httpx.Client(base_url=d.url, headers={"Authorization": f"Bearer {d.keys[scope]}"}, timeout=120)
+
+
+def _deploy(c: httpx.Client, graph_yaml: str, rate: float = 0.01) -> tuple[str, str, str]:
+    g = c.post("/v1/graphs", content=graph_yaml, headers={"Content-Type": "application/yaml"})
+    assert g.status_code == 201, g.text
+    gid = g.json()["id"]
+    p = c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": rate})
+    assert p.status_code == 201 and p.json()["plan"]["feasible"], p.text
+    d = c.post(f"/v1/graphs/{gid}/deployments", json={})
+    assert d.status_code == 202, d.text
+    dep_id = d.json()["id"]
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        state = c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()
+        if state["state"] in ("ready", "failed"):
+            break
+        time.sleep(0.2)
+    assert state["state"] == "ready", state
+    return gid, p.json()["id"], dep_id
+
+
+def _metric(text: str, name: str, **labels: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            if all(f'{k}="{v}"' in line for k, v in labels.items()):
+                total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def test_full_flow_graph_plan_deployment_run_metrics(daemon):
+    with _client(daemon) as c:
+        gid, plan_id, dep_id = _deploy(c, BUSY_GRAPH)
+        r = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "mail me at a@b.com"}})
+        assert r.status_code == 200, r.text
+        run = r.json()
+        assert run["status"] == "succeeded" and run["outputs"] == {"clean": "mail me at [EMAIL]"}
+        assert [rec["node"] for rec in run["records"]] == ["crunch", "redact"]
+        assert run["records"][0]["service_ms"] >= 100  # the transform really slept 0.1 s
+        # the stored plan is the `hetagent plan` document
+        plan = c.get(f"/v1/graphs/{gid}/plans/{plan_id}").json()["plan"]
+        assert plan["feasible"] and {o["name"] for o in plan["ops"]} == {"crunch.transform", "redact.transform"}
+        # async run + Server-Sent Events
+        a = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "x"}, "mode": "async"})
+        assert a.status_code == 202
+        run_id = a.json()["id"]
+        with c.stream("GET", f"/v1/runs/{run_id}/events") as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            kinds = [line.split(": ", 1)[1] for line in stream.iter_lines() if line.startswith("event: ")]
+        assert kinds[-1] == "end" and "finished" in kinds and "completed" in kinds
+        assert c.get(f"/v1/runs/{run_id}").json()["status"] == "succeeded"
+    metrics = httpx.get(f"{daemon.url}/metrics").text  # no key needed
+    assert _metric(metrics, "hetagent_runs_total", graph="busy", status="succeeded") >= 2
+    assert _metric(metrics, "hetagent_run_latency_seconds_count", graph="busy") >= 2
+    assert _metric(metrics, "hetagent_op_latency_seconds_count", kind="transform", device="local-cpu") >= 4
+    assert _metric(metrics, "hetagent_replicas", graph="busy", op="crunch.transform", device="local-cpu") == 1
+    assert _metric(metrics, "hetagent_tco_usd_per_hour", graph="busy", device="local-cpu") > 0
+    assert _metric(metrics, "hetagent_planner_solve_seconds_count") >= 1
+
+
+def test_auth_401_and_403(daemon):
+    url = f"{daemon.url}/v1/graphs"
+    r = httpx.get(url)
+    assert r.status_code == 401 and r.headers["content-type"] == "application/problem+json"
+    assert "API key is required" in r.json()["detail"] and r.headers["www-authenticate"].startswith("Bearer")
+    assert httpx.get(url, headers={"Authorization": "Bearer hta_nope_nope"}).status_code == 401
+    read = {"Authorization": f"Bearer {daemon.keys['read']}"}
+    assert httpx.get(url, headers=read).status_code == 200
+    r = httpx.post(url, headers={**read, "Content-Type": "application/yaml"}, content=BUSY_GRAPH)
+    assert r.status_code == 403 and "needs 'write'" in r.json()["detail"]
+    assert httpx.get(f"{daemon.url}/healthz").status_code == 200  # health and metrics are open
+
+
+def test_bad_input_is_a_clear_4xx_problem(daemon):
+    with _client(daemon) as c:
+        cyclic = BUSY_GRAPH.replace("dependencies: [crunch]", "dependencies: [crunch]").replace(
+            'inputs: {seconds: "0.1"}', 'inputs: {seconds: "{{ nodes.redact.output }}"}')
+        r = c.post("/v1/graphs", content=cyclic, headers={"Content-Type": "application/yaml"})
+        assert r.status_code == 422 and r.headers["content-type"] == "application/problem+json"
+        assert "crunch -> redact -> crunch" in r.json()["detail"] or "redact -> crunch -> redact" in r.json()["detail"]
+        r = c.post("/v1/graphs", content=b"{not json", headers={"Content-Type": "application/json"})
+        assert r.status_code == 400 and r.json()["title"] == "unparseable body"
+        r = c.post("/v1/graphs", content=b"x" * (2 << 20), headers={"Content-Type": "application/json"})
+        assert r.status_code == 413
+        assert c.get("/v1/graphs/g_missing").status_code == 404
+        r = c.post("/v1/graphs/g_missing/plans", json={"rate_per_s": -1})
+        assert r.status_code == 422 and "rate_per_s" in r.json()["detail"]
+        gid = c.post("/v1/graphs", content=BUSY_GRAPH, headers={"Content-Type": "application/yaml"}).json()["id"]
+        r = c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": 1, "cluster": "../../etc/passwd"})
+        assert r.status_code == 422 and "unknown cluster" in r.json()["title"]
+        r = c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": 1, "sla_ms": 1})
+        assert r.status_code == 201 and not r.json()["plan"]["feasible"] and r.json()["plan"]["tightest_sla_ms"] > 1
+        r = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {}})
+        assert r.status_code == 409 and r.json()["title"] == "graph not deployed"
+
+
+def test_control_loop_scales_out_then_in(daemon):
+    with _client(daemon) as c:
+        gid, _, dep_id = _deploy(c, BUSY_GRAPH.replace("name: busy", "name: loadstep"))
+        # a load step: ~10 runs/s for 8 s; each run holds a core for 0.1 s, so 10/s (planned with 1.2x
+        # headroom) needs a second replica of `crunch` on this 2-core CPU
+        scaled_out = None
+        t_end = time.monotonic() + 8.0
+        while time.monotonic() < t_end:
+            r = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "t"}, "mode": "async"})
+            assert r.status_code == 202, r.text
+            dep = c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()
+            crunch = next(p for p in dep["pools"].values() if "crunch" in p["nodes"])
+            if scaled_out is None and crunch["replicas"] >= 2:
+                scaled_out = dep
+            time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while scaled_out is None and time.monotonic() < deadline:
+            dep = c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()
+            if next(p for p in dep["pools"].values() if "crunch" in p["nodes"])["replicas"] >= 2:
+                scaled_out = dep
+            time.sleep(0.25)
+        assert scaled_out is not None, dep
+        assert all("above the planned" in r["reason"] for r in scaled_out["replans"])
+        assert any(ch.get("op") == "crunch.transform" and ch.get("replicas", [0, 0])[1] >= 2
+                   for r in scaled_out["replans"] for ch in r["changes"]["ops"])
+        # the load stops: after the dwell time the loop scales back in
+        deadline = time.monotonic() + 40
+        while time.monotonic() < deadline:
+            dep = c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()
+            crunch = next(p for p in dep["pools"].values() if "crunch" in p["nodes"])
+            if crunch["replicas"] == 1 and "below the planned" in dep["replans"][-1]["reason"]:
+                break
+            time.sleep(0.25)
+        assert crunch["replicas"] == 1 and "below the planned" in dep["replans"][-1]["reason"], dep
+        at = [time.mktime(time.strptime(r["at"][:19], "%Y-%m-%dT%H:%M:%S")) for r in dep["replans"]]
+        assert all(b - a >= 3 for a, b in zip(at, at[1:]))  # the dwell time (4 s) holds between changes
+        c.delete(f"/v1/graphs/{gid}/deployments/{dep_id}")
+
+
+def test_restart_mid_run_loses_nothing(tmp_path):
+    d = Daemon(tmp_path)
+    d.keys = {"write": d.key("write")}
+    d.start()
+    try:
+        with _client(d) as c:
+            gid, plan_id, dep_id = _deploy(c, SLOW_GRAPH)
+            done = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "a@b.com", "seconds": "0"}}).json()
+            assert done["status"] == "succeeded"
+            slow = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "x", "seconds": "30"}, "mode": "async"})
+            slow_id = slow.json()["id"]
+            deadline = time.monotonic() + 10
+            while c.get(f"/v1/runs/{slow_id}").json()["status"] != "running" and time.monotonic() < deadline:
+                time.sleep(0.1)
+        d.kill()  # SIGKILL mid-run
+        d.start()
+        with _client(d) as c:
+            assert c.get(f"/v1/graphs/{gid}").json()["name"] == "slow"
+            assert c.get(f"/v1/graphs/{gid}/plans/{plan_id}").json()["plan"]["feasible"]
+            interrupted = c.get(f"/v1/runs/{slow_id}").json()
+            assert interrupted["status"] == "interrupted" and "daemon stopped" in interrupted["error"]
+            again = c.get(f"/v1/runs/{done['id']}").json()
+            assert again["status"] == "succeeded" and again["outputs"] == {"clean": "[EMAIL]"}
+            assert [r["node"] for r in again["records"]] == ["crunch", "redact"]
+            deadline = time.monotonic() + 120  # the deployment comes back by itself
+            while time.monotonic() < deadline:
+                state = c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()["state"]
+                if state == "ready":
+                    break
+                time.sleep(0.2)
+            assert state == "ready"
+            after = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "ok", "seconds": "0"}}).json()
+            assert after["status"] == "succeeded"
+    finally:
+        d.stop()
+
+
+def test_keys_are_stored_hashed(daemon):
+    import sqlite3
+
+    db = sqlite3.connect(daemon.data_dir / "hetagent.db")
+    stored = [row[0] for row in db.execute("select key_hash from api_keys")]
+    assert stored and all(k not in stored for k in daemon.keys.values())
+    assert json.dumps(stored).count("hta_") == 0

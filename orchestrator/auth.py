@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import time
 
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
@@ -30,13 +31,25 @@ def create_key(sessions: sessionmaker, scope: str, name: str = "") -> tuple[str,
     return key_id, key
 
 
+CACHE_TTL_S = 10.0  # a revoked key stops working within this time
+_cache: dict[tuple[int, str], tuple[float, str | None]] = {}
+
+
 def lookup_scope(sessions: sessionmaker, key: str) -> str | None:
-    """The scope of a valid, unrevoked key; None otherwise."""
+    """The scope of a valid, unrevoked key; None otherwise. Answers are cached for CACHE_TTL_S so
+    the hot path (every request) does not hit the database."""
+    digest = hash_key(key)
+    now = time.monotonic()
+    hit = _cache.get((id(sessions), digest))
+    if hit is not None and now - hit[0] < CACHE_TTL_S:
+        return hit[1]
     with sessions() as s:
-        row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == hash_key(key)))
-    if row is None or row.revoked:
-        return None
-    return row.scope
+        row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
+    scope = None if row is None or row.revoked else row.scope
+    if len(_cache) > 10_000:
+        _cache.clear()
+    _cache[(id(sessions), digest)] = (now, scope)
+    return scope
 
 
 def allows(have: str, need: str) -> bool:

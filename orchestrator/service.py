@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 
 from orchestrator.db import DeploymentRow, GraphRow, OpRecordRow, PlanRow, ReplanRow, RunRow, new_id, open_database, utcnow
 from orchestrator.metrics import Metrics
@@ -54,6 +54,7 @@ class _Live:
     """In-memory side of a deployment."""
 
     runner: Any = None
+    graph_id: str = ""
     arrivals: deque = field(default_factory=lambda: deque(maxlen=100_000))
     latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))  # (time, e2e_ms)
     last_change: float = field(default_factory=time.monotonic)
@@ -67,6 +68,8 @@ class _RunLive:
     cond: threading.Condition = field(default_factory=threading.Condition)
     cancel: threading.Event = field(default_factory=threading.Event)
     done: bool = False
+    result: dict | None = None
+    head: dict = field(default_factory=dict)  # id, graph_id, deployment_id, inputs, created_at
 
 
 class Service:
@@ -80,6 +83,7 @@ class Service:
         self.catalog = load_catalog()
         self.cluster = load_cluster(settings.cluster, self.catalog)
         self.metrics = Metrics()
+        self.writer = GroupCommitWriter(self.sessions.kw["bind"])
         self.live: dict[str, _Live] = {}  # deployment id → live state
         self.runs_live: dict[str, _RunLive] = {}
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="run")
@@ -107,6 +111,7 @@ class Service:
 
     def stop(self) -> None:
         self._stop.set()
+        self.writer.close()
         for live in list(self.live.values()):
             if live.runner is not None:
                 try:
@@ -263,7 +268,9 @@ class Service:
         except (RunError, ValueError, OSError) as exc:
             self._set_deployment(dep_id, "failed", str(exc))
             return
-        self.live[dep_id] = _Live(runner=runner)
+        with self.sessions() as s:
+            graph_id = s.get(DeploymentRow, dep_id).graph_id
+        self.live[dep_id] = _Live(runner=runner, graph_id=graph_id)
         self.metrics.set_deployment(name, plan_doc)
         self._set_deployment(dep_id, "ready", "", pools=_pools_json(runner))
 
@@ -312,6 +319,9 @@ class Service:
         return self.get_deployment(graph_id, dep_id)
 
     def _ready_deployment(self, graph_id: str) -> tuple[str, _Live]:
+        for dep_id, live in list(self.live.items()):  # the hot path: no database read
+            if live.graph_id == graph_id and live.runner is not None:
+                return dep_id, live
         with self.sessions() as s:
             self._graph_row(s, graph_id)
             dep = s.scalars(select(DeploymentRow).where(DeploymentRow.graph_id == graph_id,
@@ -324,7 +334,8 @@ class Service:
         return dep.id, live
 
     # ------------------------------------------------------------------ runs
-    def create_run(self, graph_id: str, inputs: dict[str, Any]) -> str:
+    def create_run(self, graph_id: str, inputs: dict[str, Any]) -> tuple[str, _RunLive]:
+        """Start a run: its id, and the in-memory handle to wait on (``wait_run``)."""
         from workers.executor import InputError, check_inputs
 
         dep_id, live = self._ready_deployment(graph_id)
@@ -333,20 +344,18 @@ class Service:
         except InputError as exc:
             raise ServiceError(422, "invalid run inputs", str(exc)) from None
         run_id = new_id("r")
-        with self.sessions.begin() as s:
-            s.add(RunRow(id=run_id, graph_id=graph_id, deployment_id=dep_id, status="queued", inputs=inputs,
-                         notes=[], events=[]))
-        self.runs_live[run_id] = _RunLive()
+        head = {"id": run_id, "graph_id": graph_id, "deployment_id": dep_id, "inputs": inputs, "created_at": utcnow()}
+        self.writer.write((RUN_INSERT, {**head, "status": "running", "notes": [], "events": []}))
+        self.runs_live[run_id] = rl = _RunLive(head=head)
         with live.lock:
             live.arrivals.append(time.monotonic())
             live.in_flight += 1
-        self._pool.submit(self._execute, run_id, live, inputs)
-        return run_id
+        self._pool.submit(self._execute, run_id, live, rl, inputs)
+        return run_id, rl
 
-    def _execute(self, run_id: str, live: _Live, inputs: dict[str, Any]) -> None:
+    def _execute(self, run_id: str, live: _Live, rl: _RunLive, inputs: dict[str, Any]) -> None:
         from workers.executor import RunError
 
-        rl = self.runs_live[run_id]
         runner = live.runner
 
         def on_event(kind: str, node: str, data: dict) -> None:
@@ -354,7 +363,6 @@ class Service:
                 rl.events.append({"event": kind, "node": node, "data": data, "t": time.time()})
                 rl.cond.notify_all()
 
-        self._update_run(run_id, status="running")
         status, error, result = "succeeded", None, None
         try:
             result = runner.run(inputs, on_event=on_event, cancel=rl.cancel)
@@ -366,23 +374,27 @@ class Service:
             with live.lock:
                 live.in_flight -= 1
         records = [asdict(r) for r in result.records] if result else []
-        fields: dict[str, Any] = {"status": status, "error": error, "finished_at": utcnow(), "events": list(rl.events)}
+        end = {"event": "end", "node": "", "data": {"status": status}, "t": time.time()}
+        fields: dict[str, Any] = {"status": status, "error": error, "finished_at": utcnow(), "events": [*rl.events, end],
+                                  "outputs": None, "e2e_ms": None, "notes": []}
         if result is not None:
             fields.update(outputs=_jsonable(result.outputs), e2e_ms=result.e2e_ms, notes=result.notes)
             with live.lock:
                 live.latencies.append((time.monotonic(), result.e2e_ms))
-        with self.sessions.begin() as s:
-            row = s.get(RunRow, run_id)
-            for k, v in fields.items():
-                setattr(row, k, v)
-            for r in records:
-                s.add(OpRecordRow(run_id=run_id, node=r["node"], device=r["device"], record=_jsonable(r)))
+        records = [_jsonable(r) for r in records]
+
+        self.writer.write((RUN_FINISH, {f"b_{k}": v for k, v in {"id": run_id, **fields}.items()}),
+                          *[(OP_RECORD_INSERT, {"run_id": run_id, "node": r["node"], "device": r["device"], "record": r})
+                            for r in records])
+        final = self._run_json(RunRow(**rl.head, **fields), records)
         self.metrics.observe_run(runner.graph.metadata.name, status, result.e2e_ms if result else None,
                                  runner.graph.spec.sla.e2e_ms, records)
         with rl.cond:
-            rl.events.append({"event": "end", "node": "", "data": {"status": status}, "t": time.time()})
+            rl.events.append(end)
+            rl.result = final
             rl.done = True
             rl.cond.notify_all()
+        self.runs_live.pop(run_id, None)  # waiters hold it; later readers use the database
 
     def _update_run(self, run_id: str, **fields: Any) -> None:
         with self.sessions.begin() as s:
@@ -390,31 +402,37 @@ class Service:
             for k, v in fields.items():
                 setattr(row, k, v)
 
+    @staticmethod
+    def _run_json(row: RunRow, records: list[dict]) -> dict[str, Any]:
+        return {"id": row.id, "graph_id": row.graph_id, "deployment_id": row.deployment_id, "status": row.status,
+                "inputs": row.inputs, "outputs": row.outputs, "error": row.error, "e2e_ms": row.e2e_ms,
+                "notes": row.notes, "created_at": row.created_at.isoformat(),
+                "finished_at": row.finished_at.isoformat() if row.finished_at else None, "records": records}
+
     def get_run(self, run_id: str) -> dict[str, Any]:
         with self.sessions() as s:
             row = s.get(RunRow, run_id)
             if row is None:
                 raise not_found("run", run_id)
             records = s.scalars(select(OpRecordRow).where(OpRecordRow.run_id == run_id).order_by(OpRecordRow.id)).all()
-            return {"id": row.id, "graph_id": row.graph_id, "deployment_id": row.deployment_id, "status": row.status,
-                    "inputs": row.inputs, "outputs": row.outputs, "error": row.error, "e2e_ms": row.e2e_ms,
-                    "notes": row.notes, "created_at": row.created_at.isoformat(),
-                    "finished_at": row.finished_at.isoformat() if row.finished_at else None,
-                    "records": [r.record for r in records]}
+            return self._run_json(row, [r.record for r in records])
 
-    def wait_run(self, run_id: str, timeout_s: float) -> dict[str, Any]:
-        rl = self.runs_live.get(run_id)
+    def wait_run(self, run_id: str, timeout_s: float, live: _RunLive | None = None) -> dict[str, Any]:
+        rl = live or self.runs_live.get(run_id)
         if rl is not None:
             with rl.cond:
                 rl.cond.wait_for(lambda: rl.done, timeout=timeout_s)
+                if rl.result is not None:
+                    return rl.result
         return self.get_run(run_id)
 
     def cancel_run(self, run_id: str) -> dict[str, Any]:
-        run = self.get_run(run_id)
-        if run["status"] in FINAL_RUN_STATES:
+        rl = self.runs_live.get(run_id)
+        if rl is None:
+            run = self.get_run(run_id)
             raise ServiceError(409, "run already finished", f"run {run_id} is {run['status']}")
-        self.runs_live[run_id].cancel.set()
-        return self.wait_run(run_id, 30.0)
+        rl.cancel.set()
+        return self.wait_run(run_id, 30.0, rl)
 
     def run_events(self, run_id: str, after: int, timeout_s: float) -> tuple[list[dict], bool]:
         """Events after index ``after`` (waiting up to ``timeout_s`` for new ones) and whether the run ended."""
@@ -520,6 +538,78 @@ class Service:
         new.start()
         live.runner = new
         old.shutdown()
+
+
+class GroupCommitWriter:
+    """One thread applies queued writes in shared transactions (group commit): under load, one commit
+    (and one ``executemany`` per statement) covers many runs instead of one each. ``write`` returns
+    once its rows are committed, so nothing acknowledged to a client can be lost."""
+
+    def __init__(self, engine: Any, max_batch: int = 512):
+        import queue
+
+        self.engine, self.max_batch = engine, max_batch
+        self._q: Any = queue.Queue()
+        self._thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, *rows: tuple[Any, dict]) -> None:
+        """Commit ``(statement, parameters)`` pairs; statements should be shared objects so they batch."""
+        item = [rows, threading.Event(), None]
+        self._q.put(item)
+        item[1].wait()
+        if item[2] is not None:
+            raise item[2]
+
+    def close(self) -> None:
+        self._q.put(None)
+        self._thread.join(timeout=10)
+
+    def _apply(self, items: list) -> None:
+        groups: dict[int, tuple[Any, list[dict]]] = {}
+        for item in items:
+            for stmt, params in item[0]:
+                groups.setdefault(id(stmt), (stmt, []))[1].append(params)
+        with self.engine.begin() as conn:  # insertion order of groups keeps inserts before updates
+            for stmt, params in groups.values():
+                conn.execute(stmt, params)
+
+    def _loop(self) -> None:
+        import queue
+
+        while True:
+            first = self._q.get()
+            if first is None:
+                return
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is None:
+                    self._q.put(None)
+                    break
+                batch.append(nxt)
+            try:
+                self._apply(batch)
+            except Exception:  # noqa: BLE001 - retry one by one so one bad write fails alone
+                for item in batch:
+                    try:
+                        self._apply([item])
+                    except Exception as exc:  # noqa: BLE001
+                        item[2] = exc
+            for item in batch:
+                item[1].set()
+
+
+_RUNS = RunRow.__table__
+RUN_INSERT = insert(_RUNS)
+RUN_FINISH = update(_RUNS).where(_RUNS.c.id == bindparam("b_id")).values(
+    status=bindparam("b_status"), error=bindparam("b_error"), finished_at=bindparam("b_finished_at"),
+    events=bindparam("b_events"), outputs=bindparam("b_outputs"), e2e_ms=bindparam("b_e2e_ms"),
+    notes=bindparam("b_notes"))
+OP_RECORD_INSERT = insert(OpRecordRow.__table__)
 
 
 def _pools_json(runner: Any) -> dict[str, Any]:

@@ -17,11 +17,11 @@ router = APIRouter(tags=["runs"])
              responses={202: {"description": "async mode, or sync mode past timeout_s: the run goes on"}},
              summary="Run the deployed graph with inputs (sync: wait for the result; async: get a run id)")
 def create_run(graph_id: str, body: RunRequest, service: Service = Depends(get_service)):
-    run_id = service.create_run(graph_id, body.inputs)
+    run_id, handle = service.create_run(graph_id, body.inputs)
     if body.mode == "async":
         return JSONResponse(RunOut(**service.get_run(run_id)).model_dump(), status_code=202,
                             headers={"Location": f"/v1/runs/{run_id}"})
-    run = service.wait_run(run_id, body.timeout_s)
+    run = service.wait_run(run_id, body.timeout_s, handle)
     status = 200 if run["status"] not in ("queued", "running") else 202
     return JSONResponse(RunOut(**run).model_dump(), status_code=status, headers={"Location": f"/v1/runs/{run_id}"})
 

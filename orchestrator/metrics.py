@@ -38,6 +38,8 @@ class Metrics:
                                registry=r)
         self.arrival_rate = Gauge("hetagent_arrival_rate_per_second", "Measured run arrival rate.", ["graph"],
                                   registry=r)
+        self.efficiency = Gauge("hetagent_device_efficiency", "Cost-model efficiency after online calibration.",
+                                ["device", "kind"], registry=r)
         self._tco_by_graph: dict[str, float] = {}
 
     def set_deployment(self, graph: str, plan: dict[str, Any]) -> None:

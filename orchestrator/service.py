@@ -83,6 +83,8 @@ class Service:
         self.catalog = load_catalog()
         self.cluster = load_cluster(settings.cluster, self.catalog)
         self.metrics = Metrics()
+        self.observations: deque = deque(maxlen=5000)  # measured vs predicted op latencies (online calibration)
+        self.calibrations: list[dict[str, Any]] = []
         self.writer = GroupCommitWriter(self.sessions.kw["bind"])
         self.live: dict[str, _Live] = {}  # deployment id → live state
         self.runs_live: dict[str, _RunLive] = {}
@@ -389,6 +391,10 @@ class Service:
         final = self._run_json(RunRow(**rl.head, **fields), records)
         self.metrics.observe_run(runner.graph.metadata.name, status, result.e2e_ms if result else None,
                                  runner.graph.spec.sla.e2e_ms, records)
+        if status == "succeeded":
+            from costmodels.online import observations_from_records
+
+            self.observations.extend(observations_from_records(records))
         with rl.cond:
             rl.events.append(end)
             rl.result = final
@@ -447,8 +453,29 @@ class Service:
             return rl.events[after:], rl.done
 
     # ------------------------------------------------------------------ control loop
+    def calibrate(self) -> dict[str, float]:
+        """Refit device efficiencies from the observations gathered since the last refit; later plans
+        (re-plans included) use the refitted catalog. Returns the factor applied per device."""
+        from costmodels.online import refit
+
+        catalog, applied = refit(self.catalog, list(self.observations))
+        if applied:
+            self.catalog = catalog
+            self.observations.clear()  # they were measured against the old predictions
+            for device, scale in applied.items():
+                eff = catalog.hardware[device].efficiency
+                self.metrics.efficiency.labels(device, "compute").set(eff.compute)
+                self.metrics.efficiency.labels(device, "memory").set(eff.memory)
+                self.calibrations.append({"at": utcnow().isoformat(), "device": device, "slowdown": scale,
+                                          "compute": eff.compute, "memory": eff.memory})
+        return applied
+
     def _control_loop(self) -> None:
         while not self._stop.wait(self.settings.control_interval_s):
+            try:
+                self.calibrate()
+            except Exception:  # noqa: BLE001 - calibration must never stop the loop
+                pass
             for dep_id in list(self.live):
                 try:
                     self.control_step(dep_id)

@@ -6,6 +6,8 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -76,3 +78,37 @@ class Metrics:
                 self.op_predicted_ratio.labels(graph, r["node"], r["device"]).set(r["measured_ms"] / r["predicted_ms"])
             cost += r.get("cost_share_usd", 0.0)
         self.run_cost.labels(graph).inc(cost)
+
+
+class EngineMetricsCollector:
+    """Re-exports the vLLM engines' own metrics (``vllm:*``) from every LLM replica the daemon runs,
+    each series labelled with the graph, node and replica it came from."""
+
+    def __init__(self, engines: Any, timeout_s: float = 2.0):
+        self.engines = engines  # () -> [(graph, node, replica, actor handle)]
+        self.timeout_s = timeout_s
+
+    def collect(self):
+        import ray
+
+        handles = list(self.engines())
+        if not handles:
+            return
+        refs = [h[3].metrics_text.remote() for h in handles]
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
+        merged: dict[str, Metric] = {}
+        for (graph, node, replica, _), ref in zip(handles, refs):
+            if ref not in ready:
+                continue
+            try:
+                text = ray.get(ref)
+            except Exception:  # noqa: BLE001 - a replica going away must not break /metrics
+                continue
+            extra = {"graph": graph, "node": node, "replica": str(replica)}
+            for family in text_string_to_metric_families(text):
+                if not family.name.startswith("vllm:"):
+                    continue
+                out = merged.setdefault(family.name, Metric(family.name, family.documentation, family.type))
+                for sample in family.samples:
+                    out.add_sample(sample.name, {**sample.labels, **extra}, sample.value, sample.timestamp)
+        yield from merged.values()

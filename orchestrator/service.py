@@ -83,6 +83,9 @@ class Service:
         self.catalog = load_catalog()
         self.cluster = load_cluster(settings.cluster, self.catalog)
         self.metrics = Metrics()
+        from orchestrator.metrics import EngineMetricsCollector
+
+        self.metrics.registry.register(EngineMetricsCollector(self._engine_handles))
         self.observations: deque = deque(maxlen=5000)  # measured vs predicted op latencies (online calibration)
         self.calibrations: list[dict[str, Any]] = []
         self.writer = GroupCommitWriter(self.sessions.kw["bind"])
@@ -122,6 +125,17 @@ class Service:
                     pass
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._deploy_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _engine_handles(self) -> list[tuple[str, str, int, Any]]:
+        out = []
+        for live in list(self.live.values()):
+            runner = live.runner
+            if runner is None:
+                continue
+            for unit in runner.pools.values():
+                if unit.llm:
+                    out += [(runner.graph.metadata.name, unit.id, i, a) for i, a in enumerate(unit.actors)]
+        return out
 
     # ------------------------------------------------------------------ graphs
     def create_graph(self, doc: Any) -> dict[str, Any]:

@@ -323,3 +323,31 @@ def test_schemathesis_finds_no_server_errors(daemon):
         check()
     assert not failures, "\n".join(failures[:10])
     assert len(statuses) >= 150 and any(200 <= s < 300 for s in statuses) and any(400 <= s < 500 for s in statuses)
+
+
+@pytest.mark.vllm
+def test_rag_graph_through_the_api_streams_tokens_and_exports_engine_metrics(daemon):
+    import shutil
+
+    import yaml
+
+    (daemon.data_dir / "indexes").mkdir(exist_ok=True)
+    shutil.copy(ROOT / "examples/graphs/indexes/product-docs.jsonl", daemon.data_dir / "indexes")
+    doc = yaml.safe_load((ROOT / "examples/graphs/rag_agent.yaml").read_text())
+    doc["spec"]["sla"] = {"e2e_ms": 120000}  # the example's 3 s SLA is for GPUs
+    doc["spec"]["nodes"][-1]["expected"]["output_tokens"] = 16
+    with _client(daemon) as c:
+        gid, _, dep_id = _deploy(c, yaml.safe_dump(doc))
+        run = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"question": "What is KV cache offloading?"}}).json()
+        assert run["status"] == "succeeded", run
+        answer = next(r for r in run["records"] if r["node"] == "answer")
+        assert answer["detail"]["output_tokens"] > 0 and run["outputs"]["answer"]
+        assert any("served with the weights in" in n for n in run["notes"])
+        with c.stream("GET", f"/v1/runs/{run['id']}/events") as stream:
+            events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ")]
+        tokens = [e["data"]["text"] for e in events if e["event"] == "token"]
+        assert tokens and "".join(tokens) == run["outputs"]["answer"]
+        metrics = httpx.get(f"{daemon.url}/metrics").text
+        engine = [line for line in metrics.splitlines() if line.startswith("vllm:") and 'graph="rag-agent"' in line]
+        assert engine and any('node="answer"' in line and 'replica="0"' in line for line in engine)
+        c.delete(f"/v1/graphs/{gid}/deployments/{dep_id}")

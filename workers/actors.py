@@ -292,5 +292,11 @@ class LLMWorker:
         async for delta in self.llm.stream(prompt, max_tokens, temperature):
             yield delta
 
+    def metrics_text(self) -> str:
+        """This engine's own Prometheus metrics (vLLM's ``vllm:*`` series live in this process)."""
+        from prometheus_client import REGISTRY, generate_latest
+
+        return generate_latest(REGISTRY).decode()
+
     async def shutdown(self) -> None:
         self.llm.shutdown()

@@ -115,12 +115,15 @@ def main() -> int:
         if args.json:
             args.json.write_text(json.dumps(out, indent=2))
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        os.killpg(proc.pid, signal.SIGTERM)  # the daemon and the local Ray it started (its process group)
         try:
             proc.wait(30)
         except subprocess.TimeoutExpired:
+            pass
+        try:
             os.killpg(proc.pid, signal.SIGKILL)
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
+        except ProcessLookupError:
+            pass
     return 0
 
 

@@ -577,7 +577,10 @@ class Service:
         new = GraphRunner(old.graph, Plan.model_validate(plan_doc), data_dir=old.data_dir, model_dir=old.model_dir,
                           index_dirs=old.index_dirs)
         new.start()
-        live.runner = new
+        live.runner = new  # new runs use the new pools from here on
+        end = time.monotonic() + 60.0
+        while any(sum(u.in_flight) for u in old.pools.values()) and time.monotonic() < end:
+            time.sleep(0.05)  # runs already on the old pools finish there
         old.shutdown()
 
 

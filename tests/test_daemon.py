@@ -83,10 +83,12 @@ class Daemon:
 
     def kill(self) -> None:
         """SIGKILL the daemon's whole process group (the daemon and the local Ray it started)."""
-        if self.proc is not None and self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        if self.proc is not None:
+            try:  # the local Ray the daemon started lives in its process group: it goes too
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             self.proc.wait(30)
-        subprocess.run([sys.executable, "-m", "ray.scripts.scripts", "stop", "--force"], capture_output=True)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

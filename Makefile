@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean tools
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,7 +17,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m examples.demo
 
-test: $(STAMP)
+# Prometheus + promtool for the metrics tests (Debian package; installed when missing)
+tools:
+	@command -v promtool >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null
+
+test: $(STAMP) tools
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

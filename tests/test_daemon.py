@@ -353,3 +353,41 @@ def test_rag_graph_through_the_api_streams_tokens_and_exports_engine_metrics(dae
         engine = [line for line in metrics.splitlines() if line.startswith("vllm:") and 'graph="rag-agent"' in line]
         assert engine and any('node="answer"' in line and 'replica="0"' in line for line in engine)
         c.delete(f"/v1/graphs/{gid}/deployments/{dep_id}")
+
+
+def test_a_real_prometheus_scrapes_the_daemon(daemon, tmp_path):
+    """promtool lints the exposition; a Prometheus server scrapes /metrics and answers queries on it."""
+    exposition = httpx.get(f"{daemon.url}/metrics").text
+    lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
+    assert lint.returncode == 0, lint.stdout + lint.stderr
+    with _client(daemon) as c:  # at least one run of a graph of its own
+        gid, _, dep_id = _deploy(c, BUSY_GRAPH.replace("name: busy", "name: scraped"))
+        assert c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "x"}}).json()["status"] == "succeeded"
+    port = _free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global: {scrape_interval: 1s}\n"
+        f"scrape_configs: [{{job_name: hetagent, static_configs: [{{targets: ['127.0.0.1:{daemon.port}']}}]}}]\n")
+    prom = subprocess.Popen(["prometheus", f"--config.file={tmp_path / 'prometheus.yml'}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", f"--web.listen-address=127.0.0.1:{port}"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        query = 'sum(hetagent_runs_total{graph="scraped",status="succeeded"})'
+        value = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and value is None:
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=2).json()
+                if r["status"] == "success" and r["data"]["result"]:
+                    value = float(r["data"]["result"][0]["value"][1])
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.5)
+        assert value == 1.0
+        r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={
+            "query": 'histogram_quantile(0.99, sum by (le) (hetagent_run_latency_seconds_bucket{graph="scraped"}))'}).json()
+        assert r["status"] == "success" and float(r["data"]["result"][0]["value"][1]) > 0.1  # the run slept 0.1 s
+    finally:
+        prom.terminate()
+        prom.wait(30)
+        with _client(daemon) as c:
+            c.delete(f"/v1/graphs/{gid}/deployments/{dep_id}")

@@ -411,9 +411,11 @@ def graphs_apply(file: Path = typer.Option(..., "-f", "--file", help="Agent grap
                  url: str = _URL_OPT, api_key: Optional[str] = _KEY_OPT) -> None:
     """Store a graph on the daemon; prints its id and version."""
     ctype = "application/json" if file.suffix == ".json" else "application/yaml"
+    from orchestrator.models import GraphOut
+
     with _client(url, api_key) as c:
-        g = _answer(c.post("/v1/graphs", content=file.read_bytes(), headers={"Content-Type": ctype}))
-    out.print(f"{g['id']}  {g['name']} v{g['version']}", highlight=False)
+        g = GraphOut.model_validate(_answer(c.post("/v1/graphs", content=file.read_bytes(), headers={"Content-Type": ctype})))
+    out.print(f"{g.id}  {g.name} v{g.version}", highlight=False)
 
 
 @graphs_app.command("list")
@@ -434,7 +436,10 @@ def runs_create(graph_id: str = typer.Argument(..., help="Graph id (from graphs 
         from compiler.spec import parse_graph
 
         inputs = _parse_inputs(input, parse_graph(spec).spec.inputs)
-        run = _answer(c.post(f"/v1/graphs/{graph_id}/runs", json={"inputs": inputs, "mode": "sync" if wait else "async"}))
+        from orchestrator.models import RunOut, RunRequest
+
+        body = RunRequest(inputs=inputs, mode="sync" if wait else "async")
+        run = RunOut.model_validate(_answer(c.post(f"/v1/graphs/{graph_id}/runs", json=body.model_dump()))).model_dump()
     sys.stdout.write(json.dumps(run, indent=2) + "\n")
     if run["status"] in ("failed", "cancelled", "interrupted"):
         raise typer.Exit(4)

@@ -391,3 +391,28 @@ def test_a_real_prometheus_scrapes_the_daemon(daemon, tmp_path):
         prom.wait(30)
         with _client(daemon) as c:
             c.delete(f"/v1/graphs/{gid}/deployments/{dep_id}")
+
+
+def test_cli_client_commands(daemon, tmp_path):
+    spec = tmp_path / "clitest.yaml"
+    spec.write_text(BUSY_GRAPH.replace("name: busy", "name: clitest"))
+    env = {**daemon.env, "HETAGENT_URL": daemon.url, "HETAGENT_API_KEY": daemon.keys["write"]}
+    applied = subprocess.run([*HETAGENT, "graphs", "apply", "-f", str(spec)], capture_output=True, text=True,
+                             cwd=ROOT, env=env)
+    assert applied.returncode == 0, applied.stderr
+    gid, name, version = applied.stdout.split()
+    assert name == "clitest" and version == "v1"
+    with _client(daemon) as c:
+        c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": 0.1}).raise_for_status()
+        dep = c.post(f"/v1/graphs/{gid}/deployments", json={}).json()["id"]
+        while c.get(f"/v1/graphs/{gid}/deployments/{dep}").json()["state"] == "starting":
+            time.sleep(0.2)
+    ran = subprocess.run([*HETAGENT, "runs", "create", gid, "-i", "text=call 555-123-4567"], capture_output=True,
+                         text=True, cwd=ROOT, env=env)
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["outputs"] == {"clean": "call [PHONE]"}
+    denied = subprocess.run([*HETAGENT, "graphs", "apply", "-f", str(spec)], capture_output=True, text=True, cwd=ROOT,
+                            env={**env, "HETAGENT_API_KEY": daemon.keys["read"]})
+    assert denied.returncode == 2 and "403" in denied.stderr and "Traceback" not in denied.stderr
+    with _client(daemon) as c:
+        c.delete(f"/v1/graphs/{gid}/deployments/{dep}")

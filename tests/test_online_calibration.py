@@ -75,3 +75,4 @@ def test_daemon_replans_with_the_refitted_catalog(tmp_path):
     llm_ms2 = sum(o["predicted_latency_ms"] for o in second["ops"] if o["source_node"] == "answer")
     assert 1.4 * llm_ms < llm_ms2 < 3.1 * llm_ms  # moved toward the measured 3x, by half a step in log space
     service.stop()
+

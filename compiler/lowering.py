@@ -28,8 +28,12 @@ DEFAULT_CPU_THREADS = 8  # when neither the placement nor the catalog says how m
 MIN_MODEL_LEN = 512  # smallest max_model_len an engine is given (embedding texts vary in length)
 DEVICE_CLASSES = ("cpu", "gpu", "accelerator")
 ENGINE_KINDS = frozenset({"prefill", "decode", "embed"})
-# vLLM's disaggregated-prefill connector: the prefill engine produces KV, the decode engine consumes it.
+# Disaggregated prefill: the prefill engine produces a request's KV, the decode engine consumes it.
+# GPUs/accelerators use vLLM's NIXL connector; CPU engines hetagent's own (workers/kv_connector.py,
+# loaded by vLLM from its module path), since vLLM ships none that moves KV between CPU hosts.
 KV_CONNECTOR = "NixlConnector"
+KV_CONNECTOR_CPU = "HetagentKVConnector"
+KV_CONNECTOR_CPU_MODULE = "workers.kv_connector"
 _VLLM_DTYPE = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 
 Placement = Mapping[str, Any]
@@ -112,7 +116,8 @@ def _max_model_len(op: GranularOp, tokens: int, catalog: Any) -> int:
 
 
 def _engine(
-    ops: list[GranularOp], p: Placement, tokens: int, catalog: Any, threads: int | None, bind: str | None
+    ops: list[GranularOp], p: Placement, tokens: int, catalog: Any, threads: int | None, bind: str | None,
+    split_nodes: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """One vLLM engine (GPU/accelerator) or vllm-cpu engine serving ``ops`` of one node."""
     kinds = {o.kind for o in ops}
@@ -133,10 +138,13 @@ def _engine(
     }
     if "embed" in kinds:
         args["task"] = "embed"
-    if kinds == {"prefill"}:
-        args["kv_transfer_config"] = {"kv_connector": KV_CONNECTOR, "kv_role": "kv_producer"}
-    elif kinds == {"decode"}:
-        args["kv_transfer_config"] = {"kv_connector": KV_CONNECTOR, "kv_role": "kv_consumer"}
+    saves = any(o.kind == "prefill" and o.source_node in split_nodes for o in ops)
+    loads = any(o.kind == "decode" and o.source_node in split_nodes for o in ops)
+    if saves or loads:
+        role = "kv_both" if saves and loads else "kv_producer" if saves else "kv_consumer"
+        args["kv_transfer_config"] = (
+            {"kv_connector": KV_CONNECTOR_CPU, "kv_connector_module_path": KV_CONNECTOR_CPU_MODULE, "kv_role": role}
+            if cls == "cpu" else {"kv_connector": KV_CONNECTOR, "kv_role": role})
     config: dict[str, Any] = {"kind": "engine", "runtime": "vllm"}
     if cls == "cpu":
         args["device"] = "cpu"
@@ -287,6 +295,13 @@ def lower_to_execution_configs(
     for o in graph.ops:
         node_tokens[o.source_node] = max(node_tokens.get(o.source_node, 0), o.input_tokens + o.output_tokens)
 
+    # nodes whose prefill and decode land in different engines: their engines carry a KV connector
+    group_of = {o.name: gi for gi, g in enumerate(groups) for o in g}
+    by_node_kind = {(o.source_node, o.kind): o.name for o in graph.ops}
+    split_nodes = frozenset(
+        node for (node, kind), name in by_node_kind.items()
+        if kind == "prefill" and (node, "decode") in by_node_kind and group_of[name] != group_of[by_node_kind[node, "decode"]])
+
     configs: list[dict[str, Any]] = []
     for i, (ops, p) in enumerate(zip(groups, merged)):
         head = {
@@ -300,7 +315,7 @@ def lower_to_execution_configs(
             "batch": _num(p, "batch"),
         }
         if ops[0].kind in ENGINE_KINDS:
-            body = _engine(ops, p, node_tokens[ops[0].source_node], catalog, threads.get(i), binds.get(i))
+            body = _engine(ops, p, node_tokens[ops[0].source_node], catalog, threads.get(i), binds.get(i), split_nodes)
         else:
             body = _host(ops[0], p, threads[i], binds[i])
         configs.append(head | body)

@@ -45,6 +45,10 @@ class Efficiency(_Strict):
     fixed_overhead_ms: float = Field(
         0.0, ge=0, description="Per-kernel-step overhead (launch, scheduling) added to every roofline estimate."
     )
+    transfer_fixed_ms: float = Field(
+        0.0, ge=0, description="Fixed cost of one transfer to or from another device type (hand-off set-up, "
+        "serialisation, scheduling), added to bytes / link bandwidth; measured by `hetagent calibrate --kv-transfer`."
+    )
 
 
 class DeviceType(_Strict):

@@ -79,8 +79,17 @@ def roofline_step_s(
 
 
 def nic_transfer_ms(nbytes: float, device: DeviceType) -> float:
-    """Time for ``nbytes`` through one device's share of the scale-out network."""
-    return nbytes / (device.network_gb_s * device.efficiency.link * 1e9) * 1000.0
+    """Time for ``nbytes`` through one device's share of the scale-out network: its fixed hand-off
+    cost plus bytes over its effective bandwidth."""
+    if nbytes <= 0:
+        return 0.0
+    return device.efficiency.transfer_fixed_ms + nbytes / (device.network_gb_s * device.efficiency.link * 1e9) * 1000.0
+
+
+def binding_link(nbytes: float, src: DeviceType, dst: DeviceType) -> tuple[float, float]:
+    """(effective GB/s, fixed ms) of the end that limits a transfer of ``nbytes`` between two types."""
+    end = max((src, dst), key=lambda d: nic_transfer_ms(nbytes, d))
+    return end.network_gb_s * end.efficiency.link, end.efficiency.transfer_fixed_ms
 
 
 def transfer_ms(nbytes: float, src: DeviceType, dst: DeviceType) -> float:

@@ -12,7 +12,7 @@ import math
 from compiler.granular import GranularGraph
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, device_usd_per_h
 from costmodels.roofline import MEMORY_HEADROOM, op_configs, transfer_ms
-from planner.ilp import shared_weight_bytes
+from planner.ilp import engine_text_pairs, shared_weight_bytes
 from planner.plan import Plan
 
 REL_TOL = 1e-6
@@ -77,6 +77,11 @@ def check_plan(plan: Plan, graph: GranularGraph, catalog: Catalog, cluster: Clus
         if po.replicas * c.throughput_per_replica * plan.max_utilisation < plan.rate_per_s * (1 - REL_TOL):
             bad.append(f"{op.name}: {po.replicas} replicas × {c.throughput_per_replica:.3g}/s × "
                        f"{plan.max_utilisation} < {plan.rate_per_s} runs/s")
+
+    for text_op, phase_op in engine_text_pairs(graph):
+        phase = planned[phase_op]
+        if phase.device_class == "cpu" and planned[text_op].device != phase.device:
+            bad.append(f"{text_op}: on {planned[text_op].device}, but its engine ({phase_op}) runs on {phase.device}")
 
     # every path, with transfers recomputed from the catalog
     xfer = {}

@@ -34,6 +34,10 @@ Notation (after SkyPilot's optimizer and Mélange's GPU-mix ILP)::
                    (host memory; z_md ≥ x_oc for model ops of model m: one engine per model and
                     CPU tier holds its weights W_m once, each replica adds its KV and process)
          a_d ≤ N_d                                                 ∀d     (inventory)
+         y_td ≥ y_pd,  y_kd ≥ y_qd                                  ∀ LLM node, d ∈ D_cpu   (engine-side text)
+                   (tokenize t with its prefill p, detokenize k with its decode q when that phase is on a
+                    CPU tier: a vLLM engine tokenizes and detokenizes in its own process, so the runtime
+                    can only honour plans that keep them together)
 
 Memory fit on accelerators is enforced when C_o is built (a configuration exists only if weights
 and the KV cache of its batch fit in tp_c devices). There is no latency tie-break in the objective:
@@ -100,6 +104,18 @@ class Assignment:
 def shared_weight_bytes(op: GranularOp) -> float:
     """What a CPU engine shares among every op of its model on one tier: weights and the process itself."""
     return op.weight_bytes + HOST_PROCESS_BYTES if op.kind in ("prefill", "decode", "embed") and op.model else 0.0
+
+
+def engine_text_pairs(graph: GranularGraph) -> list[tuple[str, str]]:
+    """(tokenize, prefill) and (detokenize, decode) op pairs of every LLM node: an engine on a CPU tier
+    runs its node's text ops itself, so each must sit where its phase sits."""
+    by_kind = {(o.source_node, o.kind): o.name for o in graph.ops}
+    pairs = []
+    for (node, kind), name in by_kind.items():
+        phase = {"tokenize": "prefill", "detokenize": "decode"}.get(kind)
+        if phase and (node, phase) in by_kind:
+            pairs.append((name, by_kind[node, phase]))
+    return pairs
 
 
 def cluster_tiers(cluster: ClusterInventory, catalog: Catalog) -> dict[str, Tier]:
@@ -328,6 +344,11 @@ def solve(
         prob += pulp.lpSum(x[op.name, ci] for ci in range(len(cs))) == 1
         prob += lat[op.name] == pulp.lpSum(c.latency_ms * x[op.name, ci] for ci, c in enumerate(cs))
         prob += finish[op.name] >= lat[op.name]
+
+    for text_op, phase_op in engine_text_pairs(p.graph):
+        for d, tier in p.tiers.items():
+            if tier.is_cpu:
+                prob += on(text_op, d) >= on(phase_op, d)
 
     transfer = {}
     for ei, e in enumerate(p.graph.edges):

@@ -12,8 +12,8 @@ import time
 from dataclasses import dataclass
 
 from compiler.granular import GranularGraph, GranularOp
-from costmodels.catalog import Catalog, CatalogError, ClusterInventory, DeviceClass
-from costmodels.roofline import transfer_ms
+from costmodels.catalog import Catalog, CatalogError, ClusterInventory, DeviceClass, DeviceType
+from costmodels.roofline import binding_link, transfer_ms
 from planner.ilp import (
     Assignment,
     PlacementProblem,
@@ -154,7 +154,8 @@ def plan_from_assignment(
     tco = tco_usd_per_h(a, p.tiers)
     edges = [
         PlannedEdge(src=e.src, dst=e.dst, bytes=e.bytes, transfer_ms=round(xfer[e.src, e.dst], 4),
-                    src_device=a.config[e.src].device, dst_device=a.config[e.dst].device)
+                    src_device=a.config[e.src].device, dst_device=a.config[e.dst].device,
+                    **_link_fields(e.bytes, p.tiers[a.config[e.src].device].device, p.tiers[a.config[e.dst].device].device))
         for e in p.graph.edges
     ]
     return Plan(
@@ -336,3 +337,10 @@ def _is_fleet_candidate(catalog: Catalog, cluster: ClusterInventory, device_name
     if dev.device_class is DeviceClass.cpu:
         return any(p.type == device_name for p in cluster.devices)
     return True
+
+
+def _link_fields(nbytes: float, src: DeviceType, dst: DeviceType) -> dict[str, float | None]:
+    if src.name == dst.name or nbytes <= 0:
+        return {"link_gb_s": None, "link_fixed_ms": 0.0}
+    gb_s, fixed_ms = binding_link(nbytes, src, dst)
+    return {"link_gb_s": gb_s, "link_fixed_ms": fixed_ms}

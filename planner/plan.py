@@ -44,6 +44,9 @@ class PlannedEdge(_Strict):
     transfer_ms: float = Field(ge=0, description="0 when both ends share a device type.")
     src_device: str
     dst_device: str
+    link_gb_s: float | None = Field(None, ge=0, description="Effective bandwidth of the end that limits the transfer "
+                                    "(None on one device type); the runtime predicts a request's transfer from it.")
+    link_fixed_ms: float = Field(0.0, ge=0, description="Fixed cost per transfer at that end, ms.")
 
 
 class DeviceUsage(_Strict):

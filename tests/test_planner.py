@@ -43,15 +43,24 @@ def brute_force(graph: GranularGraph, cluster: ClusterInventory, rate: float, sl
     order = graph.topological()
     preds = {o.name: graph.predecessors(o.name) for o in graph.ops}
     best = None
+    by_kind = {(o.source_node, o.kind): o.name for o in graph.ops}
+    together = [(by_kind[n, text], by_kind[n, phase]) for (n, k) in by_kind
+                for text, phase in (("tokenize", "prefill"), ("detokenize", "decode"))
+                if k == text and (n, phase) in by_kind]
     for combo in itertools.product(*options):
         cfg = {op.name: c for op, c in zip(graph.ops, combo)}
+        # an engine on a CPU tier tokenizes/detokenizes itself: text ops sit with their phase there
+        if any(devs[cfg[phase].device].device_class is DeviceClass.cpu and cfg[text].device != cfg[phase].device
+               for text, phase in together):
+            continue
         finish = {}
         for op in order:
             start = 0.0
             for e in preds[op.name]:
                 a, b = devs[cfg[e.src].device], devs[cfg[e.dst].device]
-                t = 0.0 if a.name == b.name or e.bytes <= 0 else e.bytes / min(
-                    a.network_gb_s * a.efficiency.link, b.network_gb_s * b.efficiency.link) / 1e9 * 1000
+                t = 0.0 if a.name == b.name or e.bytes <= 0 else max(  # the slower end: fixed cost + bytes / bandwidth
+                    x.efficiency.transfer_fixed_ms + e.bytes / (x.network_gb_s * x.efficiency.link) / 1e9 * 1000
+                    for x in (a, b))
                 start = max(start, finish[e.src] + t)
             finish[op.name] = start + cfg[op.name].latency_ms
         makespan = max(finish.values())

@@ -216,74 +216,189 @@ class HostWorker:
 
 
 class LLMWorker:
-    """A replica of an LLM node: one vLLM ``AsyncLLM`` engine (an async actor).
+    """A replica of one engine group of the plan: one vLLM ``AsyncLLM`` serving one or more LLM nodes
+    (on a CPU tier every node of one model shares an engine, as the lowering groups them).
 
-    ``run`` returns ``{node: envelope}``; ``run_stream`` (``num_returns="streaming"``) first yields
-    ``{"delta": text}`` items as tokens arrive, then that result. ``generate``/``stream`` call the
-    engine directly (tests, health probes). A failed generation is retried up to the node's
-    ``retries`` when no token has been streamed yet.
+    Unsplit nodes: ``run`` returns ``{node: envelope}``; ``run_stream`` (``num_returns="streaming"``)
+    first yields ``{"delta": text}`` items as tokens arrive, then that result. Split nodes (prefill
+    and decode in different engine groups): ``prefill`` computes the prompt's KV cache under a fresh
+    handle and returns a *hand-off* (token ids, KV payload); Ray moves it to the decode replica, whose
+    ``decode``/``decode_stream`` injects the KV and generates. On CPU the payload is the KV blocks'
+    bytes (``workers.kv_connector``); on GPUs it is the NIXL connector's transfer parameters, and the
+    blocks go engine to engine. ``generate``/``stream`` call the engine directly (tests, probes).
+    A failed generation is retried up to the node's ``retries`` when no token has been streamed yet.
     """
 
     def __init__(self, nodes: list[tuple[dict, dict]], data_dir: str, model_dir: str | None = None):
         from workers.llm import LLMEngine
 
-        if len(nodes) != 1:
-            raise ValueError("an LLMWorker serves exactly one LLM node")
-        node_json, execution = nodes[0]
-        self.node = node_from_json(node_json)
+        if not nodes:
+            raise ValueError("an LLMWorker serves at least one LLM node")
+        self.nodes = {n.name: n for n in (node_from_json(node_json) for node_json, _ in nodes)}
+        execution = nodes[0][1]
         if model_dir is None:
-            raise ValueError(f"LLM node {self.node.name!r} needs model weights (model_dir)")
+            raise ValueError(f"LLM nodes {sorted(self.nodes)} need model weights (model_dir)")
+        self.cores = _bind_to_own_cores(execution)
         self.llm = LLMEngine(execution.get("engine_args", {}), model_dir)
 
     def ping(self) -> str:
-        return f"llm:{self.node.name}:{os.getpid()}"
+        return f"llm:{'+'.join(self.nodes)}:{os.getpid()}"
 
     def info(self) -> list[dict[str, Any]]:
-        return [{"kind": "llm", "name": self.node.name, **self.llm.info()}]
+        return [{"kind": "llm", "name": name, "cores": self.cores, **self.llm.info()} for name in self.nodes]
 
-    def _prompt(self, graph_inputs: dict[str, Any], values: dict[str, Any]) -> str:
+    def _prompt(self, node: Any, graph_inputs: dict[str, Any], values: dict[str, Any]) -> str:
         import json
 
         from workers.templates import render
 
-        node = self.node
         if node.prompt:
             prompt = render(node.prompt, graph_inputs, values)
         else:
             prompt = json.dumps({k: render(v, graph_inputs, values) for k, v in node.inputs.items()})
         return f"{node.system}\n\n{prompt}" if node.system else prompt
 
-    async def run(self, graph_inputs: dict[str, Any], *upstream: dict[str, dict]) -> dict[str, dict]:
+    def _node(self, name: str) -> Any:
+        try:
+            return self.nodes[name]
+        except KeyError:
+            raise ValueError(f"this engine serves {sorted(self.nodes)}, not {name!r}") from None
+
+    async def run(self, name: str, graph_inputs: dict[str, Any], *upstream: dict[str, dict]) -> dict[str, dict]:
         final: dict[str, Any] = {}
-        async for item in self._call(graph_inputs, upstream, stream=False):
+        async for item in self._call(self._node(name), graph_inputs, upstream, stream=False):
             final = item
         return final
 
-    async def run_stream(self, graph_inputs: dict[str, Any], *upstream: dict[str, dict]):
-        async for item in self._call(graph_inputs, upstream, stream=True):
+    async def run_stream(self, name: str, graph_inputs: dict[str, Any], *upstream: dict[str, dict]):
+        async for item in self._call(self._node(name), graph_inputs, upstream, stream=True):
             yield item
 
-    async def _call(self, graph_inputs: dict[str, Any], upstream: tuple, stream: bool):
+    async def _call(self, node: Any, graph_inputs: dict[str, Any], upstream: tuple, stream: bool, *,
+                    prompt: str | list[int] | None = None, kv_params: dict | None = None, detail: dict | None = None,
+                    started: float | None = None):
         import time
 
-        node = self.node
-        started, t0 = time.time(), time.perf_counter()
-        prompt = self._prompt(graph_inputs, _upstream_values(upstream))
+        t0 = time.perf_counter()
+        started = time.time() if started is None else started
+        if prompt is None:
+            prompt = self._prompt(node, graph_inputs, _upstream_values(upstream))
         for attempt in range(1, node.retries + 2):
             result: dict[str, Any] = {}
             sent = False
             try:
-                async for delta in self.llm.deltas(prompt, node.expected.output_tokens, node.temperature, result):
+                async for delta in self.llm.deltas(prompt, node.expected.output_tokens, node.temperature, result,
+                                                   kv_transfer_params=kv_params):
                     if stream:
                         sent = True
                         yield {"delta": delta}
                 break
             except Exception as exc:  # noqa: BLE001
-                if sent or attempt > node.retries:
+                if sent or attempt > node.retries or kv_params is not None:  # injected KV is used once
                     raise NodeError(node.name, f"{type(exc).__name__}: {exc}") from exc
         output = result.pop("text")
         result.pop("token_ids", None)
-        yield {node.name: _envelope(output, started, t0, attempt, result)}
+        result.pop("kv_transfer_params", None)
+        yield {node.name: _envelope(output, started, t0, attempt, {**result, **(detail or {})})}
+
+    # -- split requests: prefill here, decode on another replica (another node)
+    async def prefill(self, name: str, graph_inputs: dict[str, Any], *upstream: dict[str, dict]) -> dict[str, Any]:
+        """Compute the prompt's KV cache (one generated token) and hand it off: ``{handle, prompt_ids,
+        kv, kv_bytes, kv_tokens, ...timings}``. The KV leaves this engine's shared-memory folder."""
+        import time
+        import uuid
+
+        from workers.kv_connector import HANDLE_KEY, OP_KEY, handle_dir, safetensors_payload_bytes
+
+        node = self._node(name)
+        started, t0 = time.time(), time.perf_counter()
+        prompt = self._prompt(node, graph_inputs, _upstream_values(upstream))
+        ids, truncated = self.llm.prompt_ids(prompt, node.expected.output_tokens)
+        handle = uuid.uuid4().hex
+        on_cpu_connector = self.llm.kv_dir is not None
+        params = {HANDLE_KEY: handle, OP_KEY: "save"} if on_cpu_connector else {"do_remote_decode": True}
+        result: dict[str, Any] = {}
+        try:
+            async for _ in self.llm.deltas(ids, 1, node.temperature, result, kv_transfer_params=params):
+                pass
+        except Exception as exc:  # noqa: BLE001
+            raise NodeError(node.name, f"prefill: {type(exc).__name__}: {exc}") from exc
+        kv_ready_at = time.time()
+        handoff: dict[str, Any] = {"handle": handle, "prompt_ids": ids, "truncated_tokens": truncated,
+                                   "prefill_started_at": started, "prefill_service_ms": (time.perf_counter() - t0) * 1e3,
+                                   "kv_ready_at": kv_ready_at, "prefill_pid": os.getpid(), "ttft_prefill_ms": result.get("ttft_ms")}
+        if on_cpu_connector:
+            folder = handle_dir(self.llm.kv_dir, handle)
+            try:
+                files = {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
+            except FileNotFoundError:
+                files = {}
+            finally:
+                import shutil
+
+                shutil.rmtree(folder, ignore_errors=True)
+            handoff["kv"] = files
+            handoff["kv_bytes"] = sum(safetensors_payload_bytes(b) for n, b in files.items() if n.endswith(".safetensors"))
+        else:
+            handoff["kv_transfer_params"] = result.get("kv_transfer_params")
+            handoff["kv_bytes"] = None
+        handoff["sent_at"] = time.time()
+        return handoff
+
+    def _receive(self, handoff: dict[str, Any]) -> tuple[dict | None, dict]:
+        """Put a hand-off's KV where this engine's connector reads it; (kv params, transfer detail)."""
+        import time
+
+        from workers.kv_connector import HANDLE_KEY, OP_KEY, handle_dir
+
+        received_at = time.time()
+        if "kv" not in handoff:  # GPU connectors: the engines move the blocks themselves
+            return handoff.get("kv_transfer_params"), {"kv_bytes": None, "handoff_ms": (received_at - handoff["sent_at"]) * 1e3}
+        if self.llm.kv_dir is None:
+            raise ValueError("this engine has no KV connector: the plan did not make it a decode engine")
+        folder = handle_dir(self.llm.kv_dir, handoff["handle"])
+        folder.mkdir(parents=True, exist_ok=True)
+        for fname, blob in handoff["kv"].items():  # the manifest last: it marks the folder complete
+            if fname != "manifest.json":
+                (folder / fname).write_bytes(blob)
+        if "manifest.json" in handoff["kv"]:
+            (folder / "manifest.json").write_bytes(handoff["kv"]["manifest.json"])
+        written_at = time.time()
+        detail = {"kv_bytes": handoff["kv_bytes"], "kv_files": len(handoff["kv"]),
+                  "transfer_measured_ms": (written_at - handoff["kv_ready_at"]) * 1e3}
+        return {HANDLE_KEY: handoff["handle"], OP_KEY: "load"}, detail
+
+    def _decode_detail(self, handoff: dict[str, Any], transfer: dict) -> dict[str, Any]:
+        return {"prefill": {"service_ms": handoff["prefill_service_ms"], "started_at": handoff["prefill_started_at"],
+                            "finished_at": handoff["kv_ready_at"], "pid": handoff["prefill_pid"]},
+                "kv_transfer": transfer, "prompt_tokens_prefilled": len(handoff["prompt_ids"])}
+
+    async def decode(self, name: str, handoff: dict[str, Any]) -> dict[str, dict]:
+        final: dict[str, Any] = {}
+        async for item in self._decode(name, handoff, stream=False):
+            final = item
+        return final
+
+    async def decode_stream(self, name: str, handoff: dict[str, Any]):
+        async for item in self._decode(name, handoff, stream=True):
+            yield item
+
+    async def _decode(self, name: str, handoff: dict[str, Any], stream: bool):
+        import shutil
+        import time
+
+        node = self._node(name)
+        started = time.time()
+        kv_params, transfer = self._receive(handoff)
+        try:
+            async for item in self._call(node, {}, (), stream, prompt=list(handoff["prompt_ids"]), kv_params=kv_params,
+                                         detail=self._decode_detail(handoff, transfer), started=started):
+                yield item
+        finally:
+            if self.llm.kv_dir is not None:
+                from workers.kv_connector import handle_dir
+
+                shutil.rmtree(handle_dir(self.llm.kv_dir, handoff["handle"]), ignore_errors=True)
 
     async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0) -> dict[str, Any]:
         return await self.llm.generate(prompt, max_tokens, temperature)
@@ -300,3 +415,20 @@ class LLMWorker:
 
     async def shutdown(self) -> None:
         self.llm.shutdown()
+
+
+def _bind_to_own_cores(execution: dict) -> list[int]:
+    """Translate the lowering's core range (relative to the tier's cores) into this process's own CPUs.
+
+    A Ray node of one tier is pinned to its share of the machine (``hetagent cluster up``); vLLM's
+    CPU backend binds its OpenMP threads to absolute CPU ids, so "0-0" on the tier of CPU 1 must
+    become "1" — binding outside the node's share would steal another tier's core."""
+    allowed = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+    bind = (execution.get("env") or {}).get("VLLM_CPU_OMP_THREADS_BIND")
+    if not allowed or not bind or bind in ("auto", "all") or "-" not in bind:
+        return allowed
+    lo, hi = (int(x) for x in bind.split("-", 1))
+    cores = sorted({allowed[i % len(allowed)] for i in range(lo, hi + 1)})
+    contiguous = cores == list(range(cores[0], cores[-1] + 1))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = f"{cores[0]}-{cores[-1]}" if contiguous else ",".join(map(str, cores))
+    return cores

@@ -9,7 +9,6 @@ whose actor died — Ray restarts the actor), and cancel everything in flight wh
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import threading
@@ -19,10 +18,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from compiler.spec import AgentGraph, LLMNode, ToolNode, VectorSearchNode
+from compiler.spec import AgentGraph, LLMNode, VectorSearchNode
 from planner.plan import Plan
 from workers.actors import HostWorker, LLMWorker, actor_options
 from workers.templates import render
+from workers.units import Pool, Unit, build_layout, node_device
 
 DEFAULT_DATA_DIR = Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent"))
 CANCEL_POLL_S = 0.1
@@ -56,6 +56,7 @@ class OpRecord:
     status: str
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
+    phase: str | None = None  # "prefill" / "decode" for the two halves of a split LLM node
 
 
 @dataclass
@@ -68,6 +69,7 @@ class RunResult:
     predicted_e2e_ms: float | None
     records: list[OpRecord]
     notes: list[str]
+    kv_transfers: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -110,22 +112,6 @@ def check_inputs(graph: AgentGraph, inputs: dict[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- runner
 
 
-@dataclass
-class _Unit:
-    """What one actor call runs: an LLM node, or a segment of host nodes fused on one device."""
-
-    id: str
-    nodes: list[str]
-    device: str
-    llm: bool
-    replicas: int
-    actors: list[Any] = field(default_factory=list)
-    in_flight: list[int] = field(default_factory=list)
-
-    def pick(self) -> int:
-        return min(range(len(self.actors)), key=lambda i: self.in_flight[i])
-
-
 def ensure_ray(address: str | None = None, devices: list[str] | None = None) -> None:
     """Connect to ``address`` (or RAY_ADDRESS), else start a local Ray whose custom resources expose
     every device type of the local inventory (`device:<type>`), so the plan's tiers are schedulable."""
@@ -148,11 +134,11 @@ def ensure_ray(address: str | None = None, devices: list[str] | None = None) -> 
 class GraphRunner:
     """Starts the replica pools a plan asks for and runs the graph on them.
 
-    Execution units: each LLM node is a unit (an LLMWorker pool with the plan's replicas); host
-    nodes (embed, vector_search, tool, transform) that the plan puts on the same device are fused
-    into segments, one HostWorker pool each, so a chain or fan-out of light ops costs one Ray call,
-    not one per op. A segment is convex (no path leaves it and comes back), so it runs as one task.
-    Non-idempotent tools are never fused: a retried segment must not repeat a side effect.
+    The layout — which pools, how many replicas, which nodes each serves, which LLM nodes are split
+    across two engines — is the plan's (``workers.units.build_layout``): LLM engines are the
+    lowering's engine groups, host nodes on one device are fused into convex segments. A split LLM
+    node runs as prefill → KV hand-off → decode: the prefill replica returns the request's KV
+    blocks, Ray moves them to the decode replica's node, and the decode engine injects them.
     """
 
     def __init__(self, graph: AgentGraph, plan: Plan, *, data_dir: Path = DEFAULT_DATA_DIR, model_dir: Path | None = None,
@@ -162,101 +148,26 @@ class GraphRunner:
         self.graph, self.plan, self.data_dir = graph, plan, Path(data_dir)
         self.model_dir = model_dir
         self.index_dirs = tuple(Path(d) for d in index_dirs)
-        self.pools: dict[str, _Unit] = {}
-        self.notes: list[str] = []
         self._ops_of = {n.name: [o for o in plan.ops if o.source_node == n.name] for n in graph.spec.nodes}
-        for name, ops in self._ops_of.items():
-            if not ops:
-                raise ValueError(f"plan has no ops for node {name!r}: was it made for another graph?")
-        self._placement = {n.name: self._node_device(n.name) for n in graph.spec.nodes}
+        layout = build_layout(graph, plan)
+        self.layout = layout
+        self.units = layout.units
+        self.notes: list[str] = list(layout.notes)
+        self.pools: dict[str, Pool] = {}  # started pools (empty until start())
         self._nodes = {n.name: n for n in graph.spec.nodes}
         self._order = graph.topological_order()
         self._ups = {n.name: graph.upstream(n) for n in graph.spec.nodes}
-        self._succs: dict[str, list[str]] = {n: [] for n in self._order}
-        for n, us in self._ups.items():
-            for u in us:
-                self._succs[u].append(n)
         self._sinks = graph.sinks()
-        self._descendants: dict[str, set[str]] = {}
-        for n in reversed(self._order):
-            below = set(self._succs[n])
-            for c in self._succs[n]:
-                below |= self._descendants[c]
-            self._descendants[n] = below
-        self.units = self._plan_units()
         self._unit_of = {n: u.id for u in self.units.values() for n in u.nodes}
+        self._edges = {(e.src, e.dst): e for e in plan.edges}
 
-    # -- placement
-    def _node_device(self, name: str) -> tuple[str, dict[str, Any], int]:
-        ops = self._ops_of[name]
-        main = next((o for o in ops if o.kind == "decode"), None) or next(
-            (o for o in ops if o.kind not in ("tokenize", "detokenize")), ops[0])
-        prefill = next((o for o in ops if o.kind == "prefill"), None)
-        if prefill is not None and prefill.device != main.device:
-            self.notes.append(
-                f"{name}: the plan puts prefill on {prefill.device} and decode on {main.device}; "
-                f"{'the CPU backend has no KV-transfer connector, so ' if main.device_class == 'cpu' else ''}"
-                f"both phases run on {main.device} (one engine) in this runtime")
-        replicas = max(o.replicas for o in ops if o.kind not in ("tokenize", "detokenize")) if len(ops) > 1 else ops[0].replicas
-        return main.device, main.execution, max(1, replicas)
-
-    def _plan_units(self) -> dict[str, _Unit]:
-        """LLM nodes alone; host nodes greedily fused, in topological order, into convex per-device
-        segments: a node joins (and merges) the segments of its upstream nodes on its device when the
-        union stays convex. Returned in a topological order of the units."""
-        segments: dict[int, list[str]] = {}
-        seg_of: dict[str, int] = {}
-        new_ids = itertools.count()
-        units: dict[str, _Unit] = {}
-        for name in self._order:
-            node, (device, _, replicas) = self._nodes[name], self._placement[name]
-            if isinstance(node, LLMNode):
-                units[name] = _Unit(name, [name], device, True, replicas)
-                continue
-            candidates: list[int] = []
-            if self._fusable(name):
-                for u in self._ups[name]:
-                    k = seg_of.get(u)
-                    if k is not None and k not in candidates and self._placement[u][0] == device and all(
-                            self._fusable(m) for m in segments[k]):
-                        candidates.append(k)
-            choice = None
-            for group in ([candidates] if len(candidates) > 1 else []) + [[k] for k in candidates]:
-                members = {m for k in group for m in segments[k]} | {name}
-                if self._convex(members):
-                    choice = group
-                    break
-            if choice is None:
-                k = next(new_ids)
-                segments[k] = [name]
-            else:
-                k = choice[0]
-                for other in choice[1:]:
-                    segments[k] += segments.pop(other)
-                segments[k].append(name)
-            for m in segments[k]:
-                seg_of[m] = k
-        for members in segments.values():
-            members.sort(key=self._order.index)
-            uid = "+".join(members)
-            units[uid] = _Unit(uid, members, self._placement[members[0]][0], False,
-                               max(self._placement[m][2] for m in members))
-        unit_of = {n: uid for uid, u in units.items() for n in u.nodes}
-        ups = {uid: {unit_of[x] for n in u.nodes for x in self._ups[n]} - {uid} for uid, u in units.items()}
-        ordered: list[str] = []
-        while len(ordered) < len(units):  # Kahn; ties by the first node's position in the graph order
-            ready = [uid for uid in units if uid not in ordered and ups[uid] <= set(ordered)]
-            ordered.append(min(ready, key=lambda uid: self._order.index(units[uid].nodes[0])))
-        return {uid: units[uid] for uid in ordered}
-
-    def _fusable(self, name: str) -> bool:
-        node = self._nodes[name]
-        return not isinstance(node, LLMNode) and not (isinstance(node, ToolNode) and not node.idempotent)
-
-    def _convex(self, members: set[str]) -> bool:
-        """No path leaves ``members`` and comes back (else one task could not run them all)."""
-        below = set().union(*(self._descendants[m] for m in members)) - members
-        return not any(self._descendants[x] & members for x in below)
+    def placement(self, node: str) -> list[tuple[str, str]]:
+        """(phase, device) pairs a node runs on: one ("", device) pair, or prefill and decode of a split node."""
+        unit = self.units[self._unit_of[node]]
+        pools = [self.layout.pools[p] for p in unit.pools]
+        if unit.split:
+            return [("prefill", pools[0].device), ("decode", pools[1].device)]
+        return [("", pools[0].device)]
 
     def start(self, start_timeout_s: float = 300.0) -> None:
         import ray
@@ -268,40 +179,39 @@ class GraphRunner:
             raise
         self._await_ready(start_timeout_s)
 
-    def _unit_payload(self, unit: _Unit) -> tuple[Any, list[tuple[dict, dict]], str | None]:
-        """(the configured actor class, its nodes with their execution configs, model weights) of a unit."""
+    def _pool_payload(self, pool: Pool) -> tuple[Any, list[tuple[dict, dict]], str | None]:
+        """(the configured actor class, its nodes with their execution configs, model weights) of a pool."""
         import ray
 
         payload = []
-        for name in unit.nodes:
+        for name in pool.nodes:
             node = self._nodes[name]
-            execution = self._placement[name][1]
+            execution = pool.execution if pool.llm else node_device(self._ops_of[name])[2]
             if isinstance(node, VectorSearchNode):
-                execution = self._with_index_path(node, unit.device, execution)
+                execution = self._with_index_path(node, pool.device, execution)
             payload.append((node.model_dump(mode="json"), execution))
-        first = self._nodes[unit.nodes[0]]
-        device_class = next(o.device_class for o in self._ops_of[first.name] if o.device == unit.device)
         env: dict[str, str] = {}
         for _, execution in payload:  # a fused segment gets the widest thread settings of its ops
             for k, v in (execution.get("env") or {}).items():
                 env[k] = str(max(int(v), int(env.get(k, 0)))) if str(v).isdigit() else str(v)
-        options = actor_options(unit.device, device_class, {**payload[0][1], "env": env}, llm=unit.llm)
-        cls = ray.remote(LLMWorker if unit.llm else HostWorker).options(**options, max_concurrency=64)
-        return cls, payload, (self._weights(first, unit.device) if unit.llm else None)
+        options = actor_options(pool.device, pool.device_class, {**payload[0][1], "env": env}, llm=pool.llm)
+        cls = ray.remote(LLMWorker if pool.llm else HostWorker).options(**options, max_concurrency=64)
+        weights = self._weights(self._nodes[pool.nodes[0]], pool.device) if pool.llm else None
+        return cls, payload, weights
 
     def _start_pools(self, ray: Any) -> None:
-        for unit in self.units.values():
-            cls, payload, model_dir = self._unit_payload(unit)
-            unit.actors = [cls.remote(payload, str(self.data_dir), model_dir) for _ in range(unit.replicas)]
-            unit.in_flight = [0] * unit.replicas
-            self.pools[unit.id] = unit
+        for pool in self.layout.pools.values():
+            cls, payload, model_dir = self._pool_payload(pool)
+            pool.actors = [cls.remote(payload, str(self.data_dir), model_dir) for _ in range(pool.replicas)]
+            pool.in_flight = [0] * pool.replicas
+            self.pools[pool.id] = pool
 
     def _await_ready(self, timeout_s: float) -> None:
         """Wait for every replica's constructor; a pool that cannot be placed or fails to start is a RunError."""
         import ray
         from ray.exceptions import RayActorError
 
-        pings = {a.ping.remote(): u for u in self.pools.values() for a in u.actors}
+        pings = {a.ping.remote(): p for p in self.pools.values() for a in p.actors}
         ready, waiting = ray.wait(list(pings), num_returns=len(pings), timeout=timeout_s)
         for ref in ready:
             try:
@@ -325,7 +235,7 @@ class GraphRunner:
         """Say in the run record when a worker serves another model than the spec names (never silently)."""
         import ray
 
-        for rows in ray.get([u.actors[0].info.remote() for u in self.pools.values()]):
+        for rows in ray.get([p.actors[0].info.remote() for p in self.pools.values()]):
             for info in rows:
                 if info.get("kind") == "embed" and info.get("substituted"):
                     note = (f"{info['name']}: embedding model {info['model_requested']} is served as "
@@ -361,43 +271,47 @@ class GraphRunner:
         return {**execution, "settings": settings}
 
     def scale_to(self, plan: Plan) -> bool:
-        """Adopt ``plan`` in place when it keeps every unit on the same device (only replica counts
-        change): start or stop replicas. False (nothing changed) when placements differ."""
+        """Adopt ``plan`` in place when it keeps every pool on the same device with the same members
+        (only replica counts change): start or stop replicas. False (nothing changed) otherwise."""
         import ray
 
         other = GraphRunner(self.graph, plan, data_dir=self.data_dir, model_dir=self.model_dir, index_dirs=self.index_dirs)
-        if [(u.id, u.device) for u in other.units.values()] != [(u.id, u.device) for u in self.units.values()]:
+        def shape(r: GraphRunner) -> list[tuple[str, str, tuple[str, ...]]]:
+            return [(p.id, p.device, tuple(p.nodes)) for p in r.layout.pools.values()]
+        if shape(other) != shape(self) or [u.pools for u in other.units.values()] != [u.pools for u in self.units.values()]:
             return False
-        for uid, unit in self.units.items():
-            want = other.units[uid].replicas
-            pool = self.pools.get(uid)
-            if pool is None or want == len(pool.actors):
-                unit.replicas = want
+        for pid, pool in self.layout.pools.items():
+            want = other.layout.pools[pid].replicas
+            live = self.pools.get(pid)
+            if live is None or want == len(live.actors):
+                pool.replicas = want
                 continue
-            if want > len(pool.actors):
-                cls_opts = self._unit_payload(unit)
-                new = [cls_opts[0].remote(cls_opts[1], str(self.data_dir), cls_opts[2]) for _ in range(want - len(pool.actors))]
+            if want > len(live.actors):
+                cls, payload, weights = self._pool_payload(pool)
+                new = [cls.remote(payload, str(self.data_dir), weights) for _ in range(want - len(live.actors))]
                 ray.get([a.ping.remote() for a in new])
-                pool.actors += new
-                pool.in_flight += [0] * len(new)
+                live.actors += new
+                live.in_flight += [0] * len(new)
             else:  # drop the least-loaded replicas; calls in flight on them finish first
-                keep = sorted(range(len(pool.actors)), key=lambda i: -pool.in_flight[i])[:want]
-                drop = [a for i, a in enumerate(pool.actors) if i not in keep]
-                pool.actors = [pool.actors[i] for i in keep]
-                pool.in_flight = [pool.in_flight[i] for i in keep]
+                keep = sorted(range(len(live.actors)), key=lambda i: -live.in_flight[i])[:want]
+                drop = [a for i, a in enumerate(live.actors) if i not in keep]
+                live.actors = [live.actors[i] for i in keep]
+                live.in_flight = [live.in_flight[i] for i in keep]
                 for a in drop:
                     a.__ray_terminate__.remote()  # graceful: queued calls run before the actor exits
-            unit.replicas = want
+            pool.replicas = want
         self.plan = plan
         self._ops_of = other._ops_of
+        self._edges = other._edges
         return True
 
     def shutdown(self) -> None:
         import ray
 
-        for u in self.pools.values():
-            for a in u.actors:
+        for p in self.pools.values():
+            for a in p.actors:
                 ray.kill(a)
+            p.actors, p.in_flight = [], []
         self.pools.clear()
 
     # -- one run
@@ -420,7 +334,7 @@ class GraphRunner:
             self.start()
         run_id = uuid.uuid4().hex[:12]
         emit = on_event or (lambda *_: None)
-        units, unit_of, nodes = self.units, self._unit_of, self._nodes
+        units, unit_of, nodes, pools = self.units, self._unit_of, self._nodes, self.pools
         unit_ups = {uid: list(dict.fromkeys(unit_of[x] for n in u.nodes for x in self._ups[n] if unit_of[x] != uid))
                     for uid, u in units.items()}
         unit_succs: dict[str, list[str]] = {uid: [] for uid in units}
@@ -437,35 +351,52 @@ class GraphRunner:
         done: dict[str, dict] = {}  # node → envelope
         finished_units: set[str] = set()
         pending: dict[Any, str] = {}  # ObjectRef / ObjectRefGenerator → unit
-        submitted: dict[str, tuple[int, int]] = {}  # unit → (replica, attempt) of its live submission
+        side_refs: dict[str, list[Any]] = {}  # unit → refs it waits on that are not its result (a split's prefill)
+        submitted: dict[str, tuple[list[tuple[str, int]], int]] = {}  # unit → ([(pool, replica)], attempt)
         seen_ready: dict[str, float] = {}  # unit → monotonic time the driver saw its inputs ready
-        records: dict[str, OpRecord] = {}
+        records: list[OpRecord] = []
+        kv_transfers: list[dict[str, Any]] = []
         attempts: dict[str, int] = {}
         t_start = time.perf_counter()
         wall_start = time.time()
         deadline = None if timeout_s is None else t_start + timeout_s
 
+        def unit_device(uid: str) -> str:
+            return self.layout.unit_device(uid)
+
         def submit(uid: str) -> None:
             unit = units[uid]
-            i = unit.pick()
-            unit.in_flight[i] += 1
+            picks = []
+            for pid in unit.pools:
+                i = pools[pid].pick()
+                pools[pid].in_flight[i] += 1
+                picks.append((pid, i))
             attempts[uid] = attempts.get(uid, 0) + 1
             args = (graph_inputs, *[available[u] for u in unit_ups[uid]])
-            if uid in streamed:
-                ref = unit.actors[i].run_stream.options(num_returns="streaming").remote(*args)
+            last = pools[picks[-1][0]].actors[picks[-1][1]]
+            if unit.split:  # prefill → (KV through the object store) → decode, both submitted now
+                pre = pools[picks[0][0]].actors[picks[0][1]].prefill.remote(unit.nodes[0], *args)
+                side_refs[uid] = [pre]
+                args, names = (pre,), ("decode", "decode_stream")
             else:
-                ref = unit.actors[i].run.remote(*args)
+                names = ("run", "run_stream")
+            if unit.llm:
+                args = (unit.nodes[0], *args)
+            if uid in streamed:
+                ref = getattr(last, names[1]).options(num_returns="streaming").remote(*args)
+            else:
+                ref = getattr(last, names[0]).remote(*args)
                 available[uid] = ref
             pending[ref] = uid
-            submitted[uid] = (i, attempts[uid])
+            submitted[uid] = (picks, attempts[uid])
             if all(u in finished_units for u in unit_ups[uid]):
                 mark_ready(uid)
 
         def mark_ready(uid: str) -> None:
             seen_ready[uid] = time.perf_counter()
-            replica, attempt = submitted[uid]
+            picks, attempt = submitted[uid]
             for n in units[uid].nodes:
-                emit("started", n, {"device": units[uid].device, "replica": replica, "attempt": attempt})
+                emit("started", n, {"device": pools[picks[0][0]].device, "replica": picks[0][1], "attempt": attempt})
 
         def submit_ready(uids) -> None:
             for uid in units:
@@ -473,12 +404,20 @@ class GraphRunner:
                         u in available for u in unit_ups[uid]):
                     submit(uid)
 
+        def release(uid: str) -> tuple[list[tuple[str, int]], int]:
+            picks, attempt = submitted.pop(uid)
+            for pid, i in picks:
+                if i < len(pools[pid].in_flight):
+                    pools[pid].in_flight[i] -= 1
+            return picks, attempt
+
         def withdraw(uid: str) -> None:
             """Forget a live submission (it failed, or an upstream unit is being retried)."""
-            replica, _ = submitted.pop(uid)
-            units[uid].in_flight[replica] -= 1
+            release(uid)
             available.pop(uid, None)
             seen_ready.pop(uid, None)
+            for ref in side_refs.pop(uid, []):
+                ray.cancel(ref, force=False)
             for ref, u in list(pending.items()):
                 if u == uid:
                     del pending[ref]
@@ -495,26 +434,26 @@ class GraphRunner:
             now = time.perf_counter()
             if deadline is not None and now > deadline:
                 uid = next(iter(pending.values()))
-                fail(units[uid].nodes[0], units[uid].device, f"run timed out after {timeout_s:g} s")
+                fail(units[uid].nodes[0], unit_device(uid), f"run timed out after {timeout_s:g} s")
             waits = [seen_ready[u] + unit_timeout[u] - now for u in set(pending.values()) if u in seen_ready]
             if deadline is not None:
                 waits.append(deadline - now)
             if cancel is not None:
                 if cancel.is_set():
                     uid = next(iter(pending.values()))
-                    fail(units[uid].nodes[0], units[uid].device, "cancelled")
+                    fail(units[uid].nodes[0], unit_device(uid), "cancelled")
                 waits.append(CANCEL_POLL_S)
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=max(0.0, min(waits)) if waits else None)
             if not ready:
                 now = time.perf_counter()
                 for uid in set(pending.values()):
                     if uid in seen_ready and now - seen_ready[uid] > unit_timeout[uid]:
-                        fail(units[uid].nodes[0], units[uid].device, f"timed out after {unit_timeout[uid]:g} s")
+                        fail(units[uid].nodes[0], unit_device(uid), f"timed out after {unit_timeout[uid]:g} s")
                 continue
             ref = ready[0]
             uid = pending.pop(ref)
             unit = units[uid]
-            replica, attempt = submitted[uid]
+            picks, attempt = submitted[uid]
             try:
                 if isinstance(ref, ObjectRefGenerator):
                     gen = ref
@@ -527,33 +466,38 @@ class GraphRunner:
                 else:
                     result = ray.get(ref)
             except StopIteration:
-                fail(unit.nodes[0], unit.device, "the op's stream ended without a result")
-            except RayActorError as exc:  # the worker died: Ray restarts it; the unit runs again
+                fail(unit.nodes[0], unit_device(uid), "the op's stream ended without a result")
+            except RayActorError as exc:  # a worker died: Ray restarts it; the unit runs again (a split: from prefill)
                 allowed = 1 + max(nodes[n].retries for n in unit.nodes)
-                if attempt <= allowed and self._await_restart(unit.actors[replica]):
+                actors = [pools[pid].actors[i] for pid, i in picks if i < len(pools[pid].actors)]
+                if attempt <= allowed and all(self._await_restart(a) for a in actors):
                     withdraw(uid)
-                    emit("retry", unit.nodes[0], {"error": f"worker died: {type(exc).__name__}"})
+                    emit("retry", unit.nodes[0], {"error": f"worker died: {type(exc).__name__}",
+                                                  "rerun": "from prefill" if unit.split else "whole op"})
                     for d in [u for u in units if u in descendants[uid] and u in submitted]:
                         withdraw(d)  # their argument was the failed ref: submit them again behind the retry
                         attempts[d] -= 1  # that submission never ran; it is not an attempt
                     submit(uid)
                     submit_ready(descendants[uid])
                     continue
-                fail(unit.nodes[0], unit.device, f"worker died {attempt} times: {exc}")
+                fail(unit.nodes[0], unit_device(uid), f"worker died {attempt} times: {exc}")
             except (RayTaskError, TaskCancelledError, GetTimeoutError) as exc:
                 cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
                 node = getattr(cause, "node", None) or unit.nodes[0]
-                fail(node, unit.device, getattr(cause, "cause", None) or f"{type(cause).__name__}: {cause}")
-            unit.in_flight[replica] -= 1
-            del submitted[uid]
+                fail(node, unit_device(uid), getattr(cause, "cause", None) or f"{type(cause).__name__}: {cause}")
+            release(uid)
+            side_refs.pop(uid, None)
             finished_units.add(uid)
             available[uid] = ref
             for name in unit.nodes:  # in topological order
                 env = result[name]
                 done[name] = env
                 ready_at = max((done[u]["finished_at"] for u in self._ups[name] if u in done), default=wall_start)
-                records[name] = self._record(name, env, ready_at, unit, replica, attempt)
-                emit("finished", name, {"ms": records[name].measured_ms})
+                new = self._records(name, env, ready_at, unit, picks, attempt)
+                records += new
+                if unit.split:
+                    kv_transfers.append(self._kv_transfer(name, env, picks))
+                emit("finished", name, {"ms": new[-1].measured_ms + (new[0].measured_ms if unit.split else 0.0)})
             for succ in unit_succs[uid]:
                 if succ in submitted and succ not in seen_ready and all(u in finished_units for u in unit_ups[succ]):
                     mark_ready(succ)
@@ -563,8 +507,10 @@ class GraphRunner:
             s: values[s] for s in self._sinks}
         e2e_ms = (time.perf_counter() - t_start) * 1000.0
         emit("completed", self.graph.metadata.name, {"ms": e2e_ms, "wall_start": wall_start})
+        position = {n: i for i, n in enumerate(self._order)}
+        records.sort(key=lambda r: (position[r.node], r.phase != "prefill"))
         return RunResult(run_id, self.graph.metadata.name, "succeeded", outputs, e2e_ms, self.plan.predicted_e2e_ms,
-                         [records[n] for n in self._order], list(self.notes))
+                         records, list(self.notes), kv_transfers)
 
     @staticmethod
     def _await_restart(actor: Any, within_s: float = 60.0) -> bool:
@@ -581,18 +527,58 @@ class GraphRunner:
                 time.sleep(0.2)
         return False
 
-    def _record(self, name: str, env: dict, ready_at: float, unit: _Unit, replica: int, attempt: int) -> OpRecord:
+    def _records(self, name: str, env: dict, ready_at: float, unit: Unit, picks: list[tuple[str, int]],
+                 attempt: int) -> list[OpRecord]:
         """Times run from the moment the op's inputs existed (its upstream ops finished on their workers)
-        to the moment it finished on its worker (wall clocks of the workers)."""
+        to the moment it finished on its worker (wall clocks of the workers). A split LLM node has two
+        records: prefill (tokenize + prefill, until its KV was ready) and decode (from the KV being
+        ready, so it includes the hand-off, to the last token)."""
         ops = self._ops_of[name]
-        return OpRecord(
-            node=name, kind=self._nodes[name].kind, ops=[o.name for o in ops], device=unit.device,
-            replica=replica, attempts=env.get("attempts", 1) + attempt - 1,
-            queue_wait_ms=max(0.0, (env["started_at"] - ready_at) * 1000.0), service_ms=env["service_ms"],
-            measured_ms=max(env["service_ms"], (env["finished_at"] - ready_at) * 1000.0),
-            predicted_ms=sum(o.predicted_latency_ms for o in ops), cost_share_usd=self._cost_share(ops),
-            status="succeeded", detail={**env.get("detail", {}), **({"unit": unit.id} if len(unit.nodes) > 1 else {})},
-        )
+        attempts = env.get("attempts", 1) + attempt - 1
+        detail = {k: v for k, v in env.get("detail", {}).items() if k not in ("prefill", "kv_transfer")}
+        if len(unit.nodes) > 1:
+            detail["unit"] = unit.id
+        if not unit.split:
+            pool = self.pools[picks[0][0]]
+            return [OpRecord(
+                node=name, kind=self._nodes[name].kind, ops=[o.name for o in ops], device=pool.device,
+                replica=picks[0][1], attempts=attempts, queue_wait_ms=max(0.0, (env["started_at"] - ready_at) * 1000.0),
+                service_ms=env["service_ms"], measured_ms=max(env["service_ms"], (env["finished_at"] - ready_at) * 1000.0),
+                predicted_ms=sum(o.predicted_latency_ms for o in ops), cost_share_usd=self._cost_share(ops),
+                status="succeeded", detail=detail)]
+        pre = env["detail"]["prefill"]
+        pre_ops = [o for o in ops if o.kind in ("tokenize", "prefill")]
+        dec_ops = [o for o in ops if o.kind not in ("tokenize", "prefill")]
+        (pre_pool, pre_i), (dec_pool, dec_i) = picks
+        return [
+            OpRecord(node=name, kind="llm", ops=[o.name for o in pre_ops], device=self.pools[pre_pool].device, replica=pre_i,
+                     attempts=attempts, queue_wait_ms=max(0.0, (pre["started_at"] - ready_at) * 1000.0),
+                     service_ms=pre["service_ms"], measured_ms=max(pre["service_ms"], (pre["finished_at"] - ready_at) * 1000.0),
+                     predicted_ms=sum(o.predicted_latency_ms for o in pre_ops), cost_share_usd=self._cost_share(pre_ops),
+                     status="succeeded", detail={"pid": pre["pid"]}, phase="prefill"),
+            OpRecord(node=name, kind="llm", ops=[o.name for o in dec_ops], device=self.pools[dec_pool].device, replica=dec_i,
+                     attempts=attempts, queue_wait_ms=max(0.0, (env["started_at"] - pre["finished_at"]) * 1000.0),
+                     service_ms=env["service_ms"], measured_ms=max(env["service_ms"], (env["finished_at"] - pre["finished_at"]) * 1000.0),
+                     predicted_ms=sum(o.predicted_latency_ms for o in dec_ops), cost_share_usd=self._cost_share(dec_ops),
+                     status="succeeded", detail=detail, phase="decode"),
+        ]
+
+    def _kv_transfer(self, name: str, env: dict, picks: list[tuple[str, int]]) -> dict[str, Any]:
+        """One split request's KV hand-off: bytes moved, measured time, and the cost model's time for
+        those bytes on the planned link (the plan's edge: its bandwidth and fixed cost)."""
+        transfer = env["detail"]["kv_transfer"]
+        edge = self._edges.get((f"{name}.prefill", f"{name}.decode"))
+        nbytes = transfer.get("kv_bytes")
+        predicted = None
+        if edge is not None and nbytes is not None:
+            predicted = edge.link_fixed_ms + nbytes / (edge.link_gb_s * 1e9) * 1e3 if edge.link_gb_s else edge.transfer_ms
+        return {
+            "node": name, "src_device": self.pools[picks[0][0]].device, "dst_device": self.pools[picks[1][0]].device,
+            "bytes": nbytes, "tokens": env["detail"].get("prompt_tokens_prefilled"),
+            "measured_ms": transfer.get("transfer_measured_ms"), "predicted_ms": predicted,
+            "planned_bytes": edge.bytes if edge is not None else None,
+            "planned_ms": edge.transfer_ms if edge is not None else None,
+        }
 
     def _cost_share(self, ops) -> float:
         """$ of one run attributable to these ops at the planned rate: their devices' $/h split by busy time."""

@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -33,6 +36,15 @@ VLLM_ENV: dict[str, str] = {
     "DO_NOT_TRACK": "1",
     "RAY_AUTH_MODE": "disabled",
 }
+
+# The KV connector the lowering names for CPU engines of a split LLM node (workers/kv_connector.py).
+KV_CONNECTOR_CPU = "HetagentKVConnector"
+
+
+def _shm_dir() -> str:
+    """Node-local shared memory when the OS has it (tmpfs), else the temp dir."""
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
 
 # Lowered engine args that map 1:1 onto vLLM's AsyncEngineArgs.
 _PASSED_ARGS = ("dtype", "max_model_len", "max_num_seqs", "tensor_parallel_size", "seed",
@@ -62,7 +74,7 @@ def _model_context(model_dir: str) -> int | None:
 class LLMEngine:
     """A vLLM ``AsyncLLM`` configured from lowered engine args; used inside an actor."""
 
-    def __init__(self, engine_args: dict, model_dir: str):
+    def __init__(self, engine_args: dict, model_dir: str, kv_dir: str | None = None):
         t0 = time.perf_counter()
         from vllm.engine.arg_utils import AsyncEngineArgs
         from vllm.platforms import current_platform
@@ -89,10 +101,21 @@ class LLMEngine:
         if self.on_cpu:
             kwargs["tensor_parallel_size"] = 1
             kwargs.pop("gpu_memory_utilization", None)
-            kwargs.pop("kv_transfer_config", None)  # no KV connector for the CPU substitute model
+        self.kv_dir = None
+        kv_config = kwargs.get("kv_transfer_config")
+        if kv_config and kv_config.get("kv_connector") == KV_CONNECTOR_CPU:
+            # blocks in node-local shared memory, one folder per engine (see workers/kv_connector.py)
+            self.kv_dir = Path(kv_dir or tempfile.mkdtemp(prefix="hetagent-kv-", dir=_shm_dir()))
+            extra = {**(kv_config.get("kv_connector_extra_config") or {}), "kv_dir": str(self.kv_dir)}
+            kwargs["kv_transfer_config"] = {**kv_config, "kv_connector_extra_config": extra}
         kwargs["enforce_eager"] = True
         self.vllm_args = {"model": model_dir, "tokenizer": model_dir, **kwargs}
-        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**self.vllm_args))
+        engine_kwargs = dict(self.vllm_args)
+        if isinstance(engine_kwargs.get("kv_transfer_config"), dict):
+            from vllm.config import KVTransferConfig
+
+            engine_kwargs["kv_transfer_config"] = KVTransferConfig(**engine_kwargs["kv_transfer_config"])
+        self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
         self.max_model_len = int(self._engine.model_config.max_model_len)
         self._tokenizer = self._engine.get_tokenizer()
         self.start_s = time.perf_counter() - t0
@@ -106,6 +129,7 @@ class LLMEngine:
             "ignored_args": list(self.ignored_args),
             "overridden_args": dict(self.overridden_args),
             "on_cpu": self.on_cpu,
+            "kv_dir": str(self.kv_dir) if self.kv_dir else None,
             "start_s": self.start_s,
         }
 
@@ -122,22 +146,31 @@ class LLMEngine:
         cut = ([bos] + ids[len(ids) - (limit - 1):]) if keep_bos else ids[len(ids) - limit:]
         return cut, len(ids) - len(cut)
 
-    def _params(self, max_tokens: int, temperature: float):
+    def _params(self, max_tokens: int, temperature: float, kv_transfer_params: dict | None = None):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
+        extra = {"kv_transfer_params": kv_transfer_params} if kv_transfer_params else None
         return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0,
-                              output_kind=RequestOutputKind.DELTA)
+                              output_kind=RequestOutputKind.DELTA, extra_args=extra)
 
-    async def deltas(self, prompt: str, max_tokens: int, temperature: float, result: dict[str, Any],
-                     request_id: str | None = None) -> AsyncIterator[str]:
-        """Yield text deltas; fill ``result`` with the request's totals as it goes."""
-        ids, truncated = self._prompt_ids(prompt, max_tokens)
+    def prompt_ids(self, prompt: str, max_tokens: int) -> tuple[list[int], int]:
+        """Token ids the engine would serve for ``prompt`` (cut to fit), and the tokens dropped."""
+        return self._prompt_ids(prompt, max_tokens)
+
+    async def deltas(self, prompt: str | list[int], max_tokens: int, temperature: float, result: dict[str, Any],
+                     request_id: str | None = None, kv_transfer_params: dict | None = None) -> AsyncIterator[str]:
+        """Yield text deltas; fill ``result`` with the request's totals as it goes. ``prompt`` may be
+        token ids already cut to fit (a split request's decode side serves exactly the prefill's ids)."""
+        ids, truncated = (list(prompt), 0) if isinstance(prompt, list) else self._prompt_ids(prompt, max_tokens)
         rid = request_id or uuid.uuid4().hex
         result.update(request_id=rid, prompt_tokens=len(ids), truncated_tokens=truncated,
                       model_requested=self.model_requested, model_served=self.model_served,
                       output_tokens=0, token_ids=[], text="", finish_reason=None, ttft_ms=None)
         t0 = time.perf_counter()
-        async for out in self._engine.generate({"prompt_token_ids": ids}, self._params(max_tokens, temperature), rid):
+        params = self._params(max_tokens, temperature, kv_transfer_params)
+        async for out in self._engine.generate({"prompt_token_ids": ids}, params, rid):
+            if out.kv_transfer_params:
+                result["kv_transfer_params"] = out.kv_transfer_params
             comp = out.outputs[0]
             if comp.token_ids and result["ttft_ms"] is None:
                 result["ttft_ms"] = (time.perf_counter() - t0) * 1e3
@@ -171,3 +204,5 @@ class LLMEngine:
 
     def shutdown(self) -> None:
         self._engine.shutdown()
+        if self.kv_dir is not None:
+            shutil.rmtree(self.kv_dir, ignore_errors=True)

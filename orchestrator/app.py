@@ -1,4 +1,7 @@
-"""The hetagent control plane: a FastAPI app over orchestrator.service.Service."""
+"""The hetagent control plane: a FastAPI app over orchestrator.service.Service.
+
+Layers run one way: routers -> service -> (control, store) -> db. Only this module and the routers
+know HTTP; the service, the controller and the store can be driven without it (tests do)."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from orchestrator.settings import Settings
 
 
 def create_app(settings: Settings | None = None, service: Service | None = None) -> FastAPI:
+    """The app; its lifespan starts the service (recovery, control loop) and stops it on shutdown."""
     settings = settings or Settings()
 
     @asynccontextmanager

@@ -17,10 +17,12 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 
 def utcnow() -> dt.datetime:
+    """Timezone-aware now: stored times compare the same on SQLite and PostgreSQL."""
     return dt.datetime.now(dt.timezone.utc)
 
 
 def new_id(prefix: str) -> str:
+    """A short random id whose prefix says what it names (``g_``, ``p_``, ``d_``, ``r_``)."""
     return f"{prefix}_{uuid.uuid4().hex[:16]}"
 
 

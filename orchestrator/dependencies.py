@@ -14,6 +14,7 @@ _bearer = HTTPBearer(auto_error=False, description="An API key from `hetagent ke
 
 
 def get_service(request: Request) -> Service:
+    """The app's one Service (created by the lifespan), so routers never build their own."""
     return request.app.state.service
 
 
@@ -25,7 +26,7 @@ def require(scope: str) -> Callable[..., str]:
         key = creds.credentials if creds is not None else request.headers.get("x-api-key")
         if not key:
             raise HTTPException(401, "an API key is required: 'Authorization: Bearer <key>'")
-        have = lookup_scope(service.sessions, key)
+        have = lookup_scope(service.store.sessions, key)
         if have is None:
             raise HTTPException(401, "unknown or revoked API key")
         if not allows(have, scope):

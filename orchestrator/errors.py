@@ -1,4 +1,5 @@
-"""RFC 9457 problem+json for every error the API returns; bad input is a 4xx, never a 500."""
+"""RFC 9457 problem+json for every error the API returns: bad input is a 4xx, a database that
+refuses a write or is unreachable a 503 with Retry-After, never a 500."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ PROBLEM = "application/problem+json"
 
 
 def problem(status: int, title: str, detail: str, request: Request | None = None, **extra: Any) -> JSONResponse:
+    """A problem+json response; ``retry_after_s`` also sets Retry-After, a 401 WWW-Authenticate."""
     body = {"type": "about:blank", "title": title, "status": status, "detail": detail}
     if request is not None:
         body["instance"] = str(request.url.path)
@@ -24,12 +26,26 @@ def problem(status: int, title: str, detail: str, request: Request | None = None
 
 
 def install(app: FastAPI) -> None:
+    """Map every exception a request can raise to its problem, so clients never parse a traceback."""
+    from sqlalchemy.exc import OperationalError
+
     from compiler.spec import SpecError
     from orchestrator.service import ServiceError
+    from orchestrator.store import STORAGE_RETRY_AFTER_S, StorageError, storage_error
 
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError):
         return problem(exc.status, exc.title, exc.detail, request, **exc.extra)
+
+    @app.exception_handler(StorageError)
+    async def _storage(request: Request, exc: StorageError):
+        return problem(503, "storage unavailable", f"the database refused the write: {exc}", request,
+                       retry_after_s=STORAGE_RETRY_AFTER_S)
+
+    @app.exception_handler(OperationalError)
+    async def _database(request: Request, exc: OperationalError):  # locked, unreachable, read-only, disk full
+        return problem(503, "storage unavailable", f"the database is unavailable: {storage_error(exc)}", request,
+                       retry_after_s=STORAGE_RETRY_AFTER_S)
 
     @app.exception_handler(SpecError)
     async def _spec(request: Request, exc: SpecError):

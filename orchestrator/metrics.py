@@ -13,6 +13,9 @@ LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 
 
 class Metrics:
+    """Every series the daemon exports; one instance (and registry) per Service, so tests can run
+    several daemons in one process without their counters mixing."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -42,6 +45,11 @@ class Metrics:
                                   registry=r)
         self.efficiency = Gauge("hetagent_device_efficiency", "Cost-model efficiency after online calibration.",
                                 ["device", "kind"], registry=r)
+        self.calibration_failures = Counter(
+            "hetagent_calibration_failures_total",
+            "Online calibration passes (or op records) that raised; their observations are dropped.", registry=r)
+        self.storage_errors = Counter("hetagent_storage_errors_total", "Writes the database refused, by what was "
+                                      "being written.", ["what"], registry=r)
         self._tco_by_graph: dict[str, float] = {}
 
     def set_deployment(self, graph: str, plan: dict[str, Any]) -> None:
@@ -57,6 +65,7 @@ class Metrics:
         self.usd_per_run.labels(graph).set(float(plan.get("usd_per_1k_runs") or 0.0) / 1000.0)
 
     def clear_deployment(self, graph: str) -> None:
+        """Drop a stopped deployment's gauges, so dashboards do not show pools that are gone."""
         for gauge in (self.replicas, self.utilization, self.tco):
             for labels in [k for k in list(gauge._metrics) if k[0] == graph]:  # noqa: SLF001 - no public remove-by-prefix
                 gauge.remove(*labels)
@@ -65,6 +74,7 @@ class Metrics:
 
     def observe_run(self, graph: str, status: str, e2e_ms: float | None, sla_ms: float,
                     records: list[dict[str, Any]]) -> None:
+        """Count a finished run: latency, SLA violation, per-op latencies and its cost share."""
         self.runs.labels(graph, status).inc()
         if e2e_ms is None:
             return
@@ -88,7 +98,8 @@ class EngineMetricsCollector:
         self.engines = engines  # () -> [(graph, node, replica, actor handle)]
         self.timeout_s = timeout_s
 
-    def collect(self):
+    def collect(self) -> Any:
+        """Scrape every LLM replica (bounded by ``timeout_s``); a slow or gone replica is skipped."""
         import ray
 
         handles = list(self.engines())

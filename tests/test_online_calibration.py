@@ -68,9 +68,9 @@ def test_daemon_replans_with_the_refitted_catalog(tmp_path):
     gid = service.create_graph(yaml.safe_load(yaml.safe_dump(GRAPH.model_dump(mode="json", exclude_none=True))))["id"]
     first = service.create_plan(gid, None, 0.01)["plan"]
     llm_ms = sum(o["predicted_latency_ms"] for o in first["ops"] if o["source_node"] == "answer")
-    service.observations.extend(Observation("local-cpu", "llm", 3 * llm_ms, llm_ms) for _ in range(20))
-    applied = service.calibrate()
-    assert set(applied) == {"local-cpu"} and not service.observations
+    service.control.observations.extend(Observation("local-cpu", "llm", 3 * llm_ms, llm_ms) for _ in range(20))
+    applied = service.control.calibrate()
+    assert set(applied) == {"local-cpu"} and not service.control.observations
     second = service.create_plan(gid, None, 0.01)["plan"]
     llm_ms2 = sum(o["predicted_latency_ms"] for o in second["ops"] if o["source_node"] == "answer")
     assert 1.4 * llm_ms < llm_ms2 < 3.1 * llm_ms  # moved toward the measured 3x, by half a step in log space

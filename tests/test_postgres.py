@@ -69,12 +69,12 @@ def test_state_survives_a_restart_on_postgres(postgres_url, tmp_path):
     plan = first.create_plan(graph["id"], None, 1.0)
     assert plan["plan"]["feasible"]
     # a run left in flight by a daemon that died (written the way create_run writes it)
-    from orchestrator.service import RUN_INSERT
+    from orchestrator.store import RUN_INSERT
     from orchestrator.db import DeploymentRow, utcnow
 
-    with first.sessions.begin() as s:
+    with first.store.transaction() as s:
         s.add(DeploymentRow(id="d_pg", graph_id=graph["id"], plan_id=plan["id"], state="stopped", detail="", pools={}))
-    first.writer.write((RUN_INSERT, {"id": "r_pg", "graph_id": graph["id"], "deployment_id": "d_pg",
+    first.store.writer.write((RUN_INSERT, {"id": "r_pg", "graph_id": graph["id"], "deployment_id": "d_pg",
                                      "inputs": {"text": "x"}, "created_at": utcnow(), "status": "running",
                                      "notes": [], "events": []}))
     first.stop()
@@ -86,7 +86,7 @@ def test_state_survives_a_restart_on_postgres(postgres_url, tmp_path):
         assert second.get_plan(graph["id"], plan["id"])["plan"] == plan["plan"]
         run = second.get_run("r_pg")
         assert run["status"] == "interrupted" and "daemon stopped" in run["error"]
-        with second.sessions() as s:  # really PostgreSQL, migrated by Alembic
+        with second.store.sessions() as s:  # really PostgreSQL, migrated by Alembic
             assert s.execute(text("select version_num from alembic_version")).scalar() == "0001"
             assert "PostgreSQL" in s.execute(text("select version()")).scalar()
     finally:

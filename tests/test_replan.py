@@ -50,7 +50,7 @@ def test_placement_change_rebuilds_pools_without_dropping_runs(tmp_path):
         moved = plan_spec(parse_graph(graph, CAT), load_cluster(str(cluster), CAT),
                           PlanOptions(rate_per_s=0.1, baselines=False), CAT)
         assert moved.feasible and {o.device for o in moved.ops} == {"xeon-8592"}
-        switch = threading.Thread(target=service._rebuild, args=(dep, live, moved.model_dump(mode="json")))
+        switch = threading.Thread(target=service.control.rebuild, args=(dep, moved.model_dump(mode="json")))
         switch.start()
         while live.runner is old_runner:
             time.sleep(0.05)

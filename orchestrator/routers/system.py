@@ -28,9 +28,10 @@ def metrics(service: Service = Depends(get_service)) -> Response:
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/hardware", dependencies=[Read], summary="The hardware catalog")
+@router.get("/v1/hardware", dependencies=[Read],
+            summary="The hardware catalog, with each device's online calibrations (refits applied since start)")
 def hardware(service: Service = Depends(get_service)) -> list[dict[str, Any]]:
-    return [d.model_dump(mode="json") for d in service.catalog.hardware.values()]
+    return service.hardware()
 
 
 @router.get("/v1/clusters", dependencies=[Read], summary="Cluster inventories shipped in configs/clusters")

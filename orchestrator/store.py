@@ -1,0 +1,406 @@
+"""Persistence of the daemon's state: every query and write the daemon makes, the group-commit writer
+that batches run writes, and the JSON documents the API returns for stored rows.
+
+Why a layer of its own: the request layer (orchestrator.service) and the control loop
+(orchestrator.control) read and write the same rows; keeping the SQL here gives one place that
+knows the schema (orchestrator.db) and the transaction boundaries, and one exception type,
+``StorageError``, for a database that refuses or loses a write, so callers can answer 503 and
+retry instead of failing with a 500 or hanging. The store knows nothing of HTTP: missing rows are
+``None``, and what that means for a request is the service's decision.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from orchestrator.db import DeploymentRow, GraphRow, OpRecordRow, PlanRow, ReplanRow, RunRow, new_id, open_database, utcnow
+
+log = logging.getLogger("hetagent.store")
+
+ACTIVE_RUN_STATES = ("queued", "running")
+FINAL_RUN_STATES = ("succeeded", "failed", "cancelled", "interrupted")
+LIVE_DEPLOYMENT_STATES = ("starting", "ready")  # a graph has at most one deployment in these
+STOPPING_DEPLOYMENT_STATES = ("draining", "stopped")
+STORAGE_RETRY_AFTER_S = 5  # what a 503 for a refused write tells the client to wait
+
+_RUNS = RunRow.__table__
+RUN_INSERT = insert(_RUNS)
+RUN_FINISH = update(_RUNS).where(_RUNS.c.id == bindparam("b_id")).values(
+    status=bindparam("b_status"), error=bindparam("b_error"), finished_at=bindparam("b_finished_at"),
+    events=bindparam("b_events"), outputs=bindparam("b_outputs"), e2e_ms=bindparam("b_e2e_ms"),
+    notes=bindparam("b_notes"))
+RUN_FAIL = update(_RUNS).where(_RUNS.c.id == bindparam("b_id")).values(
+    status="failed", error=bindparam("b_error"), finished_at=bindparam("b_finished_at"))
+OP_RECORD_INSERT = insert(OpRecordRow.__table__)
+
+
+class StorageError(Exception):
+    """The database refused or lost a write: the caller answers 503 (retry later), never a 500."""
+
+
+def storage_error(exc: BaseException) -> StorageError:
+    """A ``StorageError`` that names the database's own complaint, without SQLAlchemy's SQL dump."""
+    cause = getattr(exc, "orig", None) or exc
+    return StorageError(f"{type(cause).__name__}: {cause}".strip())
+
+
+class GroupCommitWriter:
+    """One thread applies queued writes in shared transactions (group commit): under load, one commit
+    (and one ``executemany`` per statement) covers many runs instead of one each. ``write`` returns
+    once its rows are committed, so nothing acknowledged to a client can be lost; when the database
+    refuses them, ``write`` raises ``StorageError`` at once rather than leaving its caller waiting."""
+
+    def __init__(self, engine: Engine, max_batch: int = 512):
+        self.engine, self.max_batch = engine, max_batch
+        self._q: queue.Queue[_Write | None] = queue.Queue()
+        self._lock = threading.Lock()  # orders `write` against `close`: nothing is queued behind the sentinel
+        self._closed = False
+        self._thread = threading.Thread(target=self._loop, name="db-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, *rows: tuple[Any, dict]) -> None:
+        """Commit ``(statement, parameters)`` pairs atomically; statements should be shared objects so
+        they batch with other callers' rows. Raises ``StorageError`` when they are not committed."""
+        item = _Write(rows)
+        with self._lock:
+            if self._closed:
+                raise StorageError("the database writer is closed (the daemon is stopping)")
+            self._q.put(item)
+        item.done.wait()
+        if item.error is not None:
+            raise item.error
+
+    def close(self) -> None:
+        """Commit what is queued, then stop; later writes fail with ``StorageError``."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            self._q.put(None)
+        self._thread.join(timeout=10)
+
+    def _apply(self, items: list[_Write]) -> None:
+        groups: dict[int, tuple[Any, list[dict]]] = {}
+        for item in items:
+            for stmt, params in item.rows:
+                groups.setdefault(id(stmt), (stmt, []))[1].append(params)
+        with self.engine.begin() as conn:  # insertion order of groups keeps inserts before updates
+            for stmt, params in groups.values():
+                conn.execute(stmt, params)
+
+    def _commit(self, batch: list[_Write]) -> None:
+        try:
+            self._apply(batch)
+        except Exception:  # noqa: BLE001 - retry one by one so one bad write fails alone
+            for item in batch:
+                try:
+                    self._apply([item])
+                except Exception as exc:  # noqa: BLE001 - handed to the caller of `write`
+                    item.error = storage_error(exc)
+                    log.error("database write refused: %s", item.error)
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                first = self._q.get()
+                if first is None:
+                    return
+                batch = [first]
+                while len(batch) < self.max_batch:
+                    try:
+                        nxt = self._q.get_nowait()
+                    except queue.Empty:
+                        break
+                    if nxt is None:
+                        self._q.put(None)
+                        break
+                    batch.append(nxt)
+                try:
+                    self._commit(batch)
+                except BaseException:  # not a refused write (those are handled per item): the thread ends
+                    for item in batch:
+                        item.error = item.error or StorageError("the database writer stopped")
+                    raise
+                finally:
+                    for item in batch:
+                        item.done.set()
+        finally:  # stopped (or died): refuse later writes, fail any still queued, so none waits forever
+            with self._lock:
+                self._closed = True
+            while True:
+                try:
+                    item = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    item.error = StorageError("the database writer stopped")
+                    item.done.set()
+
+
+class _Write:
+    """One caller's rows, the event it waits on, and the error it gets if they are not committed."""
+
+    __slots__ = ("rows", "done", "error")
+
+    def __init__(self, rows: tuple[tuple[Any, dict], ...]):
+        self.rows, self.done, self.error = rows, threading.Event(), None
+
+
+@dataclass(frozen=True)
+class DeploymentContext:
+    """What bringing up or re-planning a deployment needs, read in one go."""
+
+    id: str
+    graph_id: str
+    graph_name: str
+    spec: dict[str, Any]
+    plan_id: str
+    plan: dict[str, Any]
+    request: dict[str, Any]
+
+
+def graph_json(row: GraphRow) -> dict[str, Any]:
+    """The API's graph document (``GraphOut``)."""
+    return {"id": row.id, "name": row.name, "version": row.version, "created_at": row.created_at.isoformat(),
+            "spec": row.spec}
+
+
+def plan_json(row: PlanRow) -> dict[str, Any]:
+    """The API's plan document (``PlanOut``)."""
+    return {"id": row.id, "graph_id": row.graph_id, "created_at": row.created_at.isoformat(),
+            "request": row.request, "plan": row.plan}
+
+
+RUN_FIELDS = ("id", "graph_id", "deployment_id", "status", "inputs", "outputs", "error", "e2e_ms", "notes",
+              "created_at", "finished_at")
+
+
+def run_json(values: Mapping[str, Any], records: list[dict]) -> dict[str, Any]:
+    """The API's run document (``RunOut``) from a run's column values, stored or not yet stored."""
+    doc = {k: values.get(k) for k in RUN_FIELDS}
+    doc["created_at"] = values["created_at"].isoformat()
+    doc["finished_at"] = values["finished_at"].isoformat() if values.get("finished_at") else None
+    doc["notes"] = list(values.get("notes") or [])
+    return {**doc, "records": records}
+
+
+class Store:
+    """The daemon's database: one object per daemon, shared by the service and the control loop."""
+
+    def __init__(self, url: str):
+        self.sessions = open_database(url)
+        self.writer = GroupCommitWriter(self.sessions.kw["bind"])
+
+    def close(self) -> None:
+        """Commit queued writes and stop the writer (the daemon is stopping)."""
+        self.writer.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """One atomic unit over several of the ``s``-taking calls below (check, then insert)."""
+        with self.sessions.begin() as s:
+            yield s
+
+    # ------------------------------------------------------------------ recovery
+    def recover(self) -> list[str]:
+        """After a restart: runs left in flight become ``interrupted`` (never lost, never left
+        ``running``); deployments that were up go back to ``starting``. Returns those to bring up."""
+        with self.sessions.begin() as s:
+            s.execute(update(RunRow).where(RunRow.status.in_(ACTIVE_RUN_STATES)).values(
+                status="interrupted", error="the daemon stopped while this run was in flight", finished_at=utcnow()))
+            rows = s.scalars(select(DeploymentRow).where(DeploymentRow.state.in_(LIVE_DEPLOYMENT_STATES))).all()
+            for d in rows:
+                d.state, d.detail, d.updated_at = "starting", "restarting after a daemon restart", utcnow()
+            return [d.id for d in rows]
+
+    # ------------------------------------------------------------------ graphs
+    def add_graph(self, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+        """Store a graph as the next version of ``name``."""
+        with self.sessions.begin() as s:
+            version = 1 + (s.scalar(select(func.max(GraphRow.version)).where(GraphRow.name == name)) or 0)
+            row = GraphRow(id=new_id("g"), name=name, version=version, spec=spec)
+            s.add(row)
+        return graph_json(row)
+
+    @staticmethod
+    def graph_row(s: Session, graph_id: str) -> GraphRow | None:
+        """The graph, unless it is missing or deleted."""
+        row = s.get(GraphRow, graph_id)
+        return None if row is None or row.deleted else row
+
+    def get_graph(self, graph_id: str) -> dict[str, Any] | None:
+        """The graph document, or None when missing or deleted."""
+        with self.sessions() as s:
+            row = self.graph_row(s, graph_id)
+            return graph_json(row) if row is not None else None
+
+    def list_graphs(self) -> list[dict[str, Any]]:
+        """Summaries (no spec) of the graphs not deleted, oldest first."""
+        with self.sessions() as s:
+            rows = s.scalars(select(GraphRow).where(GraphRow.deleted.is_(False)).order_by(GraphRow.created_at)).all()
+            return [{k: v for k, v in graph_json(r).items() if k != "spec"} for r in rows]
+
+    def graph_name(self, graph_id: str) -> str | None:
+        """The graph's name, deleted or not (metrics are labelled by it)."""
+        with self.sessions() as s:
+            row = s.get(GraphRow, graph_id)
+            return row.name if row is not None else None
+
+    @staticmethod
+    def mark_graph_deleted(s: Session, row: GraphRow) -> None:
+        """Soft delete: plans, runs and re-plans keep referring to the row."""
+        row.deleted = True
+
+    # ------------------------------------------------------------------ plans
+    def add_plan(self, graph_id: str, request: dict[str, Any], plan: dict[str, Any]) -> dict[str, Any]:
+        """Store a plan document, feasible or not (an infeasible plan says why)."""
+        with self.sessions.begin() as s:
+            row = PlanRow(id=new_id("p"), graph_id=graph_id, request=request, plan=plan, feasible=plan["feasible"])
+            s.add(row)
+        return plan_json(row)
+
+    @staticmethod
+    def plan_row(s: Session, graph_id: str, plan_id: str) -> PlanRow | None:
+        """The plan, if it exists and belongs to ``graph_id``."""
+        row = s.get(PlanRow, plan_id)
+        return row if row is not None and row.graph_id == graph_id else None
+
+    @staticmethod
+    def newest_feasible_plan(s: Session, graph_id: str) -> PlanRow | None:
+        """The plan a deployment applies when none is named."""
+        return s.scalars(select(PlanRow).where(PlanRow.graph_id == graph_id, PlanRow.feasible.is_(True))
+                         .order_by(PlanRow.created_at.desc())).first()
+
+    def get_plan(self, graph_id: str, plan_id: str) -> dict[str, Any] | None:
+        """The plan document, or None."""
+        with self.sessions() as s:
+            row = self.plan_row(s, graph_id, plan_id)
+            return plan_json(row) if row is not None else None
+
+    def list_plans(self, graph_id: str) -> list[dict[str, Any]] | None:
+        """Summaries of the graph's plans, oldest first; None when the graph is missing."""
+        with self.sessions() as s:
+            if self.graph_row(s, graph_id) is None:
+                return None
+            rows = s.scalars(select(PlanRow).where(PlanRow.graph_id == graph_id).order_by(PlanRow.created_at)).all()
+            return [{"id": r.id, "created_at": r.created_at.isoformat(), "request": r.request, "feasible": r.feasible,
+                     "tco_usd_per_hour": r.plan.get("tco_usd_per_hour"),
+                     "predicted_e2e_ms": r.plan.get("predicted_e2e_ms")} for r in rows]
+
+    # ------------------------------------------------------------------ deployments
+    @staticmethod
+    def live_deployment(s: Session, graph_id: str) -> DeploymentRow | None:
+        """The graph's deployment that is starting or ready, if any."""
+        return s.scalars(select(DeploymentRow).where(DeploymentRow.graph_id == graph_id,
+                                                     DeploymentRow.state.in_(LIVE_DEPLOYMENT_STATES))).first()
+
+    @staticmethod
+    def add_deployment(s: Session, graph_id: str, plan_id: str) -> str:
+        """A new deployment in state ``starting``; its id."""
+        row = DeploymentRow(id=new_id("d"), graph_id=graph_id, plan_id=plan_id, state="starting", detail="", pools={})
+        s.add(row)
+        return row.id
+
+    def deployment_context(self, dep_id: str) -> DeploymentContext:
+        """The deployment with its graph and current plan."""
+        with self.sessions() as s:
+            dep = s.get(DeploymentRow, dep_id)
+            if dep is None:
+                raise LookupError(f"no deployment {dep_id!r}")
+            plan, graph = s.get(PlanRow, dep.plan_id), s.get(GraphRow, dep.graph_id)
+            return DeploymentContext(dep.id, graph.id, graph.name, graph.spec, plan.id, plan.plan, plan.request)
+
+    def set_deployment(self, dep_id: str, state: str, detail: str, **fields: Any) -> bool:
+        """Move a deployment to ``state``. False (nothing written) when it was deleted meanwhile and
+        ``state`` would bring it back. Raises ``StorageError`` when the database refuses."""
+        try:
+            with self.sessions.begin() as s:
+                dep = s.get(DeploymentRow, dep_id)
+                if dep is None:
+                    return False
+                if dep.state in STOPPING_DEPLOYMENT_STATES and state not in STOPPING_DEPLOYMENT_STATES:
+                    return False
+                dep.state, dep.detail, dep.updated_at = state, detail, utcnow()
+                for k, v in fields.items():
+                    setattr(dep, k, v)
+                return True
+        except SQLAlchemyError as exc:
+            raise storage_error(exc) from exc
+
+    def note_deployment(self, dep_id: str, note: str) -> None:
+        """Say something about a deployment (its ``detail``) without changing its state."""
+        with self.sessions.begin() as s:
+            dep = s.get(DeploymentRow, dep_id)
+            if dep is not None:
+                dep.detail = note
+
+    def get_deployment(self, graph_id: str, dep_id: str) -> dict[str, Any] | None:
+        """The deployment document with every re-plan (``DeploymentOut``), or None."""
+        with self.sessions() as s:
+            row = s.get(DeploymentRow, dep_id)
+            if row is None or row.graph_id != graph_id:
+                return None
+            replans = s.scalars(select(ReplanRow).where(ReplanRow.deployment_id == dep_id).order_by(ReplanRow.id)).all()
+            return {"id": row.id, "graph_id": row.graph_id, "plan_id": row.plan_id, "state": row.state,
+                    "detail": row.detail, "pools": row.pools, "created_at": row.created_at.isoformat(),
+                    "updated_at": row.updated_at.isoformat(),
+                    "replans": [{"at": r.created_at.isoformat(), "reason": r.reason, "from_plan": r.old_plan_id,
+                                 "to_plan": r.new_plan_id, "changes": r.changes} for r in replans]}
+
+    def deployment_ids(self, graph_id: str) -> list[str] | None:
+        """The graph's deployments, oldest first; None when the graph is missing."""
+        with self.sessions() as s:
+            if self.graph_row(s, graph_id) is None:
+                return None
+            return list(s.scalars(select(DeploymentRow.id).where(DeploymentRow.graph_id == graph_id)
+                                  .order_by(DeploymentRow.created_at)).all())
+
+    def record_replan(self, dep_id: str, reason: str, old_plan_id: str, new_plan_id: str, changes: dict[str, Any],
+                      pools: dict[str, Any]) -> None:
+        """A re-plan and the deployment's new plan and pools, in one transaction."""
+        with self.sessions.begin() as s:
+            s.add(ReplanRow(deployment_id=dep_id, reason=reason, old_plan_id=old_plan_id, new_plan_id=new_plan_id,
+                            changes=changes))
+            d = s.get(DeploymentRow, dep_id)
+            d.plan_id, d.pools, d.updated_at = new_plan_id, pools, utcnow()
+
+    # ------------------------------------------------------------------ runs
+    def insert_run(self, head: dict[str, Any]) -> None:
+        """Record a run as ``running`` before it starts (a crash then marks it ``interrupted``)."""
+        self.writer.write((RUN_INSERT, {**head, "status": "running", "notes": [], "events": []}))
+
+    def finish_run(self, run_id: str, fields: dict[str, Any], records: list[dict]) -> None:
+        """A run's outcome and its per-op records, committed together before anyone is answered."""
+        self.writer.write((RUN_FINISH, {f"b_{k}": v for k, v in {"id": run_id, **fields}.items()}),
+                          *[(OP_RECORD_INSERT, {"run_id": run_id, "node": r["node"], "device": r["device"], "record": r})
+                            for r in records])
+
+    def fail_run(self, run_id: str, error: str) -> None:
+        """The smallest write that ends a run (after its full outcome could not be stored)."""
+        self.writer.write((RUN_FAIL, {"b_id": run_id, "b_error": error, "b_finished_at": utcnow()}))
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The run document with its per-op records, or None."""
+        with self.sessions() as s:
+            row = s.get(RunRow, run_id)
+            if row is None:
+                return None
+            records = s.scalars(select(OpRecordRow).where(OpRecordRow.run_id == run_id).order_by(OpRecordRow.id)).all()
+            return run_json({k: getattr(row, k) for k in RUN_FIELDS}, [r.record for r in records])
+
+    def run_events(self, run_id: str) -> tuple[list[dict], str] | None:
+        """A stored run's events and status, or None."""
+        with self.sessions() as s:
+            row = s.get(RunRow, run_id)
+            return None if row is None else (list(row.events or []), row.status)

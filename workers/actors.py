@@ -349,7 +349,7 @@ class LLMWorker:
         """Put a hand-off's KV where this engine's connector reads it; (kv params, transfer detail)."""
         import time
 
-        from workers.kv_connector import HANDLE_KEY, OP_KEY, handle_dir
+        from workers.kv_connector import HANDLE_KEY, OP_KEY, handle_dir, read_manifest, transferable_tokens
 
         received_at = time.time()
         if "kv" not in handoff:  # GPU connectors: the engines move the blocks themselves
@@ -364,7 +364,13 @@ class LLMWorker:
         if "manifest.json" in handoff["kv"]:
             (folder / "manifest.json").write_bytes(handoff["kv"]["manifest.json"])
         written_at = time.time()
-        detail = {"kv_bytes": handoff["kv_bytes"], "kv_files": len(handoff["kv"]),
+        block_size = self.llm.block_size
+        want = transferable_tokens(len(handoff["prompt_ids"]), block_size)
+        manifest = read_manifest(folder) or {}
+        if int(manifest.get("num_tokens", 0)) != want:  # refuse rather than silently recompute the prefill here
+            raise ValueError(f"KV hand-off {handoff['handle']} carries {manifest.get('num_tokens', 0)} tokens of KV; "
+                             f"the {len(handoff['prompt_ids'])}-token prompt needs {want} (block size {block_size})")
+        detail = {"kv_bytes": handoff["kv_bytes"], "kv_tokens": want, "kv_files": len(handoff["kv"]),
                   "transfer_measured_ms": (written_at - handoff["kv_ready_at"]) * 1e3}
         return {HANDLE_KEY: handoff["handle"], OP_KEY: "load"}, detail
 
@@ -389,7 +395,10 @@ class LLMWorker:
 
         node = self._node(name)
         started = time.time()
-        kv_params, transfer = self._receive(handoff)
+        try:
+            kv_params, transfer = self._receive(handoff)
+        except (OSError, ValueError) as exc:
+            raise NodeError(node.name, f"decode: {exc}") from exc
         try:
             async for item in self._call(node, {}, (), stream, prompt=list(handoff["prompt_ids"]), kv_params=kv_params,
                                          detail=self._decode_detail(handoff, transfer), started=started):

@@ -574,7 +574,7 @@ class GraphRunner:
             predicted = edge.link_fixed_ms + nbytes / (edge.link_gb_s * 1e9) * 1e3 if edge.link_gb_s else edge.transfer_ms
         return {
             "node": name, "src_device": self.pools[picks[0][0]].device, "dst_device": self.pools[picks[1][0]].device,
-            "bytes": nbytes, "tokens": env["detail"].get("prompt_tokens_prefilled"),
+            "bytes": nbytes, "tokens": transfer.get("kv_tokens"), "prompt_tokens": env["detail"].get("prompt_tokens_prefilled"),
             "measured_ms": transfer.get("transfer_measured_ms"), "predicted_ms": predicted,
             "planned_bytes": edge.bytes if edge is not None else None,
             "planned_ms": edge.transfer_ms if edge is not None else None,

@@ -60,6 +60,14 @@ def transferable_tokens(prompt_tokens: int, block_size: int) -> int:
     return max(0, (prompt_tokens - 1) // block_size * block_size)
 
 
+def read_manifest(folder: Path) -> dict[str, Any] | None:
+    """The manifest of a complete transfer folder, or None."""
+    try:
+        return json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+
+
 def handle_dir(kv_dir: str | Path, handle: str) -> Path:
     if not handle or "/" in handle or handle.startswith("."):
         raise ValueError(f"bad KV handle {handle!r}")
@@ -113,15 +121,12 @@ class HetagentKVConnector(KVConnectorBase_V1):
         self._params[request.request_id] = params
         if params.get(OP_KEY) != "load":
             return 0, False
-        folder = handle_dir(self._kv_dir, handle)
-        manifest = folder / MANIFEST
-        if not manifest.is_file():
-            raise RuntimeError(f"KV handle {handle}: no transferred blocks in {folder}")
-        stored = int(json.loads(manifest.read_text())["num_tokens"])
+        # The actor checked the hand-off before submitting (workers.actors.LLMWorker._receive): an
+        # exception here would kill the engine core, so a missing manifest is a plain miss.
         want = transferable_tokens(len(request.prompt_token_ids or []), self._block_size)
-        if stored != want:
-            raise RuntimeError(f"KV handle {handle}: {stored} tokens transferred, the prompt needs {want} "
-                               "(prefill and decode engines disagree on the prompt or the block size)")
+        manifest = handle_dir(self._kv_dir, handle) / MANIFEST
+        if want == 0 or not manifest.is_file() or int(json.loads(manifest.read_text())["num_tokens"]) != want:
+            return 0, False
         return max(0, want - num_computed_tokens), False
 
     def update_state_after_alloc(self, request: Request, blocks: KVCacheBlocks, num_external_tokens: int) -> None:

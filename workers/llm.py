@@ -117,6 +117,7 @@ class LLMEngine:
             engine_kwargs["kv_transfer_config"] = KVTransferConfig(**engine_kwargs["kv_transfer_config"])
         self._engine = AsyncLLM.from_engine_args(AsyncEngineArgs(**engine_kwargs))
         self.max_model_len = int(self._engine.model_config.max_model_len)
+        self.block_size = int(self._engine.vllm_config.cache_config.block_size)
         self._tokenizer = self._engine.get_tokenizer()
         self.start_s = time.perf_counter() - t0
 
@@ -130,6 +131,7 @@ class LLMEngine:
             "overridden_args": dict(self.overridden_args),
             "on_cpu": self.on_cpu,
             "kv_dir": str(self.kv_dir) if self.kv_dir else None,
+            "block_size": self.block_size,
             "start_s": self.start_s,
         }
 

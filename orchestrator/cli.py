@@ -285,12 +285,22 @@ def run(
         out.print(f"[bold]{name}[/]: {value}", highlight=False)
     t = Table(title=f"run {result.run_id}: {result.e2e_ms:.0f} ms measured, "
                     f"{result.predicted_e2e_ms or 0:.0f} ms predicted", title_justify="left")
-    for col in ("node", "ops", "device", "replica", "queue ms", "service ms", "measured ms", "predicted ms", "$ share"):
+    for col in ("node", "ops", "device", "replica", "queue ms", "service ms", "measured ms", "predicted ms"):
         t.add_column(col)
     for r in result.records:
         t.add_row(r.node, ", ".join(o.split(".")[-1] for o in r.ops), r.device, str(r.replica), f"{r.queue_wait_ms:.1f}",
-                  f"{r.service_ms:.1f}", f"{r.measured_ms:.1f}", f"{r.predicted_ms:.1f}", f"{r.cost_share_usd:.6f}")
+                  f"{r.service_ms:.1f}", f"{r.measured_ms:.1f}", f"{r.predicted_ms:.1f}")
     out.print(t)
+    if result.kv_transfers:
+        kv = Table(title="KV cache hand-offs (prefill → decode)", title_justify="left")
+        for col in ("node", "from → to", "tokens", "bytes", "measured ms", "predicted ms"):
+            kv.add_column(col)
+        for x in result.kv_transfers:
+            kv.add_row(x["node"], f"{x['src_device']} → {x['dst_device']}", str(x["tokens"]),
+                       f"{x['bytes']:,}" if x["bytes"] is not None else "n/a (engine to engine)",
+                       f"{x['measured_ms']:.1f}" if x["measured_ms"] is not None else "n/a",
+                       f"{x['predicted_ms']:.2f}" if x["predicted_ms"] is not None else "n/a")
+        out.print(kv)
     for note in result.notes:
         out.print(f"note: {note}", highlight=False)
 
@@ -328,6 +338,112 @@ def schema(what: str = typer.Argument(..., help="graph or plan")) -> None:
     else:
         _fail(f"unknown schema {what!r}; choose graph or plan")
     sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+
+
+# ----------------------------------------------------------------------------- a local multi-node Ray cluster
+
+cluster_app = typer.Typer(no_args_is_help=True, help=(
+    "A multi-node Ray cluster on this machine: a head plus one Ray node per CPU tier of an inventory, "
+    "each pinned to its own cores (orchestrator/cluster.py). Clients need RAY_AUTH_MODE=disabled."))
+app.add_typer(cluster_app, name="cluster")
+_CLUSTER_DATA_DIR_OPT = typer.Option(Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent")), "--data-dir",
+                                     help="Data directory; the cluster's state is <data-dir>/cluster/state.json.")
+
+
+@cluster_app.command("up")
+def cluster_up(
+    cluster: str = typer.Option("local_tiers", help="Cluster inventory (CPU tiers only): a path or a name in configs/clusters/."),
+    data_dir: Path = _CLUSTER_DATA_DIR_OPT,
+    timeout_s: float = typer.Option(180.0, "--timeout-s", help="How long to wait for every node to join."),
+    format: Format = typer.Option(Format.table, "--format", help="table (address on stdout) or json (the state)."),  # noqa: A002
+) -> None:
+    """Start `ray start --head` and one Ray worker node per tier; print the address (for run --address)."""
+    from orchestrator.cluster import ClusterConfigError, ClusterStartError, ClusterStateError, up
+
+    try:
+        with err.status("starting the Ray head and one node per tier…"):
+            state = up(cluster, data_dir, timeout_s=timeout_s)
+    except (ClusterConfigError, ClusterStateError, *_user_errors()) as exc:
+        _fail(str(exc))
+    except ClusterStartError as exc:
+        _fail(str(exc), 1)
+    if format is Format.json:
+        sys.stdout.write(json.dumps(state.to_json(), indent=2) + "\n")
+        return
+    for n in state.nodes:
+        what = "head (0 CPUs)" if n.tier is None else f"device:{n.tier}, {n.num_cpus} CPUs"
+        err.print(f"  {n.name:<16} {what:<40} cores {','.join(map(str, n.cores)):<8} session {n.pgid}, "
+                  f"{len(n.pids)} processes", highlight=False)
+    err.print(f"[green]up[/] in {state.start_s:.1f} s: {len(state.nodes)} nodes of {state.inventory}; "
+              f"stop with: hetagent cluster down --data-dir {data_dir}", highlight=False)
+    sys.stdout.write(state.address + "\n")
+
+
+@cluster_app.command("down")
+def cluster_down(
+    data_dir: Path = _CLUSTER_DATA_DIR_OPT,
+    grace_s: float = typer.Option(15.0, "--grace-s", help="SIGTERM grace before SIGKILL."),
+) -> None:
+    """Stop exactly the processes `cluster up` started from this data dir (never `ray stop`)."""
+    from orchestrator.cluster import ClusterStateError, down
+
+    try:
+        report = down(data_dir, grace_s=grace_s)
+    except ClusterStateError as exc:
+        _fail(str(exc))
+    if not report.stopped:
+        err.print(f"no cluster running from {data_dir}", highlight=False)
+        return
+    if report.remaining:
+        _fail(f"processes still alive after SIGKILL: {report.remaining}; the state file is kept", 1)
+    err.print(f"[green]down[/]: {report.address} stopped in {report.stop_s:.1f} s ({len(report.signalled)} processes "
+              f"sent SIGTERM, {len(report.killed)} needed SIGKILL)", highlight=False)
+
+
+@cluster_app.command("address")
+def cluster_address(data_dir: Path = _CLUSTER_DATA_DIR_OPT,
+                    client: bool = typer.Option(False, "--client", help="The Ray Client address (ray://…) instead.")) -> None:
+    """Print the address of the cluster started from this data dir (e.g. run --address "$(hetagent cluster address)")."""
+    from orchestrator.cluster import ClusterStateError, read_state
+
+    try:
+        state = read_state(data_dir)
+    except ClusterStateError as exc:
+        _fail(str(exc))
+    if state is None:
+        _fail(f"no cluster running from {data_dir}; start one with: hetagent cluster up --data-dir {data_dir}", 1)
+    sys.stdout.write((state.client_address if client else state.address) + "\n")
+
+
+@cluster_app.command("status")
+def cluster_status(data_dir: Path = _CLUSTER_DATA_DIR_OPT,
+                   format: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:  # noqa: A002
+    """Nodes of the cluster and whether their processes are alive (exit 1 when a node is down)."""
+    from dataclasses import asdict
+
+    from orchestrator.cluster import ClusterStateError, status
+
+    try:
+        state, rows, strays = status(data_dir)
+    except ClusterStateError as exc:
+        _fail(str(exc))
+    if state is None:
+        _fail(f"no cluster running from {data_dir}", 1)
+    healthy = all(r.leader_alive for r in rows)
+    if format is Format.json:
+        sys.stdout.write(json.dumps({"address": state.address, "client_address": state.client_address, "healthy": healthy,
+                                     "inventory": state.inventory, "nodes": [asdict(r) for r in rows],
+                                     "unattributed_processes": strays}, indent=2) + "\n")
+    else:
+        t = Table(title=f"{state.inventory} at {state.address} ({'up' if healthy else 'DEGRADED'})", title_justify="left")
+        for col in ("node", "resource", "CPUs", "cores", "leader", "processes"):
+            t.add_column(col)
+        for r in rows:
+            t.add_row(r.name, f"device:{r.tier}" if r.tier else "-", str(r.num_cpus), ",".join(map(str, r.cores)),
+                      "alive" if r.leader_alive else "gone", str(r.processes))
+        out.print(t)
+    if not healthy:
+        raise typer.Exit(1)
 
 
 # ----------------------------------------------------------------------------- daemon and its clients

@@ -181,18 +181,46 @@ def test_bad_inputs_fail_before_anything_starts(inputs, needle):
     assert runner.pools == {}  # nothing was started
 
 
-def test_split_prefill_decode_on_cpu_runs_on_the_decode_device_and_says_so():
-    graph = _graph([{"name": "answer", "kind": "llm", "model": "qwen2.5-0.5b-instruct", "prompt": "{{ inputs.q }}",
-                     "expected": {"input_tokens": 64, "output_tokens": 8}}], inputs={"q": {"type": "string"}})
-    plan = plan_spec(graph, load_cluster("local", CAT), PlanOptions(rate_per_s=0.1, baselines=False), CAT)
-    split = plan.model_copy(deep=True)
-    prefill = next(o for o in split.ops if o.kind == "prefill")
-    prefill.device = "xeon-8592"  # a plan that disaggregates prefill onto another CPU tier
-    runner = GraphRunner(graph, split)
-    assert runner._placement["answer"][0] == "local-cpu"
-    assert any("prefill on xeon-8592 and decode on local-cpu" in n and "no KV-transfer connector" in n
-               for n in runner.notes)
-    assert GraphRunner(graph, plan).notes == []  # an unsplit plan has nothing to say
+def test_split_plan_becomes_a_prefill_pool_and_a_decode_pool():
+    from tests.support.plans import draft_writer_plans, phase_devices
+    from workers.units import build_layout
+
+    graph, low, split = draft_writer_plans(CAT)
+    layout = build_layout(graph, split)
+    unit = layout.units["draft"]
+    assert unit.split and unit.llm
+    pre, dec = (layout.pools[p] for p in unit.pools)
+    assert (pre.device, dec.device) == phase_devices(split, "draft") and pre.device != dec.device
+    # the pools are the plan's engine groups, with the plan's replica counts and KV roles
+    engines = {e["name"]: e for e in split.engines}
+    for pool, role in ((pre, "kv_producer"), (dec, "kv_consumer")):
+        engine = engines[pool.id]
+        assert (pool.device, pool.replicas) == (engine["device"], engine["replicas"])
+        kv = engine["engine_args"]["kv_transfer_config"]
+        assert (kv["kv_connector"], kv["kv_connector_module_path"], kv["kv_role"]) == (
+            "HetagentKVConnector", "workers.kv_connector", role)
+    assert layout.notes == []
+    whole = build_layout(graph, low)
+    assert not whole.units["draft"].split
+    (engine,) = [e for e in low.engines if "draft.decode" in e["ops"]]
+    assert "kv_transfer_config" not in engine["engine_args"] and whole.pools[engine["name"]].replicas == engine["replicas"]
+
+
+def test_a_plan_the_runtime_cannot_honour_is_refused_before_start():
+    from tests.support.plans import draft_writer_plans
+    from workers.units import LayoutError
+
+    graph, _, split = draft_writer_plans(CAT)
+    bad = split.model_copy(deep=True)
+    tok = next(o for o in bad.ops if o.name == "draft.tokenize")
+    pre = next(o for o in bad.ops if o.name == "draft.prefill")
+    tok.device = next(d.type for d in load_cluster("local_tiers", CAT).devices if d.type != pre.device)
+    with pytest.raises(LayoutError, match=r"draft.tokenize: planned on .* its engine \(draft.prefill\) runs on"):
+        GraphRunner(graph, bad)
+    no_engines = split.model_copy(deep=True)
+    no_engines.engines = []
+    with pytest.raises(LayoutError, match="no engine groups"):
+        GraphRunner(graph, no_engines)
 
 
 def test_unplaceable_pool_is_a_clear_error(ray_local):

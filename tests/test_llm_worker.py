@@ -36,10 +36,8 @@ def test_vllm_importable():
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from workers.tiny_model import build_tiny_model
-
-    return str(build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama"))
+def tiny_dir(tiny_model_dir):
+    return str(tiny_model_dir)  # the session's cached build (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -124,7 +122,7 @@ def test_stream_concatenates_to_generate(actor):
     assert len(chunks) >= 2
     assert "".join(chunks) == full["text"]
     # the node's own call path streams the same text, then ends with the envelope
-    items = [ray.get(ref, timeout=60) for ref in a.run_stream.options(num_returns="streaming").remote({"q": PROMPT})]
+    items = [ray.get(ref, timeout=60) for ref in a.run_stream.options(num_returns="streaming").remote("answer", {"q": PROMPT})]
     env = items[-1]["answer"]
     assert "".join(i["delta"] for i in items[:-1]) == full["text"] == env["output"]
     assert env["detail"]["output_tokens"] == full["output_tokens"] and env["service_ms"] > 0

@@ -245,7 +245,11 @@ class LLMWorker:
         return f"llm:{'+'.join(self.nodes)}:{os.getpid()}"
 
     def info(self) -> list[dict[str, Any]]:
-        return [{"kind": "llm", "name": name, "cores": self.cores, **self.llm.info()} for name in self.nodes]
+        import ray
+
+        node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+        return [{"kind": "llm", "name": name, "cores": self.cores, "node_id": node_id, **self.llm.info()}
+                for name in self.nodes]
 
     def _prompt(self, node: Any, graph_inputs: dict[str, Any], values: dict[str, Any]) -> str:
         import json

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hetagent.control")
 
 # (graph id, sla_ms, rate_per_s, ttft_ms) -> the stored plan document, as POST .../plans answers it
-PlanFn = Callable[[str, "float | None", float, "float | None"], dict[str, Any]]
+PlanFn = Callable[[str, float | None, float, float | None], dict[str, Any]]
 
 
 @dataclass
@@ -54,7 +54,7 @@ class ControlPolicy:
 class LiveDeployment:
     """In-memory side of a ready deployment: what runs it and what the control loop measures on it."""
 
-    runner: GraphRunner | Any = None
+    runner: GraphRunner | None = None
     graph_id: str = ""
     arrivals: deque = field(default_factory=lambda: deque(maxlen=100_000))  # monotonic times
     latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))  # (monotonic time, e2e_ms)
@@ -139,8 +139,8 @@ class Controller:
         except Exception:  # noqa: BLE001 - logged and counted; the loop goes on
             dropped = len(self.observations)
             self.observations.clear()  # the samples that broke this pass would break every later one
-            self.metrics.calibration_failures.inc()
             log.exception("online calibration failed; its %d observations are dropped", dropped)
+            self.metrics.calibration_failures.inc()
         replans = []
         for dep_id in list(self.live):
             try:
@@ -161,8 +161,8 @@ class Controller:
         try:
             self.observations.extend(observations_from_records(records))
         except Exception:  # noqa: BLE001 - a record we cannot read is no evidence; the run itself is fine
-            self.metrics.calibration_failures.inc()
             log.exception("op records unusable for online calibration")
+            self.metrics.calibration_failures.inc()
 
     def calibrate(self) -> dict[str, float]:
         """Refit device efficiencies from the observations gathered since the last refit; later plans

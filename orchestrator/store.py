@@ -24,7 +24,8 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from orchestrator.db import DeploymentRow, GraphRow, OpRecordRow, PlanRow, ReplanRow, RunRow, new_id, open_database, utcnow
+from orchestrator.db import (DeploymentRow, GraphRow, OpRecordRow, PlanRow, ReplanRow, RunRow, new_id, open_database,
+                             utcnow)
 
 log = logging.getLogger("hetagent.store")
 
@@ -383,8 +384,8 @@ class Store:
     def finish_run(self, run_id: str, fields: dict[str, Any], records: list[dict]) -> None:
         """A run's outcome and its per-op records, committed together before anyone is answered."""
         self.writer.write((RUN_FINISH, {f"b_{k}": v for k, v in {"id": run_id, **fields}.items()}),
-                          *[(OP_RECORD_INSERT, {"run_id": run_id, "node": r["node"], "device": r["device"], "record": r})
-                            for r in records])
+                          *[(OP_RECORD_INSERT, {"run_id": run_id, "node": r["node"], "device": r["device"],
+                                                "record": r}) for r in records])
 
     def fail_run(self, run_id: str, error: str) -> None:
         """The smallest write that ends a run (after its full outcome could not be stored)."""

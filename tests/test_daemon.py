@@ -376,8 +376,9 @@ def test_a_real_prometheus_scrapes_the_daemon(daemon, tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and value is None:
             try:
-                r = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=2).json()
-                if r["status"] == "success" and r["data"]["result"]:
+                resp = httpx.get(f"http://127.0.0.1:{port}/api/v1/query", params={"query": query}, timeout=2)
+                r = resp.json() if resp.status_code == 200 else {}  # 503 "Service Unavailable" while it starts
+                if r.get("status") == "success" and r["data"]["result"]:
                     value = float(r["data"]["result"][0]["value"][1])
             except httpx.HTTPError:
                 pass

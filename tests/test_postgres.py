@@ -75,8 +75,8 @@ def test_state_survives_a_restart_on_postgres(postgres_url, tmp_path):
     with first.store.transaction() as s:
         s.add(DeploymentRow(id="d_pg", graph_id=graph["id"], plan_id=plan["id"], state="stopped", detail="", pools={}))
     first.store.writer.write((RUN_INSERT, {"id": "r_pg", "graph_id": graph["id"], "deployment_id": "d_pg",
-                                     "inputs": {"text": "x"}, "created_at": utcnow(), "status": "running",
-                                     "notes": [], "events": []}))
+                                           "inputs": {"text": "x"}, "created_at": utcnow(), "status": "running",
+                                           "notes": [], "events": []}))
     first.stop()
 
     second = Service(settings)  # a new daemon on the same database

@@ -310,11 +310,20 @@ def calibrate(
     output: Path = typer.Option(None, "--output", "-o", help="Profile path (default: <data dir>/profiles/<name>.yaml)."),
     name: str = typer.Option("local-cpu", help="Device type id the profile defines."),
     quick: bool = typer.Option(False, help="Smaller measurements (seconds instead of a minute)."),
+    kv_transfer: Optional[str] = typer.Option(None, "--kv-transfer", metavar="SRC,DST", help=(
+        "Instead: measure the KV hand-off between two tiers of a running Ray cluster (--address), e.g. "
+        "local-core0,local-core1, and write both device types' profiles with the fitted fixed cost and bandwidth.")),
+    address: Optional[str] = typer.Option(None, help="Ray cluster for --kv-transfer (hetagent cluster address)."),
+    repeats: int = typer.Option(15, help="Hand-offs per payload size for --kv-transfer."),
 ) -> None:
-    """Measure this machine's CPU (GEMM FLOP/s, memory bandwidth, tiny-model prefill/decode) into a device profile."""
+    """Measure this machine's CPU (GEMM FLOP/s, memory bandwidth, tiny-model prefill/decode) into a device profile,
+    or (--kv-transfer) the KV hand-off between two tiers of a Ray cluster."""
     from costmodels.calibrate import calibrate_cpu, write_profile
     from costmodels.catalog import profiles_dir
 
+    if kv_transfer is not None:
+        _calibrate_kv_transfer(kv_transfer, address, repeats, output)
+        return
     device, raw = calibrate_cpu(name=name, quick=quick)
     path = output or profiles_dir() / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -322,6 +331,34 @@ def calibrate(
     for k, v in raw.items():
         out.print(f"{k}: {v}", highlight=False)
     out.print(f"[green]wrote[/] {path}")
+
+
+def _calibrate_kv_transfer(pair: str, address: Optional[str], repeats: int, output: Optional[Path]) -> None:
+    from costmodels.calibrate import write_profile
+    from costmodels.catalog import load_catalog, profiles_dir
+    from costmodels.link_calibration import apply_link_fit, measure_link
+    from workers.executor import ensure_ray
+
+    devices = [d.strip() for d in pair.split(",") if d.strip()]
+    if len(devices) != 2 or devices[0] == devices[1]:
+        _fail(f"--kv-transfer needs two different device types, SRC,DST; got {pair!r}")
+    if not address and not os.environ.get("RAY_ADDRESS"):
+        _fail("--kv-transfer measures a running cluster: pass --address (see `hetagent cluster address`)")
+    catalog = load_catalog()
+    try:
+        types = [catalog.device(d) for d in devices]
+    except (KeyError, ValueError) as exc:
+        _fail(str(exc))
+    ensure_ray(address)
+    with err.status(f"timing KV hand-offs {devices[0]} → {devices[1]}…"):
+        fit = measure_link(devices[0], devices[1], repeats=repeats)
+    for size, ms in fit.median_ms_by_bytes.items():
+        out.print(f"{size / 1024:>8.0f} KiB: median {ms:.2f} ms (fit {fit.predict_ms(size):.2f})")
+    out.print(f"fixed cost {fit.fixed_ms:.2f} ms, bandwidth {fit.gb_s:.3f} GB/s")
+    folder = output or profiles_dir()
+    for device in types:
+        path = write_profile(apply_link_fit(device, fit), Path(folder) / f"{device.name}.yaml")
+        out.print(f"[green]wrote[/] {path}")
 
 
 @app.command()

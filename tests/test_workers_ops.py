@@ -221,7 +221,11 @@ def test_host_worker_transform(ray_local):
     opts = actor_options("local-cpu", "cpu", execution)
     assert opts["resources"] == {"device:local-cpu": 0.001}
     assert opts["num_cpus"] == 0 and opts["max_restarts"] == 2 and opts["max_task_retries"] == 0
-    assert actor_options("local-cpu", "cpu", {"kind": "engine"}, llm=True)["num_cpus"] == 1
+    cpu_engine = actor_options("local-cpu", "cpu", {"kind": "engine"}, llm=True)
+    assert cpu_engine["num_cpus"] == 0 and "num_gpus" not in cpu_engine  # engines time-share a CPU tier's cores
+    assert cpu_engine["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"]
+    gpu_engine = actor_options("h100-sxm", "gpu", {"kind": "engine", "engine_args": {"tensor_parallel_size": 2}}, llm=True)
+    assert (gpu_engine["num_cpus"], gpu_engine["num_gpus"]) == (1, 2)
 
     actor = ray.remote(HostWorker).options(**opts).remote([(node.model_dump(mode="json"), execution)], ".")
     assert ray.get(actor.ping.remote(), timeout=60).startswith("host:redact")

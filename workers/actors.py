@@ -40,10 +40,11 @@ def actor_options(device: str, device_class: str, execution: dict | None, *, llm
     the way the planner accounts for them (core-seconds), the ``device:<type>`` resource alone
     picks their tier, and their lowered ``threads`` reach the kernels as OMP_NUM_THREADS. Any CPU
     reservation per actor would cap the pools a node can hold (0.05 each: 40 on 2 cores) below
-    what the planner found feasible. An LLM node's vLLM engine
-    (``llm=True``) holds one CPU for its scheduler loop, gets the vLLM environment, and on
-    GPU-class devices ``num_gpus`` = its tensor-parallel size. (Embeddings are lowered as engines
-    too, but this runtime serves them with sentence-transformers, a host op.)
+    what the planner found feasible. A vLLM engine (``llm=True``) gets the vLLM environment; on a
+    CPU tier it time-shares the cores like a host op (two engines on a one-core tier are what the
+    planner may ask for: it counts core-seconds, not processes); on GPU-class devices it holds one
+    CPU for its scheduler loop and ``num_gpus`` = its tensor-parallel size. (Embeddings are lowered
+    as engines too, but this runtime serves them with sentence-transformers, a host op.)
     """
     execution = execution or {}
     is_engine = llm and execution.get("kind") == "engine"
@@ -55,7 +56,7 @@ def actor_options(device: str, device_class: str, execution: dict | None, *, llm
     env.update({k: str(v) for k, v in (execution.get("env") or {}).items()})
     opts: dict[str, Any] = {
         "resources": {device_resource(device): DEVICE_RESOURCE_AMOUNT},
-        "num_cpus": 1 if is_engine else HOST_OP_CPUS,
+        "num_cpus": 1 if is_engine and device_class != "cpu" else HOST_OP_CPUS,
         "max_restarts": 2,
         "max_task_retries": 0,
     }

@@ -301,6 +301,8 @@ def run(
                        f"{x['measured_ms']:.1f}" if x["measured_ms"] is not None else "n/a",
                        f"{x['predicted_ms']:.2f}" if x["predicted_ms"] is not None else "n/a")
         out.print(kv)
+    out.print(f"cost of this run: measured ${result.measured_cost_usd:.3g} (ops' busy time × device price); "
+              f"planned ${result.planned_cost_usd:.3g} per run (the plan's, at {placed.rate_per_s:g} runs/s)", highlight=False)
     for note in result.notes:
         out.print(f"note: {note}", highlight=False)
 

@@ -35,8 +35,8 @@ class Metrics:
                          ["graph", "device"], registry=r)
         self.tco_total = Gauge("hetagent_tco_total_usd_per_hour", "Planned TCO of all deployments.", registry=r)
         self.usd_per_run = Gauge("hetagent_usd_per_run", "Planned $ per run of a deployment.", ["graph"], registry=r)
-        self.run_cost = Counter("hetagent_run_cost_usd_total", "Sum of the cost shares of finished runs.",
-                                ["graph"], registry=r)
+        self.run_cost = Counter("hetagent_run_cost_usd", "$ of finished runs: measured (busy time × device price) "
+                                "or planned (the plan's $ per run), by basis.", ["graph", "basis"], registry=r)
         self.solve_seconds = Histogram("hetagent_planner_solve_seconds", "ILP solve time.",
                                        buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
         self.replans = Counter("hetagent_replans_total", "Re-plans by the control loop.", ["graph", "reason"],
@@ -81,13 +81,15 @@ class Metrics:
         self.run_latency.labels(graph).observe(e2e_ms / 1000.0)
         if e2e_ms > sla_ms:
             self.sla_violations.labels(graph).inc()
-        cost = 0.0
+        measured = planned = 0.0
         for r in records:
             self.op_latency.labels(graph, r["kind"], r["device"]).observe(r["measured_ms"] / 1000.0)
             if r.get("predicted_ms"):
                 self.op_predicted_ratio.labels(graph, r["node"], r["device"]).set(r["measured_ms"] / r["predicted_ms"])
-            cost += r.get("cost_share_usd", 0.0)
-        self.run_cost.labels(graph).inc(cost)
+            measured += r.get("measured_cost_usd", 0.0)
+            planned += r.get("planned_cost_usd", 0.0)
+        self.run_cost.labels(graph, "measured").inc(measured)
+        self.run_cost.labels(graph, "planned").inc(planned)
 
 
 class EngineMetricsCollector:

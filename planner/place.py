@@ -103,7 +103,7 @@ def _device_usage(p: PlacementProblem, a: Assignment) -> list[DeviceUsage]:
         out.append(DeviceUsage(
             device=d, device_class=tier.device.device_class.value, allocated=n, inventory=tier.inventory,
             busy_fraction=round(busy, 4), usd_per_hour_per_device=round(tier.usd_per_h, 4),
-            usd_per_hour=round(tier.usd_per_h * n, 4),
+            usd_per_hour=round(tier.usd_per_h * n, 4), cores=tier.device.cores if tier.is_cpu else None,
         ))
     return out
 

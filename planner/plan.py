@@ -56,6 +56,8 @@ class DeviceUsage(_Strict):
     inventory: int | None = Field(None, description="Devices of this type in the cluster (None: unbounded fleet).")
     busy_fraction: float = Field(ge=0, description="Mean busy time of allocated devices at the planned rate.")
     usd_per_hour_per_device: float = Field(ge=0)
+    cores: int | None = Field(None, ge=1, description="Cores of one device (CPU tiers): a run's measured cost prices "
+                              "its ops' busy core-seconds at usd_per_hour_per_device / cores.")
     usd_per_hour: float = Field(ge=0)
 
 

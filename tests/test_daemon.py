@@ -150,6 +150,12 @@ def test_full_flow_graph_plan_deployment_run_metrics(daemon):
         assert run["status"] == "succeeded" and run["outputs"] == {"clean": "mail me at [EMAIL]"}
         assert [rec["node"] for rec in run["records"]] == ["crunch", "redact"]
         assert run["records"][0]["service_ms"] >= 100  # the transform really slept 0.1 s
+        # measured cost: at least 0.1 s of one thread of a local-cpu socket at its catalog price
+        plan_doc = c.get(f"/v1/graphs/{gid}/plans/{plan_id}").json()["plan"]
+        (cpu,) = [d for d in plan_doc["devices"] if d["device"] == "local-cpu"]
+        floor_usd = 0.1 * cpu["usd_per_hour_per_device"] / 3600 / cpu["cores"]
+        assert run["records"][0]["measured_cost_usd"] >= floor_usd * 0.99
+        assert run["records"][0]["planned_cost_usd"] > 0
         # the stored plan is the `hetagent plan` document
         plan = c.get(f"/v1/graphs/{gid}/plans/{plan_id}").json()["plan"]
         assert plan["feasible"] and {o["name"] for o in plan["ops"]} == {"crunch.transform", "redact.transform"}
@@ -169,6 +175,8 @@ def test_full_flow_graph_plan_deployment_run_metrics(daemon):
     assert _metric(metrics, "hetagent_replicas", graph="busy", op="crunch.transform", device="local-cpu") == 1
     assert _metric(metrics, "hetagent_tco_usd_per_hour", graph="busy", device="local-cpu") > 0
     assert _metric(metrics, "hetagent_planner_solve_seconds_count") >= 1
+    assert _metric(metrics, "hetagent_run_cost_usd_total", graph="busy", basis="measured") >= 2 * floor_usd * 0.99
+    assert _metric(metrics, "hetagent_run_cost_usd_total", graph="busy", basis="planned") > 0
 
 
 def test_auth_401_and_403(daemon):

@@ -52,7 +52,8 @@ class OpRecord:
     service_ms: float
     measured_ms: float
     predicted_ms: float
-    cost_share_usd: float
+    planned_cost_usd: float  # the plan's $ per run for these ops (device $/h by planned busy time ÷ planned runs/h)
+    measured_cost_usd: float  # this run's busy time × the device's price (see GraphRunner._measured_cost)
     status: str
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
@@ -70,6 +71,8 @@ class RunResult:
     records: list[OpRecord]
     notes: list[str]
     kv_transfers: list[dict[str, Any]] = field(default_factory=list)
+    measured_cost_usd: float = 0.0  # Σ records' measured cost
+    planned_cost_usd: float = 0.0  # Σ records' planned cost (the plan's $ per run)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -511,7 +514,8 @@ class GraphRunner:
         position = {n: i for i, n in enumerate(self._order)}
         records.sort(key=lambda r: (position[r.node], r.phase != "prefill"))
         return RunResult(run_id, self.graph.metadata.name, "succeeded", outputs, e2e_ms, self.plan.predicted_e2e_ms,
-                         records, list(self.notes), kv_transfers)
+                         records, list(self.notes), kv_transfers, sum(r.measured_cost_usd for r in records),
+                         sum(r.planned_cost_usd for r in records))
 
     @staticmethod
     def _await_restart(actor: Any, within_s: float = 60.0) -> bool:
@@ -545,7 +549,8 @@ class GraphRunner:
                 node=name, kind=self._nodes[name].kind, ops=[o.name for o in ops], device=pool.device,
                 replica=picks[0][1], attempts=attempts, queue_wait_ms=max(0.0, (env["started_at"] - ready_at) * 1000.0),
                 service_ms=env["service_ms"], measured_ms=max(env["service_ms"], (env["finished_at"] - ready_at) * 1000.0),
-                predicted_ms=sum(o.predicted_latency_ms for o in ops), cost_share_usd=self._cost_share(ops),
+                predicted_ms=sum(o.predicted_latency_ms for o in ops), planned_cost_usd=self._cost_share(ops),
+                measured_cost_usd=self._measured_cost(ops, env["service_ms"], pool.device),
                 status="succeeded", detail=detail)]
         pre = env["detail"]["prefill"]
         pre_ops = [o for o in ops if o.kind in ("tokenize", "prefill")]
@@ -555,12 +560,14 @@ class GraphRunner:
             OpRecord(node=name, kind="llm", ops=[o.name for o in pre_ops], device=self.pools[pre_pool].device, replica=pre_i,
                      attempts=attempts, queue_wait_ms=max(0.0, (pre["started_at"] - ready_at) * 1000.0),
                      service_ms=pre["service_ms"], measured_ms=max(pre["service_ms"], (pre["finished_at"] - ready_at) * 1000.0),
-                     predicted_ms=sum(o.predicted_latency_ms for o in pre_ops), cost_share_usd=self._cost_share(pre_ops),
+                     predicted_ms=sum(o.predicted_latency_ms for o in pre_ops), planned_cost_usd=self._cost_share(pre_ops),
+                     measured_cost_usd=self._measured_cost(pre_ops, pre["service_ms"], self.pools[pre_pool].device),
                      status="succeeded", detail={"pid": pre["pid"]}, phase="prefill"),
             OpRecord(node=name, kind="llm", ops=[o.name for o in dec_ops], device=self.pools[dec_pool].device, replica=dec_i,
                      attempts=attempts, queue_wait_ms=max(0.0, (env["started_at"] - pre["finished_at"]) * 1000.0),
                      service_ms=env["service_ms"], measured_ms=max(env["service_ms"], (env["finished_at"] - pre["finished_at"]) * 1000.0),
-                     predicted_ms=sum(o.predicted_latency_ms for o in dec_ops), cost_share_usd=self._cost_share(dec_ops),
+                     predicted_ms=sum(o.predicted_latency_ms for o in dec_ops), planned_cost_usd=self._cost_share(dec_ops),
+                     measured_cost_usd=self._measured_cost(dec_ops, env["service_ms"], self.pools[dec_pool].device),
                      status="succeeded", detail=detail, phase="decode"),
         ]
 
@@ -580,6 +587,21 @@ class GraphRunner:
             "planned_bytes": edge.bytes if edge is not None else None,
             "planned_ms": edge.transfer_ms if edge is not None else None,
         }
+
+    def _measured_cost(self, ops, service_ms: float, device: str) -> float:
+        """$ of the devices these ops held while this run's call was in service: its service time ×
+        the device's $/s × what one replica holds (its tensor-parallel devices; on a CPU tier its
+        threads ÷ the device's cores). An engine serving a batch is charged whole for each request,
+        so for batched LLM calls this is an upper bound (the planned figure divides by the batch)."""
+        usage = next((d for d in self.plan.devices if d.device == device), None)
+        if usage is None or not ops:
+            return 0.0
+        main = max(ops, key=lambda o: o.predicted_latency_ms)
+        if usage.device_class == "cpu":
+            held = min(1.0, max(1, main.cores_per_replica) / (usage.cores or max(1, main.cores_per_replica)))
+        else:
+            held = float(main.tensor_parallel)
+        return service_ms / 1000.0 * usage.usd_per_hour_per_device / 3600.0 * held
 
     def _cost_share(self, ops) -> float:
         """$ of one run attributable to these ops at the planned rate: their devices' $/h split by busy time."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from costmodels.measured import compare_a100_vidur  # noqa: E402
+from costmodels import compare_a100_vidur  # noqa: E402
 
 
 def main() -> None:

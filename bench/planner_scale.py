@@ -20,10 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from compiler.ir import compile_graph  # noqa: E402
-from compiler.spec import parse_graph  # noqa: E402
-from costmodels.catalog import ClusterInventory, DevicePool, load_catalog  # noqa: E402
-from planner.ilp import build_problem, cluster_tiers, solve  # noqa: E402
+from compiler import compile_graph, parse_graph  # noqa: E402
+from costmodels import ClusterInventory, DevicePool, load_catalog  # noqa: E402
+from planner import build_problem, cluster_tiers, solve  # noqa: E402
 
 LLMS = ("llama-3.1-8b-instruct", "qwen2.5-7b-instruct", "mistral-7b-instruct-v0.3", "llama-3.1-70b-instruct")
 

@@ -38,8 +38,8 @@ def sleep_op(**_):
 
 
 def _graph(nodes: list[dict], name: str):
-    from compiler.spec import parse_graph
-    from costmodels.catalog import load_catalog
+    from compiler import parse_graph
+    from costmodels import load_catalog
 
     return parse_graph({"apiVersion": "hetagent.dev/v1alpha1", "kind": "AgentGraph", "metadata": {"name": name},
                         "spec": {"sla": {"e2e_ms": 600000}, "nodes": nodes}}, load_catalog())
@@ -118,10 +118,9 @@ def plain_ray_ratio(graph, path_ops: int, runs: int) -> float:
 
 
 def _runner(graph):
-    from costmodels.catalog import load_catalog, load_cluster
-    from planner.pipeline import plan_spec
-    from planner.place import PlanOptions
-    from workers.executor import GraphRunner
+    from costmodels import load_catalog, load_cluster
+    from planner import PlanOptions, plan_spec
+    from workers import GraphRunner
 
     cat = load_catalog()
     plan = plan_spec(graph, load_cluster("local", cat), PlanOptions(rate_per_s=0.01, baselines=False), cat)
@@ -143,7 +142,7 @@ def main() -> int:
 
     import ray
 
-    from workers.executor import ensure_ray
+    from workers import ensure_ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ensure_ray(None, ["local-cpu"])

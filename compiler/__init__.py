@@ -1,0 +1,48 @@
+"""The compiler: the agent graph spec, the xDSL dialects, decomposition/analysis passes and the
+lowering to per-device execution configs.
+
+Imports only ``costmodels`` (see CONTRIBUTING.md). The names below are the public API; they load
+on first use, so ``import compiler`` does not import xDSL.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from compiler.spec import AgentGraph, SpecError, graph_json_schema, load_graph, parse_graph, parse_graph_text, validate_graph
+    from compiler.ir import CompileError, build_agent_module, compile_graph, print_module
+    from compiler.lowering import LoweringError, lower_to_execution_configs
+
+# public name -> the module that defines it (imported on first use)
+_EXPORTS: dict[str, str] = {
+    "AgentGraph": "compiler.spec",
+    "SpecError": "compiler.spec",
+    "graph_json_schema": "compiler.spec",
+    "load_graph": "compiler.spec",
+    "parse_graph": "compiler.spec",
+    "parse_graph_text": "compiler.spec",
+    "validate_graph": "compiler.spec",
+    "CompileError": "compiler.ir",
+    "build_agent_module": "compiler.ir",
+    "compile_graph": "compiler.ir",
+    "print_module": "compiler.ir",
+    "LoweringError": "compiler.lowering",
+    "lower_to_execution_configs": "compiler.lowering",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562), so ``import compiler`` stays light."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

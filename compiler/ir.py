@@ -54,9 +54,8 @@ from compiler.dialects import (
     granular_kind,
     str_list,
 )
-from compiler.granular import GranularEdge, GranularGraph, GranularOp
 from compiler.spec import (
-    _REF,
+    TEMPLATE_REF,
     AgentGraph,
     EmbedNode,
     LLMNode,
@@ -68,6 +67,7 @@ from compiler.spec import (
 )
 from costmodels import work
 from costmodels.catalog import CatalogError, ModelKind, ModelSpec
+from costmodels.granular import GranularEdge, GranularGraph, GranularOp
 
 # A retrieved document chunk handed downstream by vector_search (typical RAG chunking).
 RETRIEVED_CHUNK_TOKENS = 256
@@ -134,7 +134,7 @@ def verify_module(module: ModuleOp) -> None:
 def _input_refs(node: Any) -> list[str]:
     seen: dict[str, None] = {}
     for text in _templates(node):
-        for scope, ref in _REF.findall(text):
+        for scope, ref in TEMPLATE_REF.findall(text):
             if scope == "inputs":
                 seen.setdefault(ref)
     return list(seen)
@@ -143,7 +143,7 @@ def _input_refs(node: Any) -> list[str]:
 def _output_refs(graph: AgentGraph) -> list[str]:
     seen: dict[str, None] = {}
     for text in graph.spec.outputs.values():
-        for scope, ref in _REF.findall(text):
+        for scope, ref in TEMPLATE_REF.findall(text):
             if scope == "nodes":
                 seen.setdefault(ref)
     return list(seen) or graph.sinks()

@@ -18,9 +18,9 @@ from typing import Any
 from xdsl.dialects.builtin import IntegerAttr, ModuleOp, StringAttr, i64
 
 from compiler.dialects import DecodeOp, KVCacheType, KVTransferOp, PrefillOp
-from compiler.granular import GranularGraph, GranularOp
-from costmodels.roofline import TOOL_CONCURRENCY
 from compiler.ir import CompileError, granular_ops, graph_op, to_granular_graph, verify_module
+from costmodels.granular import GranularGraph, GranularOp
+from costmodels.roofline import TOOL_CONCURRENCY
 
 GIB = 1024**3
 GPU_MEMORY_UTILIZATION = 0.9

@@ -18,7 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 API_VERSION = "hetagent.dev/v1alpha1"
 _NAME = r"^[a-z][a-z0-9_]*$"
-_REF = re.compile(r"\{\{\s*(inputs|nodes)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.output)?\s*\}\}")
+# A template reference: ``{{ inputs.<name> }}`` or ``{{ nodes.<name>.output }}``; groups (scope, name).
+# The compiler reads dependencies from it; the runtime (workers/templates.py) fills templates with it.
+TEMPLATE_REF = re.compile(r"\{\{\s*(inputs|nodes)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.output)?\s*\}\}")
 
 
 class SpecError(ValueError):
@@ -182,7 +184,7 @@ def node_upstream(node: Any) -> list[str]:
     """Explicit dependencies plus every node referenced by a template, in first-seen order."""
     seen: dict[str, None] = dict.fromkeys(node.dependencies)
     for text in _templates(node):
-        for scope, ref in _REF.findall(text):
+        for scope, ref in TEMPLATE_REF.findall(text):
             if scope == "nodes":
                 seen.setdefault(ref)
     return list(seen)
@@ -249,7 +251,7 @@ def validate_graph(graph: AgentGraph, catalog: Any | None = None) -> None:
                 problems.append((f"{base}.dependencies[{j}]", f"node {dep!r} depends on itself"))
         for key, text in [*(("inputs." + k, v) for k, v in node.inputs.items()),
                           *((("prompt", node.prompt), ("system", node.system)) if isinstance(node, LLMNode) else ())]:
-            for scope, ref in _REF.findall(text):
+            for scope, ref in TEMPLATE_REF.findall(text):
                 if scope == "nodes" and ref not in seen:
                     problems.append((f"{base}.{key}", f"reference to unknown node {ref!r}"))
                 if scope == "inputs" and ref not in graph.spec.inputs:
@@ -260,7 +262,7 @@ def validate_graph(graph: AgentGraph, catalog: Any | None = None) -> None:
             problems += _catalog_problems(graph, node, base, catalog)
 
     for key, text in graph.spec.outputs.items():
-        for scope, ref in _REF.findall(text):
+        for scope, ref in TEMPLATE_REF.findall(text):
             if (scope == "nodes" and ref not in seen) or (scope == "inputs" and ref not in graph.spec.inputs):
                 problems.append((f"spec.outputs.{key}", f"reference to unknown {scope[:-1]} {ref!r}"))
 

@@ -1,0 +1,60 @@
+"""Cost models, the bottom layer: hardware/model/cluster catalogs, operator work, roofline latency,
+calibration, and the granular graph the compiler hands to the planner.
+
+Imports nothing else of the project (see CONTRIBUTING.md). The names below are the public API;
+they load on first use, so ``import costmodels`` costs nothing.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from costmodels.catalog import Catalog, CatalogError, ClusterInventory, DeviceClass, DevicePool, DeviceType, ModelSpec, list_clusters, load_catalog, load_cluster, profiles_dir
+    from costmodels.granular import GranularEdge, GranularGraph, GranularOp
+    from costmodels.calibrate import calibrate_cpu, write_profile
+    from costmodels.link_calibration import apply_link_fit, measure_link
+    from costmodels.online import Observation, observations_from_records, refit
+    from costmodels.measured import compare_a100_vidur
+
+# public name -> the module that defines it (imported on first use)
+_EXPORTS: dict[str, str] = {
+    "Catalog": "costmodels.catalog",
+    "CatalogError": "costmodels.catalog",
+    "ClusterInventory": "costmodels.catalog",
+    "DeviceClass": "costmodels.catalog",
+    "DevicePool": "costmodels.catalog",
+    "DeviceType": "costmodels.catalog",
+    "ModelSpec": "costmodels.catalog",
+    "list_clusters": "costmodels.catalog",
+    "load_catalog": "costmodels.catalog",
+    "load_cluster": "costmodels.catalog",
+    "profiles_dir": "costmodels.catalog",
+    "GranularEdge": "costmodels.granular",
+    "GranularGraph": "costmodels.granular",
+    "GranularOp": "costmodels.granular",
+    "calibrate_cpu": "costmodels.calibrate",
+    "write_profile": "costmodels.calibrate",
+    "apply_link_fit": "costmodels.link_calibration",
+    "measure_link": "costmodels.link_calibration",
+    "Observation": "costmodels.online",
+    "observations_from_records": "costmodels.online",
+    "refit": "costmodels.online",
+    "compare_a100_vidur": "costmodels.measured",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562), so ``import costmodels`` stays light."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

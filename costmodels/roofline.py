@@ -18,9 +18,9 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from compiler.granular import GranularOp
 from costmodels import work as W
 from costmodels.catalog import Catalog, CatalogError, DeviceClass, DeviceType
+from costmodels.granular import GranularOp
 
 MEMORY_HEADROOM = 0.9  # vLLM's gpu_memory_utilization default: leave 10% for activations/fragmentation
 TP_DEGREES = (1, 2, 4, 8)

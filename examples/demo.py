@@ -13,11 +13,10 @@ from pathlib import Path
 
 from rich.console import Console
 
-from compiler.spec import load_graph
-from costmodels.catalog import load_catalog, load_cluster
-from orchestrator.cli import print_plan
-from planner.pipeline import plan_spec
-from planner.place import PlanOptions
+from compiler import load_graph
+from costmodels import load_catalog, load_cluster
+from orchestrator import print_plan
+from planner import PlanOptions, plan_spec
 
 EXAMPLES = Path(__file__).resolve().parent / "graphs"
 # (cluster, rate runs/s): the mixed fleet at production rates, this machine at a trickle

@@ -1,0 +1,41 @@
+"""The top layer: the ``hetagent`` CLI and the REST daemon (FastAPI app, service, control loop, store).
+
+May import every other package (see CONTRIBUTING.md). The names below are the public API; they
+load on first use, so ``import orchestrator`` does not import FastAPI or SQLAlchemy (the ``server``
+extra).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from orchestrator.app import create_app
+    from orchestrator.settings import Settings
+    from orchestrator.service import Service, ServiceError
+    from orchestrator.cli import print_plan
+
+# public name -> the module that defines it (imported on first use)
+_EXPORTS: dict[str, str] = {
+    "create_app": "orchestrator.app",
+    "Settings": "orchestrator.settings",
+    "Service": "orchestrator.service",
+    "ServiceError": "orchestrator.service",
+    "print_plan": "orchestrator.cli",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562), so ``import orchestrator`` stays light."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,0 +1,49 @@
+"""The planner: the placement ILP, plan assembly and baselines, the plan document and its checker.
+
+Imports ``compiler`` and ``costmodels`` (see CONTRIBUTING.md). The names below are the public API;
+they load on first use, so ``import planner`` (or the runtime's ``import planner.plan``) does not
+load the solver.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from planner.pipeline import apply_model_overrides, plan_spec
+    from planner.place import PlanOptions, place_graph
+    from planner.plan import Plan, PlannedOp, plan_json_schema
+    from planner.ilp import PlanningError, build_problem, cluster_tiers, solve
+    from planner.evaluate import check_plan
+
+# public name -> the module that defines it (imported on first use)
+_EXPORTS: dict[str, str] = {
+    "apply_model_overrides": "planner.pipeline",
+    "plan_spec": "planner.pipeline",
+    "PlanOptions": "planner.place",
+    "place_graph": "planner.place",
+    "Plan": "planner.plan",
+    "PlannedOp": "planner.plan",
+    "plan_json_schema": "planner.plan",
+    "PlanningError": "planner.ilp",
+    "build_problem": "planner.ilp",
+    "cluster_tiers": "planner.ilp",
+    "solve": "planner.ilp",
+    "check_plan": "planner.evaluate",
+}
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    """Import a public name's module on first use (PEP 562), so ``import planner`` stays light."""
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

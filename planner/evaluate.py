@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from compiler.granular import GranularGraph
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, device_usd_per_h
+from costmodels.granular import GranularGraph
 from costmodels.roofline import MEMORY_HEADROOM, op_configs, transfer_ms
 from planner.ilp import engine_text_pairs, shared_weight_bytes
 from planner.plan import Plan

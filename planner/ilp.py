@@ -51,8 +51,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from compiler.granular import GranularGraph, GranularOp
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DevicePool, DeviceType, device_usd_per_h
+from costmodels.granular import GranularGraph, GranularOp
 from costmodels.roofline import HOST_PROCESS_BYTES, OpConfig, nic_transfer_ms, op_configs, replicas_needed, transfer_ms
 
 UNBOUNDED_DEVICES = 100_000

@@ -11,8 +11,8 @@ import math
 import time
 from dataclasses import dataclass
 
-from compiler.granular import GranularGraph, GranularOp
 from costmodels.catalog import Catalog, CatalogError, ClusterInventory, DeviceClass, DeviceType
+from costmodels.granular import GranularGraph, GranularOp
 from costmodels.roofline import binding_link, transfer_ms
 from planner.ilp import (
     Assignment,

@@ -9,9 +9,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from compiler.granular import GranularEdge, GranularGraph, GranularOp
 from costmodels import work as W
 from costmodels.catalog import ClusterInventory, DeviceClass, DevicePool, device_usd_per_h, load_catalog
+from costmodels.granular import GranularEdge, GranularGraph, GranularOp
 from costmodels.roofline import op_configs
 from planner.evaluate import check_plan
 from planner.ilp import PlanningError, build_problem, cluster_tiers, solve

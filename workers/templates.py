@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
-from compiler.spec import _REF
+from compiler.spec import TEMPLATE_REF
 
 
 def render(template: str, graph_inputs: dict[str, Any], upstream: dict[str, Any]) -> Any:
     """Fill a template; a template that is exactly one reference keeps the value's type (vectors stay lists)."""
-    whole = _REF.fullmatch(template.strip())
+    whole = TEMPLATE_REF.fullmatch(template.strip())
     if whole:
         scope, name = whole.groups()
         return graph_inputs[name] if scope == "inputs" else upstream[name]
@@ -20,4 +21,4 @@ def render(template: str, graph_inputs: dict[str, Any], upstream: dict[str, Any]
         value = graph_inputs[name] if scope == "inputs" else upstream[name]
         return value if isinstance(value, str) else json.dumps(value)
 
-    return _REF.sub(sub, template)
+    return TEMPLATE_REF.sub(sub, template)

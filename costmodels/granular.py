@@ -1,7 +1,9 @@
 """The granular graph: what the compiler hands to the cost models and the planner.
 
 A plain-data view of the decomposed, analysed IR (one GranularOp per granular IR op, one
-GranularEdge per SSA use), so the planner never walks xDSL objects.
+GranularEdge per SSA use), so the planner never walks xDSL objects. It lives in the bottom layer
+(costmodels) because both the cost models (which estimate a GranularOp) and the compiler (which
+produces the GranularGraph, ``compiler.ir.to_granular_graph``) use it; see CONTRIBUTING.md.
 """
 
 from __future__ import annotations

@@ -26,6 +26,7 @@ from workers.units import Pool, Unit, build_layout, node_device
 
 DEFAULT_DATA_DIR = Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent"))
 CANCEL_POLL_S = 0.1
+RESTART_TIMEOUT_S = 300.0  # a restarted vLLM engine on a busy 2-core machine takes minutes to load
 
 
 class RunError(RuntimeError):
@@ -518,7 +519,7 @@ class GraphRunner:
                          sum(r.planned_cost_usd for r in records))
 
     @staticmethod
-    def _await_restart(actor: Any, within_s: float = 60.0) -> bool:
+    def _await_restart(actor: Any, within_s: float = RESTART_TIMEOUT_S) -> bool:
         """Wait until Ray has restarted a dead actor (its constructor ran again); False if it stays down."""
         import ray
         from ray.exceptions import GetTimeoutError, RayActorError

@@ -391,7 +391,8 @@ _CLUSTER_DATA_DIR_OPT = typer.Option(Path(os.environ.get("HETAGENT_DATA_DIR", ".
 
 @cluster_app.command("up")
 def cluster_up(
-    cluster: str = typer.Option("local_tiers", help="Cluster inventory (CPU tiers only): a path or a name in configs/clusters/."),
+    cluster: str = typer.Option("local_tiers",
+                                help="Cluster inventory (CPU tiers only): a path or a name in configs/clusters/."),
     data_dir: Path = _CLUSTER_DATA_DIR_OPT,
     timeout_s: float = typer.Option(180.0, "--timeout-s", help="How long to wait for every node to join."),
     format: Format = typer.Option(Format.table, "--format", help="table (address on stdout) or json (the state)."),  # noqa: A002
@@ -441,8 +442,9 @@ def cluster_down(
 
 @cluster_app.command("address")
 def cluster_address(data_dir: Path = _CLUSTER_DATA_DIR_OPT,
-                    client: bool = typer.Option(False, "--client", help="The Ray Client address (ray://…) instead.")) -> None:
-    """Print the address of the cluster started from this data dir (e.g. run --address "$(hetagent cluster address)")."""
+                    client: bool = typer.Option(False, "--client",
+                                                help="The Ray Client address (ray://…) instead.")) -> None:
+    """Print the address of the cluster started from this data dir (run --address "$(hetagent cluster address)")."""
     from orchestrator.cluster import ClusterStateError, read_state
 
     try:
@@ -470,11 +472,12 @@ def cluster_status(data_dir: Path = _CLUSTER_DATA_DIR_OPT,
         _fail(f"no cluster running from {data_dir}", 1)
     healthy = all(r.leader_alive for r in rows)
     if format is Format.json:
-        sys.stdout.write(json.dumps({"address": state.address, "client_address": state.client_address, "healthy": healthy,
-                                     "inventory": state.inventory, "nodes": [asdict(r) for r in rows],
-                                     "unattributed_processes": strays}, indent=2) + "\n")
+        doc = {"address": state.address, "client_address": state.client_address, "healthy": healthy,
+               "inventory": state.inventory, "nodes": [asdict(r) for r in rows], "unattributed_processes": strays}
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
-        t = Table(title=f"{state.inventory} at {state.address} ({'up' if healthy else 'DEGRADED'})", title_justify="left")
+        t = Table(title=f"{state.inventory} at {state.address} ({'up' if healthy else 'DEGRADED'})",
+                  title_justify="left")
         for col in ("node", "resource", "CPUs", "cores", "leader", "processes"):
             t.add_column(col)
         for r in rows:

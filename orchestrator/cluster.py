@@ -44,10 +44,11 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Iterator
+from typing import Any
 
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, load_catalog, load_cluster
 from workers.actors import device_resource
@@ -60,7 +61,8 @@ TIER_OBJECT_STORE_FRACTION = 0.3  # Ray's own default share of memory, applied t
 TIER_OBJECT_STORE_MAX_BYTES = 2 * 1024**3  # keeps /dev/shm use bounded on a development machine
 UNIX_SOCKET_PATH_MAX_BYTES = 107  # sun_path is 108 bytes including the terminating NUL
 # Ray's longest socket path is <temp>/session_<YYYY-MM-DD_HH-MM-SS_ffffff>_<pid>/sockets/plasma_store.<n>:
-# "/" 1 + "session_" 8 + timestamp 26 + "_" 1 + pid up to 7 + "/sockets/" 9 + "plasma_store.NN" 15 = 67, plus a spare byte.
+# "/" 1 + "session_" 8 + timestamp 26 + "_" 1 + pid up to 7 + "/sockets/" 9 + "plasma_store.NN" 15 = 67,
+# plus a spare byte.
 RAY_SOCKET_SUFFIX_BYTES = 68
 STATE_VERSION = 1
 NODE_START_ATTEMPTS = 3
@@ -151,11 +153,11 @@ class ClusterState:
     def marker(self) -> str:
         return f"{MARKER_ENV}={self.cluster_id}"
 
-    def to_json(self) -> dict:
+    def to_json(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
-    def from_json(cls, data: dict) -> "ClusterState":
+    def from_json(cls, data: dict[str, Any]) -> ClusterState:
         nodes = [NodeState(**n) for n in data.get("nodes", [])]
         return cls(**{**data, "nodes": nodes})
 
@@ -257,7 +259,8 @@ def plan_nodes(inventory: ClusterInventory, catalog: Catalog, cores: list[int]) 
             raise ClusterConfigError(f"tier {pool.type!r} has count {pool.count}: nothing to start")
         share = tuple(cores[next_core:next_core + n])
         next_core += n
-        store = int(min(TIER_OBJECT_STORE_MAX_BYTES, TIER_OBJECT_STORE_FRACTION * device.memory_gib * 1024**3 * pool.count))
+        memory_bytes = device.memory_gib * 1024**3 * pool.count
+        store = int(min(TIER_OBJECT_STORE_MAX_BYTES, TIER_OBJECT_STORE_FRACTION * memory_bytes))
         tiers.append(NodeSpec(name=pool.type, tier=pool.type, num_cpus=n, cores=share,
                               resources={device_resource(pool.type): DEVICE_RESOURCE_UNITS}, object_store_bytes=store))
     used = tuple(sorted({c for t in tiers for c in t.cores}))
@@ -349,14 +352,16 @@ def _free_port() -> int:
     ephemeral range)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def _ray_executable() -> str:
     beside = Path(sys.executable).parent / "ray"
     found = str(beside) if beside.exists() else shutil.which("ray")
     if not found:
-        raise ClusterConfigError("the `ray` command is not installed (install the `runtime` extra: pip install -e '.[runtime]')")
+        raise ClusterConfigError(
+            "the `ray` command is not installed (install the `runtime` extra: pip install -e '.[runtime]')")
     return found
 
 
@@ -366,7 +371,7 @@ def _node_env(cluster_id: str, node: str) -> dict[str, str]:
     return env
 
 
-def _start_node(spec: NodeSpec, args: list[str], *, cluster_id: str, log: Path, cwd: Path) -> subprocess.Popen:
+def _start_node(spec: NodeSpec, args: list[str], *, cluster_id: str, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
     cmd = [sys.executable, "-c", _PIN_AND_EXEC, ",".join(map(str, spec.cores)), _ray_executable(), "start", *args,
            "--block", "--disable-usage-stats"]
     env = _node_env(cluster_id, spec.name)
@@ -429,8 +434,8 @@ def up(inventory: str | Path, data_dir: Path, *, timeout_s: float = 180.0, catal
         state = ClusterState(
             version=STATE_VERSION, cluster_id=cluster_id, inventory=inv.name, inventory_path=str(inventory),
             address=f"127.0.0.1:{gcs_port}", client_address=f"ray://127.0.0.1:{client_port}", temp_dir=str(temp_dir),
-            data_dir=str(data_dir), started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"), start_s=0.0)
-        procs: dict[str, subprocess.Popen] = {}
+            data_dir=str(data_dir), started_at=datetime.now(UTC).isoformat(timespec="seconds"), start_s=0.0)
+        procs: dict[str, subprocess.Popen[bytes]] = {}
         workdir = Path(cwd or os.getcwd())
         deadline = t0 + timeout_s
         address_file = temp_dir / "ray_current_cluster"
@@ -475,7 +480,8 @@ def up(inventory: str | Path, data_dir: Path, *, timeout_s: float = 180.0, catal
 
         try:
             head, tiers = specs[0], specs[1:]
-            start(head, ["--head", "--num-cpus", "0", "--port", str(gcs_port), "--ray-client-server-port", str(client_port),
+            start(head, ["--head", "--num-cpus", "0", "--port", str(gcs_port),
+                         "--ray-client-server-port", str(client_port),
                          "--dashboard-agent-listen-port", str(_free_port()), "--include-dashboard", "false",
                          "--min-worker-port", "0", "--max-worker-port", "0", "--temp-dir", str(temp_dir),
                          "--object-store-memory", str(head.object_store_bytes)])
@@ -484,13 +490,16 @@ def up(inventory: str | Path, data_dir: Path, *, timeout_s: float = 180.0, catal
             state.client_address = f"ray://{host}:{client_port}"
             for spec in tiers:  # one after another: starting them together overloads a small machine
                 start(spec, ["--address", state.address, "--num-cpus", str(spec.num_cpus),
-                             "--resources", json.dumps(spec.resources), "--dashboard-agent-listen-port", str(_free_port()),
+                             "--resources", json.dumps(spec.resources),
+                             "--dashboard-agent-listen-port", str(_free_port()),
                              "--min-worker-port", "0", "--max-worker-port", "0",
-                             "--include-log-monitor", "false",  # one log monitor per machine (the head's) reads all logs
+                             # one log monitor per machine (the head's) reads every node's logs
+                             "--include-log-monitor", "false",
                              "--temp-dir", str(temp_dir), "--object-store-memory", str(spec.object_store_bytes)])
             want = [r for s in tiers for r in s.resources]
             remaining = max(5.0, deadline - time.monotonic())
-            waiter = subprocess.Popen([sys.executable, "-c", _WAIT_FOR_NODES, state.address, json.dumps(want), str(remaining)],
+            waiter = subprocess.Popen([sys.executable, "-c", _WAIT_FOR_NODES, state.address, json.dumps(want),
+                                       str(remaining)],
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=workdir,
                                       env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
                                            "RAY_AUTH_MODE": "disabled"})
@@ -499,7 +508,8 @@ def up(inventory: str | Path, data_dir: Path, *, timeout_s: float = 180.0, catal
                 if dead:
                     waiter.kill()
                     waiter.wait()
-                    raise fail(f"Ray node {dead[0]!r} exited with code {procs[dead[0]].returncode} before joining", dead[0])
+                    code = procs[dead[0]].returncode
+                    raise fail(f"Ray node {dead[0]!r} exited with code {code} before joining", dead[0])
                 if time.monotonic() > deadline + 30:
                     waiter.kill()
                     waiter.wait()

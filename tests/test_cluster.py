@@ -148,7 +148,7 @@ def test_second_up_on_the_same_data_dir_is_refused(cli_cluster):
     assert state["cluster_id"] == cli_cluster["state"]["cluster_id"]
 
 
-def test_two_clusters_coexist(cli_cluster, local_tiers_cluster):
+def test_two_clusters_coexist(cli_cluster, local_tiers_cluster):  # noqa: F811 (the imported fixture)
     """The session fixture's cluster and the CLI's run side by side: own ports, temp dirs and nodes."""
     assert str(local_tiers_cluster) != cli_cluster["address"]
     assert local_tiers_cluster.state.temp_dir != cli_cluster["state"]["temp_dir"]

@@ -27,8 +27,9 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -43,7 +44,7 @@ class ClusterAddress(str):
     data_dir: Path
     state: Any  # orchestrator.cluster.ClusterState
 
-    def __new__(cls, address: str, data_dir: Path, state: Any) -> "ClusterAddress":
+    def __new__(cls, address: str, data_dir: Path, state: Any) -> ClusterAddress:
         obj = super().__new__(cls, address)
         obj.data_dir = data_dir
         obj.state = state

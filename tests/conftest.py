@@ -8,3 +8,22 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}.items():
     os.environ.setdefault(key, value)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir() -> Path:
+    """The offline tiny model (workers/tiny_model.py), trained at most once per machine and recipe.
+
+    Training takes about a minute, so the build lives in the per-user cache keyed by the recipe hash
+    (``~/.cache/hetagent/tiny-llama-<hash>/tiny-llama``; ``HETAGENT_CACHE_DIR`` moves it) and is shared
+    by every test session, ``make demo`` and ``hetagent run``. Treat it as read-only: a test that
+    changes a model folder copies this one first."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from workers.tiny_model import build_tiny_model, tiny_model_cache_dir
+
+    return build_tiny_model(tiny_model_cache_dir())

@@ -29,8 +29,8 @@ TINY_LLAMA = {
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
-    return build_tiny_model(tmp_path_factory.mktemp("models") / "tiny-llama")
+def tiny_model(tiny_model_dir) -> Path:
+    return tiny_model_dir  # the session's cached build (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

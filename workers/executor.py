@@ -132,7 +132,6 @@ def ensure_ray(address: str | None = None, devices: list[str] | None = None) -> 
     # workers import user callables ('pkg.mod:fn') the way `python -m` would: from the current directory
     path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, resources=resources,
-             _node_ip_address="127.0.0.1",  # loopback only: nothing of a local run listens on other interfaces
              runtime_env={"env_vars": {"PYTHONPATH": path}})
 
 

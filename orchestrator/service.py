@@ -15,6 +15,7 @@ are marked ``interrupted``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -23,7 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from orchestrator.control import ControlPolicy, Controller, LiveDeployment, plan_diff, pools_json
+from orchestrator.control import Controller, ControlPolicy, LiveDeployment, plan_diff, pools_json
 from orchestrator.db import new_id, utcnow
 from orchestrator.metrics import EngineMetricsCollector, Metrics
 from orchestrator.settings import Settings
@@ -70,8 +71,9 @@ class Service:
         from costmodels.catalog import load_catalog, load_cluster
 
         self.settings = settings
-        policy = policy or ControlPolicy(window_s=settings.control_window_s, min_dwell_s=settings.control_dwell_s,
-                                         band=settings.control_band)
+        policy = policy or ControlPolicy(
+            window_s=settings.control_window_s, min_dwell_s=settings.control_dwell_s, band=settings.control_band
+        )
         self.store = Store(settings.db_url())
         catalog = load_catalog()
         self.cluster = load_cluster(settings.cluster, catalog)
@@ -106,10 +108,8 @@ class Service:
         self.store.close()
         for live in list(self.live.values()):
             if live.runner is not None:
-                try:
+                with contextlib.suppress(Exception):  # Ray may already be gone at exit
                     live.runner.shutdown()
-                except Exception:  # noqa: BLE001 - Ray may already be gone at exit
-                    pass
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._deploy_pool.shutdown(wait=False, cancel_futures=True)
 
@@ -119,15 +119,17 @@ class Service:
             runner = live.runner
             if runner is None:
                 continue
-            for unit in runner.pools.values():
-                if unit.llm:
-                    out += [(runner.graph.metadata.name, unit.id, i, a) for i, a in enumerate(unit.actors)]
+            for pool in runner.pools.values():  # an engine pool serves one or more LLM nodes
+                if pool.llm:
+                    out += [(runner.graph.metadata.name, "+".join(pool.nodes), i, a) for i, a in enumerate(pool.actors)]
         return out
 
     def hardware(self) -> list[dict[str, Any]]:
         """The catalog's device types with their current efficiencies and the refits that set them."""
-        return [{**d.model_dump(mode="json"), "calibrations": self.control.calibration_history(name)}
-                for name, d in self.catalog.hardware.items()]
+        return [
+            {**d.model_dump(mode="json"), "calibrations": self.control.calibration_history(name)}
+            for name, d in self.catalog.hardware.items()
+        ]
 
     # ------------------------------------------------------------------ graphs
     def create_graph(self, doc: Any) -> dict[str, Any]:
@@ -138,8 +140,9 @@ class Service:
 
         graph = parse_graph(doc, self.catalog)  # SpecError → 422
         if len(graph.spec.nodes) > self.settings.max_graph_nodes:
-            raise ServiceError(413, "graph too large", f"{len(graph.spec.nodes)} nodes; the limit is "
-                                                       f"{self.settings.max_graph_nodes}")
+            raise ServiceError(
+                413, "graph too large", f"{len(graph.spec.nodes)} nodes; the limit is {self.settings.max_graph_nodes}"
+            )
         compile_graph(apply_model_overrides(graph, self.cluster, self.catalog), self.catalog)  # fails early
         return self.store.add_graph(graph.metadata.name, graph.model_dump(mode="json", exclude_none=True))
 
@@ -170,8 +173,14 @@ class Service:
         return parse_graph(spec, self.catalog)
 
     # ------------------------------------------------------------------ plans
-    def create_plan(self, graph_id: str, sla_ms: float | None, rate_per_s: float, cluster: str | None = None,
-                    ttft_ms: float | None = None) -> dict[str, Any]:
+    def create_plan(
+        self,
+        graph_id: str,
+        sla_ms: float | None,
+        rate_per_s: float,
+        cluster: str | None = None,
+        ttft_ms: float | None = None,
+    ) -> dict[str, Any]:
         """Solve and store; an infeasible plan is stored too, since it says what the cluster can reach."""
         from costmodels.catalog import list_clusters, load_cluster
         from planner.pipeline import plan_spec
@@ -182,11 +191,15 @@ class Service:
             raise ServiceError(422, "unknown cluster", f"{cluster!r}; known: {', '.join(list_clusters())}")
         catalog = self.catalog
         inventory = load_cluster(cluster, catalog) if cluster else self.cluster
-        plan = plan_spec(self._parsed(spec), inventory, PlanOptions(rate_per_s=rate_per_s, sla_ms=sla_ms,
-                                                                     ttft_ms=ttft_ms), catalog)
+        plan = plan_spec(
+            self._parsed(spec), inventory, PlanOptions(rate_per_s=rate_per_s, sla_ms=sla_ms, ttft_ms=ttft_ms), catalog
+        )
         self.metrics.solve_seconds.observe(plan.solve_seconds)
-        return self.store.add_plan(graph_id, {"sla_ms": sla_ms, "rate_per_s": rate_per_s, "ttft_ms": ttft_ms,
-                                              "cluster": inventory.name}, plan.model_dump(mode="json"))
+        return self.store.add_plan(
+            graph_id,
+            {"sla_ms": sla_ms, "rate_per_s": rate_per_s, "ttft_ms": ttft_ms, "cluster": inventory.name},
+            plan.model_dump(mode="json"),
+        )
 
     def _replan(self, graph_id: str, sla_ms: float | None, rate_per_s: float, ttft_ms: float | None) -> dict[str, Any]:
         return self.create_plan(graph_id, sla_ms, rate_per_s, None, ttft_ms)
@@ -227,8 +240,9 @@ class Service:
                     raise ServiceError(409, "plan is infeasible", plan.plan.get("reason") or "infeasible plan")
             active = self.store.live_deployment(s, graph_id)
             if active is not None:
-                raise ServiceError(409, "graph already deployed", f"deployment {active.id} is {active.state}; "
-                                                                   "delete it first")
+                raise ServiceError(
+                    409, "graph already deployed", f"deployment {active.id} is {active.state}; delete it first"
+                )
             dep_id = self.store.add_deployment(s, graph_id, plan.id)
         self._deploy_pool.submit(self._bring_up, dep_id)
         return self.get_deployment(graph_id, dep_id)
@@ -268,8 +282,11 @@ class Service:
         graph = apply_model_overrides(self._parsed(ctx.spec), self.cluster, self.catalog)
         plan = Plan.model_validate(ctx.plan)
         model_dir = self.settings.model_dir
-        if model_dir is None and all(o.device_class == "cpu" for o in plan.ops) and any(
-                n.kind == "llm" for n in graph.spec.nodes):
+        if (
+            model_dir is None
+            and all(o.device_class == "cpu" for o in plan.ops)
+            and any(n.kind == "llm" for n in graph.spec.nodes)
+        ):
             model_dir = build_tiny_model(self.settings.data_dir / "models" / "tiny-llama")
         ensure_ray(self.settings.ray_address, [p.type for p in self.cluster.devices])
         runner = GraphRunner(graph, plan, data_dir=self.settings.data_dir, model_dir=model_dir)
@@ -313,7 +330,8 @@ class Service:
             while live.in_flight and time.monotonic() < end:
                 time.sleep(0.05)
             live.runner.shutdown()
-        self.metrics.clear_deployment(name)
+        if name is not None:  # get_deployment above found the graph
+            self.metrics.clear_deployment(name)
         self.store.set_deployment(dep_id, "stopped", "")
         return self.get_deployment(graph_id, dep_id)
 
@@ -327,10 +345,10 @@ class Service:
             dep = self.store.live_deployment(s, graph_id)
         if dep is None:
             raise ServiceError(409, "graph not deployed", "POST /v1/graphs/{id}/deployments first")
-        live = self.live.get(dep.id)
-        if dep.state != "ready" or live is None:
+        ready = self.live.get(dep.id)
+        if dep.state != "ready" or ready is None:
             raise ServiceError(409, "deployment not ready", f"deployment {dep.id} is {dep.state}", retry_after_s=5)
-        return dep.id, live
+        return dep.id, ready
 
     # ------------------------------------------------------------------ runs
     def create_run(self, graph_id: str, inputs: dict[str, Any]) -> tuple[str, RunHandle]:
@@ -374,8 +392,15 @@ class Service:
         end = {"event": "end", "node": "", "data": {"status": status}, "t": time.time()}
         try:
             records = [_jsonable(asdict(r)) for r in result.records] if result else []
-            fields: dict[str, Any] = {"status": status, "error": error, "finished_at": utcnow(),
-                                      "events": [*handle.events, end], "outputs": None, "e2e_ms": None, "notes": []}
+            fields: dict[str, Any] = {
+                "status": status,
+                "error": error,
+                "finished_at": utcnow(),
+                "events": [*handle.events, end],
+                "outputs": None,
+                "e2e_ms": None,
+                "notes": [],
+            }
             if result is not None:
                 fields.update(outputs=_jsonable(result.outputs), e2e_ms=result.e2e_ms, notes=result.notes)
             final = run_json({**handle.head, **fields}, records)
@@ -383,8 +408,13 @@ class Service:
                 self.store.finish_run(run_id, fields, records)
             except StorageError as exc:
                 final = self._unstored_outcome(run_id, handle, final, exc)
-            self.metrics.observe_run(runner.graph.metadata.name, status, result.e2e_ms if result else None,
-                                     runner.graph.spec.sla.e2e_ms, records)
+            self.metrics.observe_run(
+                runner.graph.metadata.name,
+                status,
+                result.e2e_ms if result else None,
+                runner.graph.spec.sla.e2e_ms,
+                records,
+            )
             if status == "succeeded":
                 self.control.observe(records)
         except Exception as exc:  # noqa: BLE001 - a bug past the run itself: still wake the waiters
@@ -398,8 +428,9 @@ class Service:
         if handle.failure is None:
             self.runs_live.pop(run_id, None)  # waiters hold it; later readers use the database
 
-    def _unstored_outcome(self, run_id: str, handle: RunHandle, final: dict[str, Any],
-                          exc: StorageError) -> dict[str, Any]:
+    def _unstored_outcome(
+        self, run_id: str, handle: RunHandle, final: dict[str, Any], exc: StorageError
+    ) -> dict[str, Any]:
         """The database refused a run's outcome: waiters get a 503, and the outcome stays readable
         from memory (GET, events) since the stored row still says ``running``."""
         self.metrics.storage_errors.labels("run_result").inc()
@@ -433,8 +464,9 @@ class Service:
             with handle.cond:
                 handle.cond.wait_for(lambda: handle.done, timeout=timeout_s)
             if handle.failure is not None:
-                raise ServiceError(503, "storage unavailable", handle.failure, retry_after_s=STORAGE_RETRY_AFTER_S,
-                                   run_id=run_id)
+                raise ServiceError(
+                    503, "storage unavailable", handle.failure, retry_after_s=STORAGE_RETRY_AFTER_S, run_id=run_id
+                )
             if handle.result is not None:
                 return handle.result
         return self.get_run(run_id)

@@ -237,10 +237,10 @@ def _prune_dominated(
             continue
         penalty_ms = {d: worst_transfers_ms(name, d) for d in devices_of[name] if d in loose}
         cost = [tiers[c.device].usd_per_h * c.tensor_parallel * reps(c) for c in cs]
-        keep = []
+        kept = []
         for i, c in enumerate(cs):
             if tiers[c.device].is_cpu:
-                keep.append(c)
+                kept.append(c)
                 continue
             beaten = any(
                 j != i and o.device in loose and o.device != c.device
@@ -248,8 +248,8 @@ def _prune_dominated(
                 for j, o in enumerate(cs)
             )
             if not beaten:
-                keep.append(c)
-        out[name] = keep
+                kept.append(c)
+        out[name] = kept
     return out
 
 

@@ -249,3 +249,26 @@ def test_baselines_are_no_cheaper_than_the_plan_on_the_same_inventory():
             within = all(n <= cluster.pool(d).count for d, n in b.devices.items())
             if within:
                 assert b.tco_usd_per_hour >= plan.tco_usd_per_hour * (1 - 1e-6), b
+
+
+def test_dominance_pruning_keeps_the_ttft_ops_configurations():
+    """The final LLM's prefill and decode are exempt from cross-device pruning whatever their place in
+    the graph (the pruning loop once reused the name of the exempt set for its own list)."""
+    from pathlib import Path
+
+    from compiler.ir import compile_graph
+    from compiler.spec import load_graph
+    from costmodels.catalog import load_cluster
+    from planner.ilp import _prune_within_device
+    from planner.pipeline import apply_model_overrides
+
+    cluster = load_cluster("mixed_fleet", CAT)
+    spec = load_graph(Path(__file__).resolve().parent.parent / "examples/graphs/draft_writer.yaml")
+    _, graph = compile_graph(apply_model_overrides(spec, cluster, CAT), CAT)
+    tiers = cluster_tiers(cluster, CAT)
+    p = build_problem(graph, CAT, tiers, rate_per_s=0.5)
+    assert p.ttft_ops is not None and p.ttft_ops[0] != graph.ops[0].name
+    for name in p.ttft_ops:
+        op = graph.op(name)
+        every = [c for t in tiers.values() for c in op_configs(op, t.device, CAT, per_node=t.per_node)]
+        assert p.configs[name] == _prune_within_device(every, 0.5, p.max_utilisation), name

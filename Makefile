@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench clean tools
+.PHONY: demo test bench clean tools lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,15 @@ demo: $(STAMP)
 tools:
 	@command -v promtool >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -q prometheus >/dev/null
 
+# ruff (rules and line length in pyproject.toml), the formatter's check, and mypy (strict for
+# costmodels/, compiler/, planner/; see CONTRIBUTING.md "Lint and types")
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+# lint runs before the tests once every file is clean; until then `make lint` runs it alone
+# test: $(STAMP) tools lint
 test: $(STAMP) tools
 	$(PY) -m pytest -q
 
@@ -28,4 +37,4 @@ bench: $(STAMP)
 	$(PY) bench/planner_scale.py
 
 clean:
-	rm -rf $(VENV) .hetagent .pytest_cache .hypothesis
+	rm -rf $(VENV) .hetagent .pytest_cache .hypothesis .mypy_cache .ruff_cache

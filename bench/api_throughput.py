@@ -10,6 +10,7 @@ Usage: python bench/api_throughput.py [--seconds 20] [--clients 8] [--json out.j
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import signal
@@ -50,15 +51,27 @@ def main() -> int:
     data = Path(tempfile.mkdtemp(prefix="hetagent-bench-"))
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONPATH": str(ROOT)}
     cli = [sys.executable, "-m", "orchestrator.cli"]
-    key = subprocess.run([*cli, "keys", "create", "--scope", "write", "--data-dir", str(data)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout.strip()
+    key = subprocess.run(
+        [*cli, "keys", "create", "--scope", "write", "--data-dir", str(data)],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}"
-    log = open(data / "daemon.log", "w")
-    proc = subprocess.Popen([*cli, "serve", "--port", str(port), "--data-dir", str(data)], env=env, cwd=ROOT,
-                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    with open(data / "daemon.log", "w") as log:  # the daemon keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [*cli, "serve", "--port", str(port), "--data-dir", str(data)],
+            env=env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         headers = {"Authorization": f"Bearer {key}"}
         for _ in range(300):
@@ -95,8 +108,23 @@ def main() -> int:
                             errors.append(f"{r.status_code} {r.text[:200]}")
 
         if os.environ.get("BENCH_PROFILE"):
-            subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "-d", str(int(args.seconds) - 2),
-                              "-o", os.environ["BENCH_PROFILE"], "-f", "raw", "-p", str(proc.pid), "-r", "50", "--gil"])
+            subprocess.Popen(
+                [
+                    str(Path(sys.executable).parent / "py-spy"),
+                    "record",
+                    "-d",
+                    str(int(args.seconds) - 2),
+                    "-o",
+                    os.environ["BENCH_PROFILE"],
+                    "-f",
+                    "raw",
+                    "-p",
+                    str(proc.pid),
+                    "-r",
+                    "50",
+                    "--gil",
+                ]
+            )
         t0 = time.perf_counter()
         threads = [threading.Thread(target=client) for _ in range(args.clients)]
         for t in threads:
@@ -105,25 +133,30 @@ def main() -> int:
             t.join()
         wall = time.perf_counter() - t0
         lat = sorted(latencies)
-        out = {"clients": args.clients, "seconds": wall, "runs": len(lat), "errors": len(errors),
-               "runs_per_s": len(lat) / wall, "p50_ms": statistics.median(lat),
-               "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))], "machine": f"{os.cpu_count()} CPUs"}
-        print(f"{out['runs']} runs in {wall:.1f} s with {args.clients} clients: {out['runs_per_s']:.0f} runs/s, "
-              f"p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms, errors {len(errors)}")
+        out = {
+            "clients": args.clients,
+            "seconds": wall,
+            "runs": len(lat),
+            "errors": len(errors),
+            "runs_per_s": len(lat) / wall,
+            "p50_ms": statistics.median(lat),
+            "p99_ms": lat[min(len(lat) - 1, int(0.99 * len(lat)))],
+            "machine": f"{os.cpu_count()} CPUs",
+        }
+        print(
+            f"{out['runs']} runs in {wall:.1f} s with {args.clients} clients: {out['runs_per_s']:.0f} runs/s, "
+            f"p50 {out['p50_ms']:.1f} ms, p99 {out['p99_ms']:.1f} ms, errors {len(errors)}"
+        )
         if errors:
             print("first error:", errors[0])
         if args.json:
             args.json.write_text(json.dumps(out, indent=2))
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the daemon and the local Ray it started (its process group)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(30)
-        except subprocess.TimeoutExpired:
-            pass
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return 0
 
 

@@ -22,12 +22,16 @@ def main() -> None:
     print("| model | phase | size | measured ms | predicted ms | predicted ÷ measured | bound |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['phase']} | {r['size']} | {r['measured_ms']:.2f} | {r['predicted_ms']:.2f} | "
-              f"{r['ratio']:.2f} | {r['bound']} |")
+        print(
+            f"| {r['model']} | {r['phase']} | {r['size']} | {r['measured_ms']:.2f} | {r['predicted_ms']:.2f} | "
+            f"{r['ratio']:.2f} | {r['bound']} |"
+        )
     for phase in ("prefill", "decode"):
         ratios = [r["ratio"] for r in rows if r["phase"] == phase]
-        print(f"\n{phase}: median ratio {statistics.median(ratios):.2f}, range {min(ratios):.2f}–{max(ratios):.2f} "
-              f"over {len(ratios)} rows")
+        print(
+            f"\n{phase}: median ratio {statistics.median(ratios):.2f}, range {min(ratios):.2f}–{max(ratios):.2f} "
+            f"over {len(ratios)} rows"
+        )
 
 
 if __name__ == "__main__":

@@ -40,8 +40,10 @@ def generate_spec(target_ops: int, seed: int) -> dict:
             kind = "tool"
         node: dict = {"name": f"n{i}", "kind": kind, "dependencies": ups}
         if kind == "llm":
-            node |= {"model": rng.choice(LLMS),
-                     "expected": {"input_tokens": rng.choice([512, 2048, 4096]), "output_tokens": rng.choice([64, 256])}}
+            node |= {
+                "model": rng.choice(LLMS),
+                "expected": {"input_tokens": rng.choice([512, 2048, 4096]), "output_tokens": rng.choice([64, 256])},
+            }
             ops += 4
         elif kind == "tool":
             node |= {"url": "http://127.0.0.1:9/x", "expected": {"latency_ms": rng.choice([50, 200, 500])}}
@@ -57,13 +59,20 @@ def generate_spec(target_ops: int, seed: int) -> dict:
             ops += 1
         nodes.append(node)
     depth = max(1, len(nodes) // 3)
-    return {"apiVersion": "hetagent.dev/v1alpha1", "kind": "AgentGraph", "metadata": {"name": f"gen-{target_ops}"},
-            "spec": {"sla": {"e2e_ms": 1500.0 * depth}, "nodes": nodes}}
+    return {
+        "apiVersion": "hetagent.dev/v1alpha1",
+        "kind": "AgentGraph",
+        "metadata": {"name": f"gen-{target_ops}"},
+        "spec": {"sla": {"e2e_ms": 1500.0 * depth}, "nodes": nodes},
+    }
 
 
 def full_cluster(catalog) -> ClusterInventory:
-    pools = [DevicePool(type=d.name, count=256, per_node=min(8, d.max_devices_per_node))
-             for d in catalog.hardware.values() if d.name != "local-cpu"]
+    pools = [
+        DevicePool(type=d.name, count=256, per_node=min(8, d.max_devices_per_node))
+        for d in catalog.hardware.values()
+        if d.name != "local-cpu"
+    ]
     return ClusterInventory(name="all-types", devices=pools)
 
 
@@ -78,8 +87,10 @@ def main() -> None:
     catalog = load_catalog()
     cluster = full_cluster(catalog)
     tiers = cluster_tiers(cluster, catalog)
-    print(f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}; "
-          f"{len(tiers)} device types; rate {args.rate} runs/s; median of {args.repeats}")
+    print(
+        f"machine: {platform.processor() or platform.machine()}, {platform.python_version()}; "
+        f"{len(tiers)} device types; rate {args.rate} runs/s; median of {args.repeats}"
+    )
     print("| granular ops | spec nodes | binaries | solver | median solve s | min | max | status |")
     print("|---|---|---|---|---|---|---|---|")
     for size in args.sizes:
@@ -95,9 +106,11 @@ def main() -> None:
                 a = solve(p, solver=solver, time_limit_s=args.time_limit)
                 times.append(time.perf_counter() - t0)
                 status.add("infeasible" if a is None else a.status)
-            print(f"| {len(granular.ops)} | {len(spec['spec']['nodes'])} | {binaries} | {solver} | "
-                  f"{statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} | {'/'.join(sorted(status))} |",
-                  flush=True)
+            print(
+                f"| {len(granular.ops)} | {len(spec['spec']['nodes'])} | {binaries} | {solver} | "
+                f"{statistics.median(times):.2f} | {min(times):.2f} | {max(times):.2f} | {'/'.join(sorted(status))} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

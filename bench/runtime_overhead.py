@@ -21,6 +21,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -41,16 +42,30 @@ def _graph(nodes: list[dict], name: str):
     from compiler import parse_graph
     from costmodels import load_catalog
 
-    return parse_graph({"apiVersion": "hetagent.dev/v1alpha1", "kind": "AgentGraph", "metadata": {"name": name},
-                        "spec": {"sla": {"e2e_ms": 600000}, "nodes": nodes}}, load_catalog())
+    return parse_graph(
+        {
+            "apiVersion": "hetagent.dev/v1alpha1",
+            "kind": "AgentGraph",
+            "metadata": {"name": name},
+            "spec": {"sla": {"e2e_ms": 600000}, "nodes": nodes},
+        },
+        load_catalog(),
+    )
 
 
 def chain(n: int):
     nodes = []
     for i in range(n):
         deps = {"x": f"{{{{ nodes.op{i - 1}.output }}}}"} if i else {}
-        nodes.append({"name": f"op{i}", "kind": "transform", "function": "bench.runtime_overhead:noop",
-                      "inputs": deps, "expected": {"latency_ms": 0.05}})
+        nodes.append(
+            {
+                "name": f"op{i}",
+                "kind": "transform",
+                "function": "bench.runtime_overhead:noop",
+                "inputs": deps,
+                "expected": {"latency_ms": 0.05},
+            }
+        )
     return _graph(nodes, f"chain-{n}")
 
 
@@ -58,18 +73,24 @@ def layered_dag(n: int, seed: int = 0) -> tuple[object, int]:
     """n ops in layers of width ~sqrt(n); each op depends on 1-3 ops of the previous layer.
     Returns the graph and the op count of its longest path."""
     rng = random.Random(seed)
-    width = max(2, round(n ** 0.5))
+    width = max(2, round(n**0.5))
     layers: list[list[str]] = []
-    nodes = []
+    nodes: list[dict[str, Any]] = []  # spec nodes, as in a YAML graph
     for i in range(n):
         if i % width == 0:
             layers.append([])
         name = f"op{i}"
         prev = layers[-2] if len(layers) > 1 else []
         deps = rng.sample(prev, min(len(prev), rng.randint(1, 3))) if prev else []
-        nodes.append({"name": name, "kind": "transform", "function": "bench.runtime_overhead:sleep_op",
-                      "inputs": {f"d{j}": f"{{{{ nodes.{d}.output }}}}" for j, d in enumerate(deps)},
-                      "expected": {"latency_ms": SLEEP_MS}})
+        nodes.append(
+            {
+                "name": name,
+                "kind": "transform",
+                "function": "bench.runtime_overhead:sleep_op",
+                "inputs": {f"d{j}": f"{{{{ nodes.{d}.output }}}}" for j, d in enumerate(deps)},
+                "expected": {"latency_ms": SLEEP_MS},
+            }
+        )
         layers[-1].append(name)
     depth: dict[str, int] = {}
     for node in nodes:
@@ -82,7 +103,7 @@ def layered_dag(n: int, seed: int = 0) -> tuple[object, int]:
 def _plain_actor_class():
     import ray
 
-    @ray.remote(num_cpus=0, max_concurrency=64)
+    @ray.remote(num_cpus=0, max_concurrency=64)  # type: ignore[call-overload]  # Ray's overloads omit max_concurrency
     class Plain:
         """The floor: a bare threaded Ray actor doing the same work, no executor around it."""
 
@@ -146,8 +167,10 @@ def main() -> int:
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ensure_ray(None, ["local-cpu"])
-    out: dict = {"machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
-                 "ray": ray.__version__}
+    out: dict = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs",
+        "ray": ray.__version__,
+    }
 
     runner = _runner(chain(args.chain))
     runner.run({})  # warm-up: first calls import the op on each worker
@@ -163,19 +186,26 @@ def main() -> int:
     floor = []
     for _ in range(args.chain_runs):
         t0 = time.perf_counter()
-        ref = None
+        ref: Any = None  # the ObjectRef of the chain's last call
         for a in actors:
             ref = a.noop.remote(*([ref] if ref is not None else []))
         ray.get(ref)
         floor.append((time.perf_counter() - t0) * 1000.0 / args.chain)
     for a in actors:
         ray.kill(a)
-    out["dispatch"] = {"plain_ray_ms_per_op": statistics.median(floor), "ops_measured": len(per_op), "median_overhead_ms": statistics.median(per_op),
-                       "p90_overhead_ms": statistics.quantiles(per_op, n=10)[-1],
-                       "chain_overhead_ms_per_op": statistics.median(per_chain)}
-    print(f"dispatch overhead: median {out['dispatch']['median_overhead_ms']:.3f} ms/op over {len(per_op)} ops "
-          f"(p90 {out['dispatch']['p90_overhead_ms']:.3f}); chain (e2e - service)/ops "
-          f"{out['dispatch']['chain_overhead_ms_per_op']:.3f} ms; bare Ray actor chain {out['dispatch']['plain_ray_ms_per_op']:.3f} ms/hop")
+    out["dispatch"] = {
+        "plain_ray_ms_per_op": statistics.median(floor),
+        "ops_measured": len(per_op),
+        "median_overhead_ms": statistics.median(per_op),
+        "p90_overhead_ms": statistics.quantiles(per_op, n=10)[-1],
+        "chain_overhead_ms_per_op": statistics.median(per_chain),
+    }
+    print(
+        f"dispatch overhead: median {out['dispatch']['median_overhead_ms']:.3f} ms/op over {len(per_op)} ops "
+        f"(p90 {out['dispatch']['p90_overhead_ms']:.3f}); chain (e2e - service)/ops "
+        f"{out['dispatch']['chain_overhead_ms_per_op']:.3f} ms; "
+        f"bare Ray actor chain {out['dispatch']['plain_ray_ms_per_op']:.3f} ms/hop"
+    )
 
     out["dags"] = []
     for n in (int(s) for s in args.sizes.split(",")):
@@ -189,15 +219,23 @@ def main() -> int:
             r = runner.run({})
             ratios.append(r.e2e_ms / (path_ops * SLEEP_MS))
         runner.shutdown()
-        floor = plain_ray_ratio(graph, path_ops, args.runs)
-        row = {"ops": n, "critical_path_ops": path_ops, "critical_path_ms": path_ops * SLEEP_MS,
-               "median_e2e_ms": statistics.median(ratios) * path_ops * SLEEP_MS,
-               "median_ratio": statistics.median(ratios), "max_ratio": max(ratios), "start_s": start_s,
-               "plain_ray_ratio": floor}
+        floor_ratio = plain_ray_ratio(graph, path_ops, args.runs)
+        row = {
+            "ops": n,
+            "critical_path_ops": path_ops,
+            "critical_path_ms": path_ops * SLEEP_MS,
+            "median_e2e_ms": statistics.median(ratios) * path_ops * SLEEP_MS,
+            "median_ratio": statistics.median(ratios),
+            "max_ratio": max(ratios),
+            "start_s": start_s,
+            "plain_ray_ratio": floor_ratio,
+        }
         out["dags"].append(row)
-        print(f"DAG {n} ops (critical path {path_ops} x {SLEEP_MS:g} ms = {path_ops * SLEEP_MS:.0f} ms): "
-              f"e2e median {row['median_e2e_ms']:.1f} ms, ratio median {row['median_ratio']:.3f} "
-              f"(max {row['max_ratio']:.3f}); bare Ray actors {floor:.3f}; pools started in {start_s:.1f} s")
+        print(
+            f"DAG {n} ops (critical path {path_ops} x {SLEEP_MS:g} ms = {path_ops * SLEEP_MS:.0f} ms): "
+            f"e2e median {row['median_e2e_ms']:.1f} ms, ratio median {row['median_ratio']:.3f} "
+            f"(max {row['max_ratio']:.3f}); bare Ray actors {floor_ratio:.3f}; pools started in {start_s:.1f} s"
+        )
     ray.shutdown()
     if args.json:
         args.json.write_text(json.dumps(out, indent=2))

@@ -11,9 +11,25 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from compiler.spec import AgentGraph, SpecError, graph_json_schema, load_graph, parse_graph, parse_graph_text, validate_graph
-    from compiler.ir import CompileError, build_agent_module, compile_graph, print_module
-    from compiler.lowering import LoweringError, lower_to_execution_configs
+    from compiler.ir import (
+        CompileError as CompileError,
+        build_agent_module as build_agent_module,
+        compile_graph as compile_graph,
+        print_module as print_module,
+    )
+    from compiler.lowering import (
+        LoweringError as LoweringError,
+        lower_to_execution_configs as lower_to_execution_configs,
+    )
+    from compiler.spec import (
+        AgentGraph as AgentGraph,
+        SpecError as SpecError,
+        graph_json_schema as graph_json_schema,
+        load_graph as load_graph,
+        parse_graph as parse_graph,
+        parse_graph_text as parse_graph_text,
+        validate_graph as validate_graph,
+    )
 
 # public name -> the module that defines it (imported on first use)
 _EXPORTS: dict[str, str] = {

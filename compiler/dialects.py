@@ -314,11 +314,23 @@ class _GranularOp(IRDLOperation):
     def verify_(self) -> None:
         want = f"{self.source_node.data}.{self.KIND}"
         if self.sym_name.data != want:
-            raise VerifyException(f"{self.name}: sym_name must be {want!r} (<source_node>.<kind>), got {self.sym_name.data!r}")
-        _require_positive(self, "input_tokens", "output_tokens", "batch", "top_k", "index_size", "dimension", "replicas")
+            raise VerifyException(
+                f"{self.name}: sym_name must be {want!r} (<source_node>.<kind>), got {self.sym_name.data!r}"
+            )
+        _require_positive(
+            self, "input_tokens", "output_tokens", "batch", "top_k", "index_size", "dimension", "replicas"
+        )
         _require_non_negative(
-            self, "flops", "bytes_moved", "weight_bytes", "kv_bytes", "memory_bytes", "output_bytes",
-            "latency_ms", "response_bytes", "retries",
+            self,
+            "flops",
+            "bytes_moved",
+            "weight_bytes",
+            "kv_bytes",
+            "memory_bytes",
+            "output_bytes",
+            "latency_ms",
+            "response_bytes",
+            "retries",
         )
 
 
@@ -359,12 +371,18 @@ class PrefillOp(_GranularOp):
         for user in uses:
             if not isinstance(user, DecodeOp | KVTransferOp):
                 raise VerifyException(
-                    f"granular.prefill {self.sym_name.data!r}: KV cache used by {user.name}; only decode or kv_transfer may use it"
+                    f"granular.prefill {self.sym_name.data!r}: KV cache used by {user.name}; "
+                    "only decode or kv_transfer may use it"
                 )
         kv_type = self.out.type
-        if self.kv_bytes is not None and isinstance(kv_type, KVCacheType) and self.kv_bytes.value.data != kv_type.size_bytes.data:
+        if (
+            self.kv_bytes is not None
+            and isinstance(kv_type, KVCacheType)
+            and self.kv_bytes.value.data != kv_type.size_bytes.data
+        ):
             raise VerifyException(
-                f"granular.prefill {self.sym_name.data!r}: kv_bytes {self.kv_bytes.value.data} != result type size {kv_type.size_bytes.data}"
+                f"granular.prefill {self.sym_name.data!r}: kv_bytes {self.kv_bytes.value.data} "
+                f"!= result type size {kv_type.size_bytes.data}"
             )
 
 
@@ -390,11 +408,13 @@ class DecodeOp(_GranularOp):
         producer = self.ins.owner
         if not isinstance(producer, PrefillOp | KVTransferOp):
             raise VerifyException(
-                f"granular.decode {self.sym_name.data!r}: its KV cache must come from a granular.prefill or granular.kv_transfer"
+                f"granular.decode {self.sym_name.data!r}: "
+                "its KV cache must come from a granular.prefill or granular.kv_transfer"
             )
         if producer.source_node.data != self.source_node.data:
             raise VerifyException(
-                f"granular.decode {self.sym_name.data!r}: KV cache comes from node {producer.source_node.data!r}, not its own"
+                f"granular.decode {self.sym_name.data!r}: "
+                f"KV cache comes from node {producer.source_node.data!r}, not its own"
             )
 
 
@@ -501,18 +521,33 @@ class KVTransferOp(_GranularOp):
     def verify_(self) -> None:
         super().verify_()
         if self.src_device.data == self.dst_device.data:
-            raise VerifyException(f"granular.kv_transfer {self.sym_name.data!r}: src_device and dst_device are both {self.src_device.data!r}")
+            raise VerifyException(
+                f"granular.kv_transfer {self.sym_name.data!r}: "
+                f"src_device and dst_device are both {self.src_device.data!r}"
+            )
         if self.ins.type != self.out.type:
             raise VerifyException(f"granular.kv_transfer {self.sym_name.data!r}: result type must equal operand type")
         if not isinstance(self.ins.owner, PrefillOp):
-            raise VerifyException(f"granular.kv_transfer {self.sym_name.data!r}: operand must be a granular.prefill result")
+            raise VerifyException(
+                f"granular.kv_transfer {self.sym_name.data!r}: operand must be a granular.prefill result"
+            )
         if not any(isinstance(use.operation, DecodeOp) for use in self.out.uses):
             raise VerifyException(f"granular.kv_transfer {self.sym_name.data!r}: must feed a granular.decode")
 
 
 GRANULAR_OPS: dict[str, type[_GranularOp]] = {
     op.KIND: op
-    for op in (TokenizeOp, PrefillOp, DecodeOp, DetokenizeOp, GEmbedOp, GVectorSearchOp, GToolOp, GTransformOp, KVTransferOp)
+    for op in (
+        TokenizeOp,
+        PrefillOp,
+        DecodeOp,
+        DetokenizeOp,
+        GEmbedOp,
+        GVectorSearchOp,
+        GToolOp,
+        GTransformOp,
+        KVTransferOp,
+    )
 }
 
 Granular = Dialect("granular", list(GRANULAR_OPS.values()), [TokensType, ValueType, KVCacheType])

@@ -31,8 +31,8 @@ from compiler.dialects import (
     DetokenizeOp,
     EmbedOp,
     GEmbedOp,
-    GraphOp,
     Granular,
+    GraphOp,
     GToolOp,
     GTransformOp,
     GVectorSearchOp,
@@ -251,7 +251,11 @@ def build_agent_module(graph: AgentGraph, catalog: CatalogLike | None = None) ->
         values[name] = op.results[0]
 
     outs = _output_refs(graph)
-    block.add_op(OutputOp.create(operands=[values[n] for n in outs], attributes={"names": str_list(list(graph.spec.outputs) or outs)}))
+    block.add_op(
+        OutputOp.create(
+            operands=[values[n] for n in outs], attributes={"names": str_list(list(graph.spec.outputs) or outs)}
+        )
+    )
     gattrs: dict[str, Attribute] = {"sym_name": _s(graph.metadata.name), "sla_e2e_ms": _f64(graph.spec.sla.e2e_ms)}
     if graph.spec.sla.ttft_ms is not None:
         gattrs["ttft_ms"] = _f64(graph.spec.sla.ttft_ms)
@@ -307,19 +311,23 @@ class _DecomposeNode(RewritePattern):
             llm = _copy(op, "model", "stream")
             typed = llm | {"dtype": _s(model.dtype)}
             tok = TokenizeOp.create(
-                operands=list(op.operands), result_types=[TokensType()],
+                operands=list(op.operands),
+                result_types=[TokensType()],
                 attributes=base("tokenize", host=True) | _copy(op, "model", "input_tokens"),
             )
             pre = PrefillOp.create(
-                operands=[tok.results[0]], result_types=[KVCacheType(int(round(kv)))],
+                operands=[tok.results[0]],
+                result_types=[KVCacheType(int(round(kv)))],
                 attributes=base("prefill") | typed | _copy(op, "input_tokens"),
             )
             dec = DecodeOp.create(
-                operands=[pre.results[0]], result_types=[TokensType()],
+                operands=[pre.results[0]],
+                result_types=[TokensType()],
                 attributes=base("decode") | typed | _copy(op, "input_tokens", "output_tokens"),
             )
             det = DetokenizeOp.create(
-                operands=[dec.results[0]], result_types=[ValueType()],
+                operands=[dec.results[0]],
+                result_types=[ValueType()],
                 attributes=base("detokenize", host=True) | llm | _copy(op, "output_tokens"),
             )
             for o, suffix in ((tok, "_tokens"), (pre, "_kv"), (dec, "_gen")):
@@ -327,26 +335,49 @@ class _DecomposeNode(RewritePattern):
             new = [tok, pre, dec, det]
         elif isinstance(op, EmbedOp):
             model = _model(self.catalog, op.model.data, f"node {node!r}")
-            new = [GEmbedOp.create(
-                operands=list(op.operands), result_types=[ValueType()],
-                attributes=base("embed") | _copy(op, "model", "input_tokens", "batch") | {"dtype": _s(model.dtype)},
-            )]
+            new = [
+                GEmbedOp.create(
+                    operands=list(op.operands),
+                    result_types=[ValueType()],
+                    attributes=base("embed") | _copy(op, "model", "input_tokens", "batch") | {"dtype": _s(model.dtype)},
+                )
+            ]
         elif isinstance(op, VectorSearchOp):
-            new = [GVectorSearchOp.create(
-                operands=list(op.operands), result_types=[ValueType()],
-                attributes=base("vector_search") | _copy(op, "index", "top_k", "index_size", "dimension", "metric"),
-            )]
+            new = [
+                GVectorSearchOp.create(
+                    operands=list(op.operands),
+                    result_types=[ValueType()],
+                    attributes=base("vector_search") | _copy(op, "index", "top_k", "index_size", "dimension", "metric"),
+                )
+            ]
         elif isinstance(op, ToolOp):
-            new = [GToolOp.create(
-                operands=list(op.operands), result_types=[ValueType()],
-                attributes=base("tool") | _copy(op, "url", "function", "method", "latency_ms", "response_bytes",
-                                                "timeout_s", "retries", "idempotent"),
-            )]
+            new = [
+                GToolOp.create(
+                    operands=list(op.operands),
+                    result_types=[ValueType()],
+                    attributes=base("tool")
+                    | _copy(
+                        op,
+                        "url",
+                        "function",
+                        "method",
+                        "latency_ms",
+                        "response_bytes",
+                        "timeout_s",
+                        "retries",
+                        "idempotent",
+                    ),
+                )
+            ]
         elif isinstance(op, TransformOp):
-            new = [GTransformOp.create(
-                operands=list(op.operands), result_types=[ValueType()],
-                attributes=base("transform") | _copy(op, "function", "latency_ms", "output_bytes", "timeout_s", "retries"),
-            )]
+            new = [
+                GTransformOp.create(
+                    operands=list(op.operands),
+                    result_types=[ValueType()],
+                    attributes=base("transform")
+                    | _copy(op, "function", "latency_ms", "output_bytes", "timeout_s", "retries"),
+                )
+            ]
         else:  # pragma: no cover - every agent node kind is handled above
             raise CompileError(f"no decomposition for {op.name}")
         new[-1].results[0].name_hint = node
@@ -396,7 +427,9 @@ def _work_of(op: _GranularOp, catalog: CatalogLike | None) -> tuple[work.Work, f
         p, n = _int_attr(op, "input_tokens"), _int_attr(op, "output_tokens")
         step = work.decode_step_work(model, work.decode_mean_context(p, n))
         kv_end = work.kv_cache_bytes(model, p + n)
-        w = work.Work(flops=step.flops * n, bytes_moved=step.bytes_moved * n, weight_bytes=step.weight_bytes, kv_bytes=kv_end)
+        w = work.Work(
+            flops=step.flops * n, bytes_moved=step.bytes_moved * n, weight_bytes=step.weight_bytes, kv_bytes=kv_end
+        )
         return w, n * work.TOKEN_ID_BYTES, w.weight_bytes + kv_end
     if isinstance(op, DetokenizeOp):
         n = _int_attr(op, "output_tokens")
@@ -418,7 +451,7 @@ def _work_of(op: _GranularOp, catalog: CatalogLike | None) -> tuple[work.Work, f
         b = _int_attr(op, "output_bytes")
         return work.Work(bytes_moved=b), b, 0.0
     if isinstance(op, KVTransferOp):
-        kv = op.out.type.size_bytes.data  # type: ignore[union-attr]
+        kv = op.out.type.size_bytes.data
         return work.Work(bytes_moved=kv, kv_bytes=kv), kv, 0.0
     raise CompileError(f"no work model for {op.name}")  # pragma: no cover
 
@@ -453,10 +486,23 @@ def analyse(module: ModuleOp, catalog: CatalogLike) -> ModuleOp:
 
 # --------------------------------------------------------------------------- granular IR → plain data
 
-_CORE_ATTRS = frozenset({
-    "sym_name", "source_node", "model", "input_tokens", "output_tokens", "batch", "flops", "bytes_moved",
-    "weight_bytes", "kv_bytes", "latency_ms", "allowed_devices", "pin",
-})
+_CORE_ATTRS = frozenset(
+    {
+        "sym_name",
+        "source_node",
+        "model",
+        "input_tokens",
+        "output_tokens",
+        "batch",
+        "flops",
+        "bytes_moved",
+        "weight_bytes",
+        "kv_bytes",
+        "latency_ms",
+        "allowed_devices",
+        "pin",
+    }
+)
 
 
 def _producer(value: SSAValue) -> _GranularOp | None:
@@ -487,26 +533,28 @@ def to_granular_graph(module: ModuleOp) -> GranularGraph:
             raise CompileError(f"op {op.sym_name.data!r} has no work attributes; run analyse first")
         a = op.attributes
 
-        def num(key: str, default: float = 0.0) -> Any:
-            return attr_to_py(a[key]) if key in a else default
+        def num(key: str, default: float | None = 0.0) -> Any:
+            return attr_to_py(a[key]) if key in a else default  # noqa: B023 - called in this iteration only
 
-        ops.append(GranularOp(
-            name=op.sym_name.data,
-            kind=granular_kind(op),
-            source_node=op.source_node.data,
-            model=num("model", None),
-            input_tokens=int(num("input_tokens", 0)),
-            output_tokens=int(num("output_tokens", 0)),
-            batch=int(num("batch", 1)),
-            flops=float(num("flops")),
-            bytes_moved=float(num("bytes_moved")),
-            weight_bytes=float(num("weight_bytes")),
-            kv_bytes=float(num("kv_bytes")),
-            fixed_latency_ms=float(num("latency_ms")),
-            allowed_devices=tuple(num("allowed_devices")) if "allowed_devices" in a else None,
-            pin=num("pin", None),
-            params={k: attr_to_py(v) for k, v in a.items() if k not in _CORE_ATTRS},
-        ))
+        ops.append(
+            GranularOp(
+                name=op.sym_name.data,
+                kind=granular_kind(op),
+                source_node=op.source_node.data,
+                model=num("model", None),
+                input_tokens=int(num("input_tokens", 0)),
+                output_tokens=int(num("output_tokens", 0)),
+                batch=int(num("batch", 1)),
+                flops=float(num("flops")),
+                bytes_moved=float(num("bytes_moved")),
+                weight_bytes=float(num("weight_bytes")),
+                kv_bytes=float(num("kv_bytes")),
+                fixed_latency_ms=float(num("latency_ms")),
+                allowed_devices=tuple(num("allowed_devices")) if "allowed_devices" in a else None,
+                pin=num("pin", None),
+                params={k: attr_to_py(v) for k, v in a.items() if k not in _CORE_ATTRS},
+            )
+        )
         seen: set[str] = set()
         for value in op.operands:
             src = _producer(value)
@@ -563,7 +611,20 @@ def parse_module(text: str, *, verify: bool = True) -> ModuleOp:
 
 
 __all__ = [
-    "AnalysePass", "CompileError", "DecomposePass", "RETRIEVED_CHUNK_TOKENS", "VECTOR_ELEMENT_BYTES", "analyse",
-    "build_agent_module", "compile_graph", "decompose", "graph_op", "granular_ops", "make_context", "parse_module",
-    "print_module", "to_granular_graph", "verify_module",
+    "AnalysePass",
+    "CompileError",
+    "DecomposePass",
+    "RETRIEVED_CHUNK_TOKENS",
+    "VECTOR_ELEMENT_BYTES",
+    "analyse",
+    "build_agent_module",
+    "compile_graph",
+    "decompose",
+    "graph_op",
+    "granular_ops",
+    "make_context",
+    "parse_module",
+    "print_module",
+    "to_granular_graph",
+    "verify_module",
 ]

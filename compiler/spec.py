@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -44,7 +44,10 @@ class Metadata(_Strict):
 class SLA(_Strict):
     e2e_ms: float = Field(gt=0, description="End-to-end latency target of one run, ms.")
     percentile: float = Field(
-        50, gt=0, lt=100, description="Runs that must meet the target (planning uses the mean; the daemon measures this)."
+        50,
+        gt=0,
+        lt=100,
+        description="Runs that must meet the target (planning uses the mean; the daemon measures this).",
     )
     ttft_ms: float | None = Field(None, gt=0, description="Optional target for the first token of the final LLM.")
 
@@ -58,14 +61,18 @@ class InputSpec(_Strict):
 
 
 class Placement(_Strict):
-    allowed_devices: list[str] | None = Field(None, description="Device types this node may use (hardware catalog ids).")
+    allowed_devices: list[str] | None = Field(
+        None, description="Device types this node may use (hardware catalog ids)."
+    )
     pin: str | None = Field(None, description="Force every granular op of this node onto one device type.")
 
 
 class _NodeBase(_Strict):
     name: str = Field(pattern=_NAME, max_length=63, description="Unique node name, referenced as nodes.<name>.")
     dependencies: list[str] = Field(default_factory=list, description="Upstream nodes (ordering), beyond references.")
-    inputs: dict[str, str] = Field(default_factory=dict, description="Named inputs; templates may reference upstream outputs.")
+    inputs: dict[str, str] = Field(
+        default_factory=dict, description="Named inputs; templates may reference upstream outputs."
+    )
     placement: Placement | None = None
     timeout_s: float = Field(60.0, gt=0, description="Per-op timeout at run time.")
     retries: int = Field(0, ge=0, le=10, description="Bounded retries at run time (idempotent ops only).")
@@ -127,11 +134,13 @@ class TransformExpected(_Strict):
 
 class TransformNode(_NodeBase):
     kind: Literal["transform"]
-    function: str = Field(pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="Import path 'package.module:callable'.")
+    function: str = Field(
+        pattern=r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", description="Import path 'package.module:callable'."
+    )
     expected: TransformExpected = Field(default_factory=TransformExpected)
 
 
-Node = Annotated[Union[LLMNode, EmbedNode, VectorSearchNode, ToolNode, TransformNode], Field(discriminator="kind")]
+Node = Annotated[LLMNode | EmbedNode | VectorSearchNode | ToolNode | TransformNode, Field(discriminator="kind")]
 NODE_KINDS = ("llm", "embed", "vector_search", "tool", "transform")
 
 
@@ -219,7 +228,7 @@ def _find_cycle(edges: dict[str, list[str]]) -> list[str] | None:
         stack.append(u)
         for v in edges.get(u, []):
             if color.get(v) == 1:
-                return stack[stack.index(v):] + [v]
+                return stack[stack.index(v) :] + [v]
             if v not in color and (found := dfs(v)):
                 return found
         stack.pop()
@@ -249,8 +258,10 @@ def validate_graph(graph: AgentGraph, catalog: Any | None = None) -> None:
                 problems.append((f"{base}.dependencies[{j}]", f"unknown node {dep!r}"))
             elif dep == node.name:
                 problems.append((f"{base}.dependencies[{j}]", f"node {dep!r} depends on itself"))
-        for key, text in [*(("inputs." + k, v) for k, v in node.inputs.items()),
-                          *((("prompt", node.prompt), ("system", node.system)) if isinstance(node, LLMNode) else ())]:
+        for key, text in [
+            *(("inputs." + k, v) for k, v in node.inputs.items()),
+            *((("prompt", node.prompt), ("system", node.system)) if isinstance(node, LLMNode) else ()),
+        ]:
             for scope, ref in TEMPLATE_REF.findall(text):
                 if scope == "nodes" and ref not in seen:
                     problems.append((f"{base}.{key}", f"reference to unknown node {ref!r}"))
@@ -291,7 +302,12 @@ def _catalog_problems(graph: AgentGraph, node: Any, base: str, catalog: Any) -> 
             elif isinstance(node, LLMNode):
                 total = node.expected.input_tokens + node.expected.output_tokens
                 if total > model.max_context_tokens:
-                    out.append((f"{base}.expected", f"{total} tokens exceed {node.model}'s context of {model.max_context_tokens}"))
+                    out.append(
+                        (
+                            f"{base}.expected",
+                            f"{total} tokens exceed {node.model}'s context of {model.max_context_tokens}",
+                        )
+                    )
     if isinstance(node, VectorSearchNode) and node.dimension is None:
         ups = [graph.node(u) for u in graph.upstream(node) if u in {n.name for n in graph.spec.nodes}]
         if not any(isinstance(u, EmbedNode) for u in ups):
@@ -299,7 +315,7 @@ def _catalog_problems(graph: AgentGraph, node: Any, base: str, catalog: Any) -> 
     if node.placement:
         for key in ("allowed_devices", "pin"):
             value = getattr(node.placement, key)
-            for dev in ([value] if isinstance(value, str) else value or []):
+            for dev in [value] if isinstance(value, str) else value or []:
                 if dev not in catalog.hardware:
                     out.append((f"{base}.placement.{key}", f"unknown device type {dev!r}"))
     return out

@@ -11,12 +11,32 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from costmodels.catalog import Catalog, CatalogError, ClusterInventory, DeviceClass, DevicePool, DeviceType, ModelSpec, list_clusters, load_catalog, load_cluster, profiles_dir
-    from costmodels.granular import GranularEdge, GranularGraph, GranularOp
-    from costmodels.calibrate import calibrate_cpu, write_profile
-    from costmodels.link_calibration import apply_link_fit, measure_link
-    from costmodels.online import Observation, observations_from_records, refit
-    from costmodels.measured import compare_a100_vidur
+    from costmodels.calibrate import calibrate_cpu as calibrate_cpu, write_profile as write_profile
+    from costmodels.catalog import (
+        Catalog as Catalog,
+        CatalogError as CatalogError,
+        ClusterInventory as ClusterInventory,
+        DeviceClass as DeviceClass,
+        DevicePool as DevicePool,
+        DeviceType as DeviceType,
+        ModelSpec as ModelSpec,
+        list_clusters as list_clusters,
+        load_catalog as load_catalog,
+        load_cluster as load_cluster,
+        profiles_dir as profiles_dir,
+    )
+    from costmodels.granular import (
+        GranularEdge as GranularEdge,
+        GranularGraph as GranularGraph,
+        GranularOp as GranularOp,
+    )
+    from costmodels.link_calibration import apply_link_fit as apply_link_fit, measure_link as measure_link
+    from costmodels.measured import compare_a100_vidur as compare_a100_vidur
+    from costmodels.online import (
+        Observation as Observation,
+        observations_from_records as observations_from_records,
+        refit as refit,
+    )
 
 # public name -> the module that defines it (imported on first use)
 _EXPORTS: dict[str, str] = {

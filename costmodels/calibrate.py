@@ -43,8 +43,9 @@ import socket
 import statistics
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
@@ -115,7 +116,7 @@ class OtherLoad:
     ``fraction`` is None where /proc/stat is unreadable.
     """
 
-    def __enter__(self) -> "OtherLoad":
+    def __enter__(self) -> OtherLoad:
         self.fraction: float | None = None
         self._t0 = self._sample()
         return self
@@ -238,14 +239,16 @@ def model_spec_from_dir(model_dir: Path, name: str = "tiny-llama") -> ModelSpec:
     cfg = json.loads((Path(model_dir) / "config.json").read_text())
     params = 0
     with safe_open(str(Path(model_dir) / "model.safetensors"), framework="numpy") as f:
-        for key in f.keys():
+        for key in f.keys():  # noqa: SIM118 - a safetensors handle is not iterable
             shape = f.get_slice(key).get_shape()
             count = 1
             for d in shape:
                 count *= d
             params += count
     heads = cfg["num_attention_heads"]
-    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[cfg.get("dtype") or cfg.get("torch_dtype") or "float32"]
+    dtype = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}[
+        cfg.get("dtype") or cfg.get("torch_dtype") or "float32"
+    ]
     return ModelSpec(
         name=name,
         display_name=f"{name} (from {Path(model_dir).name}/config.json)",
@@ -324,7 +327,7 @@ def _sig(x: float, digits: int = 4) -> float:
 
 def calibrate_cpu(
     *, name: str = "local-cpu", quick: bool = False, model_dir: Path | None = None
-) -> tuple[DeviceType, dict]:
+) -> tuple[DeviceType, dict[str, Any]]:
     """Measure this machine and return ``(DeviceType, raw measurements)``.
 
     ``quick`` uses smaller problems and fewer repeats (a few seconds; for tests). ``model_dir`` is
@@ -344,7 +347,13 @@ def calibrate_cpu(
     import torch
 
     threads = torch.get_num_threads()
-    raw: dict[str, Any] = {"date": today, "cpu": info, "quick": quick, "torch": torch.__version__, "torch_threads": threads}
+    raw: dict[str, Any] = {
+        "date": today,
+        "cpu": info,
+        "quick": quick,
+        "torch": torch.__version__,
+        "torch_threads": threads,
+    }
     busy = cpu_busy_fraction()
     raw["other_processes_cpu_before"] = None if busy is None else round(busy, 3)
     run_load = OtherLoad().__enter__()
@@ -387,7 +396,7 @@ def calibrate_cpu(
         if (load.fraction or 0.0) < CONTENTION_LIMIT:
             break
     model_load, timing = min(attempts, key=lambda a: a[0])
-    peak_for_model = (bf16_peak if spec.dtype == "bf16" and bf16_peak else fp32_peak)
+    peak_for_model = bf16_peak if spec.dtype == "bf16" and bf16_peak else fp32_peak
     roof_prefill = roofline_seconds(prefill_work(spec, prompt), peak_for_model, bandwidth)
     roof_decode = statistics.mean(
         roofline_seconds(decode_step_work(spec, prompt + i), peak_for_model, bandwidth) for i in range(decode)
@@ -448,7 +457,9 @@ def calibrate_cpu(
             "max_devices_per_node": measured("one CPU device per node (the whole affinity mask is one device)"),
             "cores": measured("len(os.sched_getaffinity(0))"),
             "tdp_w": f"estimate: {cores} vCPU x {w_per} W per vCPU ({w_src})",
-            "price_usd_per_h": f"estimate: {cores} vCPU x ${usd_per:.4f}/vCPU-h ({usd_src}); this host's real price is unknown",
+            "price_usd_per_h": (
+                f"estimate: {cores} vCPU x ${usd_per:.4f}/vCPU-h ({usd_src}); this host's real price is unknown"
+            ),
             "efficiency.compute": measured("1.0 by definition: peak_tflops is the measured GEMM rate"),
             "efficiency.memory": measured("1.0 by definition: memory_bandwidth_gb_s is the measured stream copy"),
             "efficiency.link": measured("1.0 by definition: link and network figures are measured transfers"),
@@ -478,8 +489,12 @@ def calibrate_cpu(
         notes=(
             f"Measured on this machine by hetagent calibrate ({today}; {'quick' if quick else 'full'} run; "
             f"CPU family {info['cpu_family']} model {info['cpu_model']}, {flags}). "
-            + ("" if bf16_peak else f"bf16 GEMM is not faster than fp32 here ({raw['gemm_bf16_probe_256_gflop_s']} GFLOP/s "
-               "probe), so no bf16 peak is recorded and bf16 falls back to the fp32 figure (serve in fp32). ")
+            + (
+                ""
+                if bf16_peak
+                else f"bf16 GEMM is not faster than fp32 here ({raw['gemm_bf16_probe_256_gflop_s']} GFLOP/s "
+                "probe), so no bf16 peak is recorded and bf16 falls back to the fp32 figure (serve in fp32). "
+            )
             + (f"WARNING: {raw['warning']}. " if "warning" in raw else "")
             + "Re-measure with `hetagent calibrate`, which writes a profile that overrides this entry."
         ),

@@ -11,7 +11,7 @@ import enum
 import functools
 import os
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -46,8 +46,10 @@ class Efficiency(_Strict):
         0.0, ge=0, description="Per-kernel-step overhead (launch, scheduling) added to every roofline estimate."
     )
     transfer_fixed_ms: float = Field(
-        0.0, ge=0, description="Fixed cost of one transfer to or from another device type (hand-off set-up, "
-        "serialisation, scheduling), added to bytes / link bandwidth; measured by `hetagent calibrate --kv-transfer`."
+        0.0,
+        ge=0,
+        description="Fixed cost of one transfer to or from another device type (hand-off set-up, "
+        "serialisation, scheduling), added to bytes / link bandwidth; measured by `hetagent calibrate --kv-transfer`.",
     )
 
 
@@ -64,7 +66,8 @@ class DeviceType(_Strict):
     memory_gib: float = Field(gt=0, description="Device memory (HBM/GDDR) or, for a CPU socket, DRAM per socket.")
     memory_bandwidth_gb_s: float = Field(gt=0, description="Peak memory bandwidth, GB/s (1e9 bytes/s).")
     intra_node_link_gb_s: float = Field(
-        gt=0, description="Device-to-device bandwidth inside a node (NVLink, Infinity Fabric, PCIe), GB/s per direction."
+        gt=0,
+        description="Device-to-device bandwidth inside a node (NVLink, Infinity Fabric, PCIe), GB/s per direction.",
     )
     network_gb_s: float = Field(gt=0, description="Scale-out network bandwidth per device (NIC share), GB/s.")
     max_devices_per_node: int = Field(ge=1, description="Upper bound on tensor parallelism inside one node.")
@@ -77,7 +80,7 @@ class DeviceType(_Strict):
     notes: str = ""
 
     @model_validator(mode="after")
-    def _check(self) -> "DeviceType":
+    def _check(self) -> DeviceType:
         if self.device_class is DeviceClass.cpu and self.cores is None:
             raise ValueError(f"CPU device type {self.name!r} needs 'cores'")
         if not self.peak_tflops:
@@ -145,7 +148,8 @@ class DevicePool(_Strict):
     count: int = Field(ge=0, description="Devices in the cluster (GPUs, or CPU sockets).")
     per_node: int = Field(ge=1, description="Devices per node; tensor parallelism stays inside a node.")
     pricing: Annotated[str, Field(pattern="^(cloud|owned)$")] | None = Field(
-        None, description="'cloud' uses $/h; 'owned' amortises capex and adds power. Default: cloud if a price is known."
+        None,
+        description="'cloud' uses $/h; 'owned' amortises capex and adds power. Default: cloud if a price is known.",
     )
     price_usd_per_h: float | None = Field(None, gt=0, description="Overrides the catalog price.")
     capex_usd: float | None = Field(None, gt=0, description="Overrides the catalog capex.")
@@ -163,11 +167,11 @@ class ClusterInventory(_Strict):
     model_overrides: dict[str, str] = Field(
         default_factory=dict,
         description="Serve model A as model B on this cluster (catalog ids): a development machine runs large LLMs "
-                    "as a small one so the same graphs plan and run there.",
+        "as a small one so the same graphs plan and run there.",
     )
 
     @model_validator(mode="after")
-    def _unique(self) -> "ClusterInventory":
+    def _unique(self) -> ClusterInventory:
         names = [d.type for d in self.devices]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
@@ -205,9 +209,11 @@ class Catalog(_Strict):
         for src, dst in cluster.model_overrides.items():
             a, b = self.model(src), self.model(dst)
             if a.kind is not b.kind:
-                raise CatalogError(f"model_overrides: {src} ({a.kind.value}) cannot be served as {dst} ({b.kind.value})")
+                raise CatalogError(
+                    f"model_overrides: {src} ({a.kind.value}) cannot be served as {dst} ({b.kind.value})"
+                )
 
-    def with_device(self, device: DeviceType) -> "Catalog":
+    def with_device(self, device: DeviceType) -> Catalog:
         return Catalog(hardware={**self.hardware, device.name: device}, models=self.models)
 
 
@@ -218,7 +224,9 @@ def device_usd_per_h(device: DeviceType, pool: DevicePool, cluster: ClusterInven
     pricing = pool.pricing or ("cloud" if price is not None else "owned")
     if pricing == "cloud":
         if price is None:
-            raise CatalogError(f"{device.name}: pricing 'cloud' but no price_usd_per_h in catalog or cluster {cluster.name!r}")
+            raise CatalogError(
+                f"{device.name}: pricing 'cloud' but no price_usd_per_h in catalog or cluster {cluster.name!r}"
+            )
         return price
     if capex is None:
         raise CatalogError(f"{device.name}: pricing 'owned' but no capex_usd in catalog or cluster {cluster.name!r}")
@@ -249,7 +257,11 @@ def _read_yaml(path: Path) -> object:
         raise CatalogError(f"{path}: invalid YAML: {exc}") from None
 
 
-def _parse(model: type[BaseModel], data: object, where: str) -> BaseModel:
+_M = TypeVar("_M", bound=BaseModel)
+_Entry = TypeVar("_Entry", "DeviceType", "ModelSpec")
+
+
+def _parse(model: type[_M], data: object, where: str) -> _M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -257,8 +269,8 @@ def _parse(model: type[BaseModel], data: object, where: str) -> BaseModel:
         raise CatalogError("\n".join(lines)) from None
 
 
-def _load_entries(folder: Path, model: type[BaseModel]) -> dict[str, BaseModel]:
-    entries: dict[str, BaseModel] = {}
+def _load_entries(folder: Path, model: type[_Entry]) -> dict[str, _Entry]:
+    entries: dict[str, _Entry] = {}
     for path in sorted(folder.glob("*.yaml")):
         data = _read_yaml(path)
         items = data if isinstance(data, list) else [data]
@@ -271,7 +283,7 @@ def _load_entries(folder: Path, model: type[BaseModel]) -> dict[str, BaseModel]:
 
 
 def load_device_profile(path: Path) -> DeviceType:
-    return _parse(DeviceType, _read_yaml(path), str(path))  # type: ignore[return-value]
+    return _parse(DeviceType, _read_yaml(path), str(path))
 
 
 @functools.lru_cache(maxsize=8)
@@ -286,7 +298,7 @@ def _load_catalog_cached(configs: str, profiles: str) -> Catalog:
         for path in sorted(prof.glob("*.yaml")):
             dev = load_device_profile(path)
             hardware[dev.name] = dev  # a measured profile replaces the shipped estimate
-    return Catalog(hardware=hardware, models=models)  # type: ignore[arg-type]
+    return Catalog(hardware=hardware, models=models)
 
 
 def load_catalog(configs_dir: Path | None = None, profiles: Path | None = None) -> Catalog:
@@ -298,7 +310,7 @@ def load_cluster(path_or_name: str | Path, catalog: Catalog | None = None) -> Cl
     path = Path(path_or_name)
     if not path.exists() and not path.suffix:
         path = repo_configs_dir() / "clusters" / f"{path_or_name}.yaml"
-    cluster: ClusterInventory = _parse(ClusterInventory, _read_yaml(path), str(path))  # type: ignore[assignment]
+    cluster = _parse(ClusterInventory, _read_yaml(path), str(path))
     try:
         (catalog or load_catalog()).check_cluster(cluster)
     except CatalogError as exc:

@@ -41,9 +41,14 @@ class LinkFit:
         return self.fixed_ms + nbytes / (self.gb_s * 1e9) * 1e3
 
     def to_json(self) -> dict[str, Any]:
-        return {"src_device": self.src_device, "dst_device": self.dst_device, "fixed_ms": self.fixed_ms,
-                "gb_s": self.gb_s, "repeats": self.repeats,
-                "median_ms_by_bytes": {str(k): v for k, v in self.median_ms_by_bytes.items()}}
+        return {
+            "src_device": self.src_device,
+            "dst_device": self.dst_device,
+            "fixed_ms": self.fixed_ms,
+            "gb_s": self.gb_s,
+            "repeats": self.repeats,
+            "median_ms_by_bytes": {str(k): v for k, v in self.median_ms_by_bytes.items()},
+        }
 
 
 def fit_link(median_ms_by_bytes: dict[int, float]) -> tuple[float, float]:
@@ -54,7 +59,7 @@ def fit_link(median_ms_by_bytes: dict[int, float]) -> tuple[float, float]:
         raise ValueError("a link fit needs at least two payload sizes")
     mx, my = statistics.fmean(xs), statistics.fmean(ys)
     sxx = sum((x - mx) ** 2 for x in xs)
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx  # ms per byte
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx  # ms per byte
     if slope <= 0:
         raise ValueError(f"transfer time does not grow with size ({median_ms_by_bytes}); more repeats are needed")
     fixed = max(0.0, my - slope * mx)
@@ -106,7 +111,8 @@ class _Receiver:
                 fh.write(blob)
         done = time.time()
         shutil.rmtree(folder, ignore_errors=True)
-        return (done - handoff["ready_at"]) * 1e3
+        ready_at: float = handoff["ready_at"]
+        return (done - ready_at) * 1e3
 
     def close(self) -> None:
         import shutil
@@ -114,8 +120,14 @@ class _Receiver:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
-def measure_link(src_device: str, dst_device: str, *, sizes_bytes: tuple[int, ...] = DEFAULT_SIZES_BYTES,
-                 repeats: int = 15, blobs: int = LAYER_BLOBS) -> LinkFit:
+def measure_link(
+    src_device: str,
+    dst_device: str,
+    *,
+    sizes_bytes: tuple[int, ...] = DEFAULT_SIZES_BYTES,
+    repeats: int = 15,
+    blobs: int = LAYER_BLOBS,
+) -> LinkFit:
     """Time hand-offs from a ``device:<src>`` node to a ``device:<dst>`` node of the connected Ray cluster.
 
     The clock starts when the sender's payload is ready (as the prefill's KV is) and stops when the
@@ -125,14 +137,17 @@ def measure_link(src_device: str, dst_device: str, *, sizes_bytes: tuple[int, ..
 
     if not ray.is_initialized():
         raise RuntimeError("connect to the Ray cluster first (hetagent calibrate --kv-transfer --address ...)")
-    sender = ray.remote(_Sender).options(num_cpus=0, resources={f"device:{src_device}": 0.001}).remote()
-    receiver = ray.remote(_Receiver).options(num_cpus=0, resources={f"device:{dst_device}": 0.001}).remote()
+    # actor handles: Ray types `handle.method.remote(...)` only for methods decorated with @ray.method
+    sender: Any = ray.remote(_Sender).options(num_cpus=0, resources={f"device:{src_device}": 0.001}).remote()
+    receiver: Any = ray.remote(_Receiver).options(num_cpus=0, resources={f"device:{dst_device}": 0.001}).remote()
     try:
         ray.get(receiver.receive.remote(sender.send.remote(1024, blobs)), timeout=120)  # warm both workers
         samples: dict[int, list[float]] = {}
         for nbytes in sizes_bytes:
-            samples[nbytes] = [float(ray.get(receiver.receive.remote(sender.send.remote(nbytes, blobs)), timeout=120))
-                               for _ in range(repeats)]
+            samples[nbytes] = [
+                float(ray.get(receiver.receive.remote(sender.send.remote(nbytes, blobs)), timeout=120))
+                for _ in range(repeats)
+            ]
         ray.get(receiver.close.remote())
     finally:
         ray.kill(sender)
@@ -145,11 +160,17 @@ def measure_link(src_device: str, dst_device: str, *, sizes_bytes: tuple[int, ..
 def apply_link_fit(device: DeviceType, fit: LinkFit, when: dt.date | None = None) -> DeviceType:
     """``device`` with its scale-out link replaced by the measured hand-off (sources say how)."""
     day = (when or dt.date.today()).isoformat()
-    how = (f"measured by hetagent calibrate --kv-transfer on {day}: Ray object-store hand-off "
-           f"{fit.src_device} -> {fit.dst_device} (payload of {LAYER_BLOBS} blobs, written to the receiver's "
-           f"/dev/shm), sizes {', '.join(f'{n // 1024} KiB' for n in fit.median_ms_by_bytes)}, median of "
-           f"{fit.repeats} each, least-squares fit t = fixed + bytes / bandwidth")
-    sources = {**device.sources, "network_gb_s": how, "efficiency.link": how + " (bandwidth is the achieved figure)",
-               "efficiency.transfer_fixed_ms": how}
+    how = (
+        f"measured by hetagent calibrate --kv-transfer on {day}: Ray object-store hand-off "
+        f"{fit.src_device} -> {fit.dst_device} (payload of {LAYER_BLOBS} blobs, written to the receiver's "
+        f"/dev/shm), sizes {', '.join(f'{n // 1024} KiB' for n in fit.median_ms_by_bytes)}, median of "
+        f"{fit.repeats} each, least-squares fit t = fixed + bytes / bandwidth"
+    )
+    sources = {
+        **device.sources,
+        "network_gb_s": how,
+        "efficiency.link": how + " (bandwidth is the achieved figure)",
+        "efficiency.transfer_fixed_ms": how,
+    }
     efficiency = device.efficiency.model_copy(update={"link": 1.0, "transfer_fixed_ms": round(fit.fixed_ms, 4)})
     return device.model_copy(update={"network_gb_s": round(fit.gb_s, 4), "efficiency": efficiency, "sources": sources})

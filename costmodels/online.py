@@ -13,8 +13,9 @@ not evidence about the hardware and are skipped.
 from __future__ import annotations
 
 import statistics
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 from costmodels.catalog import Catalog
 
@@ -41,8 +42,14 @@ def observations_from_records(records: Iterable[dict[str, Any]]) -> list[Observa
     return out
 
 
-def refit(catalog: Catalog, observations: Iterable[Observation], *, min_samples: int = 10, step: float = 0.5,
-          tolerance: float = 0.1) -> tuple[Catalog, dict[str, float]]:
+def refit(
+    catalog: Catalog,
+    observations: Iterable[Observation],
+    *,
+    min_samples: int = 10,
+    step: float = 0.5,
+    tolerance: float = 0.1,
+) -> tuple[Catalog, dict[str, float]]:
     """A catalog with refitted efficiencies, and the factor applied per device (1/f per efficiency)."""
     ratios: dict[str, list[float]] = {}
     for o in observations:
@@ -56,10 +63,11 @@ def refit(catalog: Catalog, observations: Iterable[Observation], *, min_samples:
         f = statistics.median(rs)
         if abs(f - 1.0) <= tolerance:
             continue
-        scale = f ** step
+        scale = f**step
         eff = hardware[device].efficiency
-        new_eff = eff.model_copy(update={"compute": min(1.0, eff.compute / scale),
-                                         "memory": min(1.0, eff.memory / scale)})
+        new_eff = eff.model_copy(
+            update={"compute": min(1.0, eff.compute / scale), "memory": min(1.0, eff.memory / scale)}
+        )
         hardware[device] = hardware[device].model_copy(update={"efficiency": new_eff})
         applied[device] = scale
     if not applied:

@@ -121,7 +121,7 @@ def op_configs(op: GranularOp, device: DeviceType, catalog: Catalog, *, per_node
 def _model_configs(op: GranularOp, device: DeviceType, catalog: Catalog, max_tp: int) -> list[OpConfig]:
     model = catalog.model(op.model or "")
     is_cpu = device.device_class is DeviceClass.cpu
-    cores = device.cores if is_cpu else 0
+    cores = (device.cores or 0) if is_cpu else 0  # a CPU device type always has cores (validated)
     out: list[OpConfig] = []
     tps = (1,) if is_cpu else tuple(t for t in TP_DEGREES if t <= max_tp)
     for tp in tps:
@@ -173,7 +173,9 @@ def _vector_search_configs(op: GranularOp, device: DeviceType) -> list[OpConfig]
         step_s, bound = roofline_step_s(step, device, "fp32", cores=threads)
         step_s = max(step_s, MIN_LATENCY_S)
         out.append(
-            OpConfig(device.name, batch, 1, threads, step_s * 1000.0, batch / step_s, memory, step_s * threads / batch, bound)
+            OpConfig(
+                device.name, batch, 1, threads, step_s * 1000.0, batch / step_s, memory, step_s * threads / batch, bound
+            )
         )
     return out
 
@@ -181,11 +183,22 @@ def _vector_search_configs(op: GranularOp, device: DeviceType) -> list[OpConfig]
 def _host_config(op: GranularOp, device: DeviceType) -> OpConfig:
     if op.kind == "tool":
         latency_s = op.fixed_latency_ms / 1000.0 + TOOL_CPU_S_PER_CALL
-        return OpConfig(device.name, 1, 1, 1, latency_s * 1000.0, TOOL_CONCURRENCY / latency_s,
-                        LIGHT_WORKER_BYTES, TOOL_CPU_S_PER_CALL, "fixed")
+        return OpConfig(
+            device.name,
+            1,
+            1,
+            1,
+            latency_s * 1000.0,
+            TOOL_CONCURRENCY / latency_s,
+            LIGHT_WORKER_BYTES,
+            TOOL_CPU_S_PER_CALL,
+            "fixed",
+        )
     if op.kind == "transform":
         latency_s = max(op.fixed_latency_ms / 1000.0, 1e-5)
-        return OpConfig(device.name, 1, 1, 1, latency_s * 1000.0, 1.0 / latency_s, LIGHT_WORKER_BYTES, latency_s, "fixed")
+        return OpConfig(
+            device.name, 1, 1, 1, latency_s * 1000.0, 1.0 / latency_s, LIGHT_WORKER_BYTES, latency_s, "fixed"
+        )
     # tokenize / detokenize: one core
     tokens = op.input_tokens if op.kind == "tokenize" else op.output_tokens
     step_s, bound = roofline_step_s(W.tokenize_work(max(tokens, 1)), device, "fp32", cores=1)

@@ -27,7 +27,7 @@ class Work:
     weight_bytes: float = 0.0
     kv_bytes: float = 0.0
 
-    def __add__(self, other: "Work") -> "Work":
+    def __add__(self, other: Work) -> Work:
         return Work(
             self.flops + other.flops,
             self.bytes_moved + other.bytes_moved,

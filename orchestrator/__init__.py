@@ -11,10 +11,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from orchestrator.app import create_app
-    from orchestrator.settings import Settings
-    from orchestrator.service import Service, ServiceError
-    from orchestrator.cli import print_plan
+    from orchestrator.app import create_app as create_app
+    from orchestrator.cli import print_plan as print_plan
+    from orchestrator.service import Service as Service, ServiceError as ServiceError
+    from orchestrator.settings import Settings as Settings
 
 # public name -> the module that defines it (imported on first use)
 _EXPORTS: dict[str, str] = {

@@ -29,10 +29,14 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         finally:
             svc.stop()
 
-    app = FastAPI(title="hetagent", version="0.1.0", lifespan=lifespan,
-                  description="Serve AI agent graphs on heterogeneous hardware at the lowest TCO that meets the SLA. "
-                              "Every route but /healthz, /readyz and /metrics needs an API key "
-                              "(`Authorization: Bearer <key>`, from `hetagent keys create`).")
+    app = FastAPI(
+        title="hetagent",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Serve AI agent graphs on heterogeneous hardware at the lowest TCO that meets the SLA. "
+        "Every route but /healthz, /readyz and /metrics needs an API key "
+        "(`Authorization: Bearer <key>`, from `hetagent keys create`).",
+    )
     errors.install(app)
 
     @app.middleware("http")

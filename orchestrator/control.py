@@ -54,7 +54,7 @@ class ControlPolicy:
 class LiveDeployment:
     """In-memory side of a ready deployment: what runs it and what the control loop measures on it."""
 
-    runner: GraphRunner | None = None
+    runner: GraphRunner
     graph_id: str = ""
     arrivals: deque = field(default_factory=lambda: deque(maxlen=100_000))  # monotonic times
     latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))  # (monotonic time, e2e_ms)
@@ -78,8 +78,10 @@ class LiveDeployment:
 
 def pools_json(runner: Any) -> dict[str, Any]:
     """The deployment's ``pools`` document: each replica pool's nodes, device and size."""
-    return {uid: {"nodes": u.nodes, "device": u.device, "replicas": len(u.actors), "llm": u.llm}
-            for uid, u in runner.pools.items()}
+    return {
+        uid: {"nodes": u.nodes, "device": u.device, "replicas": len(u.actors), "llm": u.llm}
+        for uid, u in runner.pools.items()
+    }
 
 
 def plan_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
@@ -92,22 +94,37 @@ def plan_diff(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
         if x is None or y is None:
             ops.append({"op": name, "change": "added" if x is None else "removed"})
             continue
-        delta = {k: [x.get(k), y.get(k)] for k in ("device", "replicas", "tensor_parallel", "batch") if x.get(k) != y.get(k)}
+        delta = {
+            k: [x.get(k), y.get(k)] for k in ("device", "replicas", "tensor_parallel", "batch") if x.get(k) != y.get(k)
+        }
         if delta:
             ops.append({"op": name, **delta})
 
     def d(key: str) -> list:
         return [a.get(key), b.get(key)]
 
-    return {"ops": ops, "rate_per_s": d("rate_per_s"), "sla_ms": d("sla_ms"), "tco_usd_per_hour": d("tco_usd_per_hour"),
-            "predicted_e2e_ms": d("predicted_e2e_ms"), "feasible": d("feasible")}
+    return {
+        "ops": ops,
+        "rate_per_s": d("rate_per_s"),
+        "sla_ms": d("sla_ms"),
+        "tco_usd_per_hour": d("tco_usd_per_hour"),
+        "predicted_e2e_ms": d("predicted_e2e_ms"),
+        "feasible": d("feasible"),
+    }
 
 
 class Controller:
     """Re-plans deployments and refits the catalog; ``tick`` is one pass, the loop calls it."""
 
-    def __init__(self, store: Store, metrics: Metrics, catalog: Catalog, policy: ControlPolicy,
-                 live: dict[str, LiveDeployment], plan: PlanFn):
+    def __init__(
+        self,
+        store: Store,
+        metrics: Metrics,
+        catalog: Catalog,
+        policy: ControlPolicy,
+        live: dict[str, LiveDeployment],
+        plan: PlanFn,
+    ):
         self.store, self.metrics, self.policy = store, metrics, policy
         self.catalog = catalog  # refitted by `calibrate`; later plans (re-plans included) use it
         self.live = live  # shared with the service: deployment id -> its live side
@@ -177,8 +194,15 @@ class Controller:
                 eff = catalog.hardware[device].efficiency
                 self.metrics.efficiency.labels(device, "compute").set(eff.compute)
                 self.metrics.efficiency.labels(device, "memory").set(eff.memory)
-                self.calibrations.append({"at": utcnow().isoformat(), "device": device, "slowdown": scale,
-                                          "compute": eff.compute, "memory": eff.memory})
+                self.calibrations.append(
+                    {
+                        "at": utcnow().isoformat(),
+                        "device": device,
+                        "slowdown": scale,
+                        "compute": eff.compute,
+                        "memory": eff.memory,
+                    }
+                )
         return applied
 
     def calibration_history(self, device: str) -> list[dict[str, Any]]:
@@ -259,8 +283,13 @@ class Controller:
 
         live = self.live[dep_id]
         old = live.runner
-        new = GraphRunner(old.graph, Plan.model_validate(plan_doc), data_dir=old.data_dir, model_dir=old.model_dir,
-                          index_dirs=old.index_dirs)
+        new = GraphRunner(
+            old.graph,
+            Plan.model_validate(plan_doc),
+            data_dir=old.data_dir,
+            model_dir=old.model_dir,
+            index_dirs=old.index_dirs,
+        )
         new.start()
         live.runner = new  # new runs use the new pools from here on
         end = time.monotonic() + drain_timeout_s

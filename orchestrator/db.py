@@ -18,7 +18,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
 def utcnow() -> dt.datetime:
     """Timezone-aware now: stored times compare the same on SQLite and PostgreSQL."""
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 def new_id(prefix: str) -> str:
@@ -129,6 +129,7 @@ def open_database(url: str) -> sessionmaker:
         kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
     engine = create_engine(url, **kwargs)
     if url.startswith("sqlite"):
+
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _):  # WAL: readers do not block the writer
             cur = dbapi_conn.cursor()
@@ -136,5 +137,6 @@ def open_database(url: str) -> sessionmaker:
             cur.execute("PRAGMA synchronous=NORMAL")  # with WAL: consistent after a crash; no fsync per commit
             cur.execute("PRAGMA foreign_keys=ON")
             cur.close()
+
     _migrate(engine)
     return sessionmaker(engine, expire_on_commit=False)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -21,8 +21,11 @@ def get_service(request: Request) -> Service:
 def require(scope: str) -> Callable[..., str]:
     """Dependency: a valid key with at least ``scope``; returns the key's scope."""
 
-    def check(request: Request, creds: HTTPAuthorizationCredentials | None = Depends(_bearer),
-              service: Service = Depends(get_service)) -> str:
+    def check(
+        request: Request,
+        creds: HTTPAuthorizationCredentials | None = Depends(_bearer),
+        service: Service = Depends(get_service),
+    ) -> str:
         key = creds.credentials if creds is not None else request.headers.get("x-api-key")
         if not key:
             raise HTTPException(401, "an API key is required: 'Authorization: Bearer <key>'")

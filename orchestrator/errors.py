@@ -39,25 +39,40 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError):
-        return problem(503, "storage unavailable", f"the database refused the write: {exc}", request,
-                       retry_after_s=STORAGE_RETRY_AFTER_S)
+        return problem(
+            503,
+            "storage unavailable",
+            f"the database refused the write: {exc}",
+            request,
+            retry_after_s=STORAGE_RETRY_AFTER_S,
+        )
 
     @app.exception_handler(OperationalError)
     async def _database(request: Request, exc: OperationalError):  # locked, unreachable, read-only, disk full
-        return problem(503, "storage unavailable", f"the database is unavailable: {storage_error(exc)}", request,
-                       retry_after_s=STORAGE_RETRY_AFTER_S)
+        return problem(
+            503,
+            "storage unavailable",
+            f"the database is unavailable: {storage_error(exc)}",
+            request,
+            retry_after_s=STORAGE_RETRY_AFTER_S,
+        )
 
     @app.exception_handler(SpecError)
     async def _spec(request: Request, exc: SpecError):
-        return problem(422, "invalid agent graph", str(exc), request,
-                       errors=[{"path": p, "reason": r} for p, r in exc.problems])
+        return problem(
+            422, "invalid agent graph", str(exc), request, errors=[{"path": p, "reason": r} for p, r in exc.problems]
+        )
 
     from compiler.ir import CompileError
     from costmodels.catalog import CatalogError
     from planner.ilp import PlanningError
 
-    for cls, title in ((CatalogError, "unknown catalog entry"), (PlanningError, "cannot plan"),
-                       (CompileError, "cannot compile the graph")):
+    for cls, title in (
+        (CatalogError, "unknown catalog entry"),
+        (PlanningError, "cannot plan"),
+        (CompileError, "cannot compile the graph"),
+    ):
+
         async def _user(request: Request, exc: Exception, title: str = title):
             return problem(422, title, str(exc), request)
 
@@ -65,17 +80,26 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError):
-        errors = [{"path": ".".join(str(x) for x in e.get("loc", ())), "reason": e.get("msg", "")} for e in exc.errors()]
+        errors = [
+            {"path": ".".join(str(x) for x in e.get("loc", ())), "reason": e.get("msg", "")} for e in exc.errors()
+        ]
         detail = "; ".join(f"{e['path']}: {e['reason']}" for e in errors) or "invalid request"
         return problem(422, "invalid request", detail, request, errors=errors)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
-        titles = {401: "unauthorized", 403: "forbidden", 404: "not found", 405: "method not allowed",
-                  413: "request too large", 415: "unsupported media type"}
+        titles = {
+            401: "unauthorized",
+            403: "forbidden",
+            404: "not found",
+            405: "method not allowed",
+            413: "request too large",
+            415: "unsupported media type",
+        }
         return problem(exc.status_code, titles.get(exc.status_code, "error"), str(exc.detail), request)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):  # a bug: say so without a traceback
-        return problem(500, "internal error", f"{type(exc).__name__} while handling the request; see the daemon log",
-                       request)
+        return problem(
+            500, "internal error", f"{type(exc).__name__} while handling the request; see the daemon log", request
+        )

@@ -19,37 +19,74 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.run_latency = Histogram("hetagent_run_latency_seconds", "End-to-end latency of graph runs.",
-                                     ["graph"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.sla_violations = Counter("hetagent_sla_violations_total", "Runs slower than their graph's SLA.",
-                                      ["graph"], registry=r)
+        self.run_latency = Histogram(
+            "hetagent_run_latency_seconds",
+            "End-to-end latency of graph runs.",
+            ["graph"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.sla_violations = Counter(
+            "hetagent_sla_violations_total", "Runs slower than their graph's SLA.", ["graph"], registry=r
+        )
         self.runs = Counter("hetagent_runs_total", "Finished runs by status.", ["graph", "status"], registry=r)
-        self.op_latency = Histogram("hetagent_op_latency_seconds", "Measured latency of ops (inputs ready to done).",
-                                    ["graph", "kind", "device"], buckets=LATENCY_BUCKETS_S, registry=r)
-        self.op_predicted_ratio = Gauge("hetagent_op_measured_over_predicted", "Last measured/predicted latency.",
-                                        ["graph", "node", "device"], registry=r)
+        self.op_latency = Histogram(
+            "hetagent_op_latency_seconds",
+            "Measured latency of ops (inputs ready to done).",
+            ["graph", "kind", "device"],
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.op_predicted_ratio = Gauge(
+            "hetagent_op_measured_over_predicted",
+            "Last measured/predicted latency.",
+            ["graph", "node", "device"],
+            registry=r,
+        )
         self.replicas = Gauge("hetagent_replicas", "Replicas per deployed op.", ["graph", "op", "device"], registry=r)
-        self.utilization = Gauge("hetagent_device_utilization", "Planned busy fraction of each device type.",
-                                 ["graph", "device"], registry=r)
-        self.tco = Gauge("hetagent_tco_usd_per_hour", "Planned TCO of deployments by device type.",
-                         ["graph", "device"], registry=r)
+        self.utilization = Gauge(
+            "hetagent_device_utilization", "Planned busy fraction of each device type.", ["graph", "device"], registry=r
+        )
+        self.tco = Gauge(
+            "hetagent_tco_usd_per_hour", "Planned TCO of deployments by device type.", ["graph", "device"], registry=r
+        )
         self.tco_total = Gauge("hetagent_tco_total_usd_per_hour", "Planned TCO of all deployments.", registry=r)
         self.usd_per_run = Gauge("hetagent_usd_per_run", "Planned $ per run of a deployment.", ["graph"], registry=r)
-        self.run_cost = Counter("hetagent_run_cost_usd", "$ of finished runs: measured (busy time × device price) "
-                                "or planned (the plan's $ per run), by basis.", ["graph", "basis"], registry=r)
-        self.solve_seconds = Histogram("hetagent_planner_solve_seconds", "ILP solve time.",
-                                       buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60), registry=r)
-        self.replans = Counter("hetagent_replans_total", "Re-plans by the control loop.", ["graph", "reason"],
-                               registry=r)
-        self.arrival_rate = Gauge("hetagent_arrival_rate_per_second", "Measured run arrival rate.", ["graph"],
-                                  registry=r)
-        self.efficiency = Gauge("hetagent_device_efficiency", "Cost-model efficiency after online calibration.",
-                                ["device", "kind"], registry=r)
+        self.run_cost = Counter(
+            "hetagent_run_cost_usd",
+            "$ of finished runs: measured (busy time × device price) or planned (the plan's $ per run), by basis.",
+            ["graph", "basis"],
+            registry=r,
+        )
+        self.solve_seconds = Histogram(
+            "hetagent_planner_solve_seconds",
+            "ILP solve time.",
+            buckets=(0.01, 0.05, 0.1, 0.5, 1, 2, 5, 10, 30, 60),
+            registry=r,
+        )
+        self.replans = Counter(
+            "hetagent_replans_total", "Re-plans by the control loop.", ["graph", "reason"], registry=r
+        )
+        self.arrival_rate = Gauge(
+            "hetagent_arrival_rate_per_second", "Measured run arrival rate.", ["graph"], registry=r
+        )
+        self.efficiency = Gauge(
+            "hetagent_device_efficiency",
+            "Cost-model efficiency after online calibration.",
+            ["device", "kind"],
+            registry=r,
+        )
         self.calibration_failures = Counter(
             "hetagent_calibration_failures_total",
-            "Online calibration passes (or op records) that raised; their observations are dropped.", registry=r)
-        self.storage_errors = Counter("hetagent_storage_errors_total", "Writes the database refused, by what was "
-                                      "being written.", ["what"], registry=r)
+            "Online calibration passes (or op records) that raised; their observations are dropped.",
+            registry=r,
+        )
+        self.storage_errors = Counter(
+            "hetagent_storage_errors_total",
+            "Writes the database refused, by what was being written.",
+            ["what"],
+            registry=r,
+        )
         self._tco_by_graph: dict[str, float] = {}
 
     def set_deployment(self, graph: str, plan: dict[str, Any]) -> None:
@@ -72,8 +109,9 @@ class Metrics:
         self._tco_by_graph.pop(graph, None)
         self.tco_total.set(sum(self._tco_by_graph.values()))
 
-    def observe_run(self, graph: str, status: str, e2e_ms: float | None, sla_ms: float,
-                    records: list[dict[str, Any]]) -> None:
+    def observe_run(
+        self, graph: str, status: str, e2e_ms: float | None, sla_ms: float, records: list[dict[str, Any]]
+    ) -> None:
         """Count a finished run: latency, SLA violation, per-op latencies and its cost share."""
         self.runs.labels(graph, status).inc()
         if e2e_ms is None:
@@ -110,7 +148,7 @@ class EngineMetricsCollector:
         refs = [h[3].metrics_text.remote() for h in handles]
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=self.timeout_s)
         merged: dict[str, Metric] = {}
-        for (graph, node, replica, _), ref in zip(handles, refs):
+        for (graph, node, replica, _), ref in zip(handles, refs, strict=True):
             if ref not in ready:
                 continue
             try:

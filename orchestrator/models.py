@@ -24,8 +24,9 @@ class DeploymentRequest(_Strict):
 
 class RunRequest(_Strict):
     inputs: dict[str, Any] = Field(default_factory=dict, description="Graph inputs by name.")
-    mode: Literal["sync", "async"] = Field("sync", description="sync: answer when the run ends (or timeout_s); "
-                                                                "async: answer at once with the run id.")
+    mode: Literal["sync", "async"] = Field(
+        "sync", description="sync: answer when the run ends (or timeout_s); async: answer at once with the run id."
+    )
     timeout_s: float = Field(60.0, gt=0, le=3600, description="sync mode: longest wait for the result.")
 
 

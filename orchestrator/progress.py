@@ -24,7 +24,7 @@ class RunProgress:
         self.console = console
         self._live = Live(self._render(), console=console, refresh_per_second=8, transient=False)
 
-    def __enter__(self) -> "RunProgress":
+    def __enter__(self) -> RunProgress:
         self._live.__enter__()
         return self
 
@@ -37,8 +37,13 @@ class RunProgress:
         if kind == "token":
             self.streams[name] = (self.streams.get(name, "") + data.get("text", ""))[-_MAX_STREAM_CHARS:]
         elif row is not None and kind == "started":
-            row.update(state="running", device=data.get("device"), replica=data.get("replica"),
-                       attempt=data.get("attempt", 1), t0=time.perf_counter())
+            row.update(
+                state="running",
+                device=data.get("device"),
+                replica=data.get("replica"),
+                attempt=data.get("attempt", 1),
+                t0=time.perf_counter(),
+            )
         elif row is not None and kind == "retry":
             row.update(state="retry", error=data.get("error"))
         elif row is not None and kind == "finished":
@@ -57,9 +62,14 @@ class RunProgress:
             if ms is None and r["state"] == "running":
                 ms = (now - r["t0"]) * 1000.0
             state = r["state"] + (f" ({r['error']})" if r.get("error") and r["state"] != "done" else "")
-            t.add_row(name, Text(state, style=_STYLE.get(r["state"], "")), str(r.get("device") or ""),
-                      "" if r.get("replica") is None else str(r["replica"]), str(r.get("attempt") or ""),
-                      "" if ms is None else f"{ms:.0f}")
+            t.add_row(
+                name,
+                Text(state, style=_STYLE.get(r["state"], "")),
+                str(r.get("device") or ""),
+                "" if r.get("replica") is None else str(r["replica"]),
+                str(r.get("attempt") or ""),
+                "" if ms is None else f"{ms:.0f}",
+            )
         parts: list[Any] = [t]
         for name, text in self.streams.items():
             parts.append(Text(f"{name} ▸ ", style="bold") + Text(text))

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import overload
 
 from pydantic import BaseModel, ConfigDict, Field
 
 
+@overload
+def _env(name: str, default: str) -> str: ...
+@overload
+def _env(name: str, default: None = None) -> str | None: ...
 def _env(name: str, default: str | None = None) -> str | None:
     return os.environ.get(f"HETAGENT_{name}", default)
 
@@ -16,22 +21,39 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     data_dir: Path = Field(Path(_env("DATA_DIR", ".hetagent")), description="SQLite file, models, indexes.")
-    database_url: str | None = Field(_env("DATABASE_URL"), description="SQLAlchemy URL; default sqlite:///<data_dir>/hetagent.db.")
-    ray_address: str | None = Field(_env("RAY_ADDRESS") or os.environ.get("RAY_ADDRESS"),
-                                    description="Ray cluster to run on; default a local Ray.")
+    database_url: str | None = Field(
+        _env("DATABASE_URL"), description="SQLAlchemy URL; default sqlite:///<data_dir>/hetagent.db."
+    )
+    ray_address: str | None = Field(
+        _env("RAY_ADDRESS") or os.environ.get("RAY_ADDRESS"), description="Ray cluster to run on; default a local Ray."
+    )
     cluster: str = Field(_env("CLUSTER", "local"), description="Cluster inventory (name or path) the daemon plans for.")
-    model_dir: Path | None = Field(None, description="Weights every LLM node serves (default on CPU: the offline tiny model).")
+    model_dir: Path | None = Field(
+        None, description="Weights every LLM node serves (default on CPU: the offline tiny model)."
+    )
     max_body_bytes: int = Field(1 << 20, description="Largest accepted request body.")
     max_graph_nodes: int = Field(500, description="Largest accepted agent graph, in spec nodes.")
-    control_interval_s: float = Field(float(_env("CONTROL_INTERVAL_S", "10")), gt=0,
-                                      description="Period of the control loop that re-plans deployments.")
+    control_interval_s: float = Field(
+        float(_env("CONTROL_INTERVAL_S", "10")),
+        gt=0,
+        description="Period of the control loop that re-plans deployments.",
+    )
     control_enabled: bool = Field(True, description="Run the re-planning control loop.")
-    control_window_s: float = Field(float(_env("CONTROL_WINDOW_S", "60")), gt=0,
-                                    description="Arrival rate and latency are measured over this window.")
-    control_dwell_s: float = Field(float(_env("CONTROL_DWELL_S", "60")), ge=0,
-                                   description="Minimum time between two changes of one deployment (no flapping).")
-    control_band: float = Field(float(_env("CONTROL_BAND", "0.3")), gt=0,
-                                description="Re-plan when the rate leaves [planned/(1+band), planned*(1+band)].")
+    control_window_s: float = Field(
+        float(_env("CONTROL_WINDOW_S", "60")),
+        gt=0,
+        description="Arrival rate and latency are measured over this window.",
+    )
+    control_dwell_s: float = Field(
+        float(_env("CONTROL_DWELL_S", "60")),
+        ge=0,
+        description="Minimum time between two changes of one deployment (no flapping).",
+    )
+    control_band: float = Field(
+        float(_env("CONTROL_BAND", "0.3")),
+        gt=0,
+        description="Re-plan when the rate leaves [planned/(1+band), planned*(1+band)].",
+    )
 
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'hetagent.db').resolve()}"

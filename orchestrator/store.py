@@ -17,15 +17,24 @@ import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from orchestrator.db import (DeploymentRow, GraphRow, OpRecordRow, PlanRow, ReplanRow, RunRow, new_id, open_database,
-                             utcnow)
+from orchestrator.db import (
+    DeploymentRow,
+    GraphRow,
+    OpRecordRow,
+    PlanRow,
+    ReplanRow,
+    RunRow,
+    new_id,
+    open_database,
+    utcnow,
+)
 
 log = logging.getLogger("hetagent.store")
 
@@ -35,15 +44,27 @@ LIVE_DEPLOYMENT_STATES = ("starting", "ready")  # a graph has at most one deploy
 STOPPING_DEPLOYMENT_STATES = ("draining", "stopped")
 STORAGE_RETRY_AFTER_S = 5  # what a 503 for a refused write tells the client to wait
 
-_RUNS = RunRow.__table__
+_RUNS = cast(Table, RunRow.__table__)  # typed FromClause; a declarative class's table is a Table
 RUN_INSERT = insert(_RUNS)
-RUN_FINISH = update(_RUNS).where(_RUNS.c.id == bindparam("b_id")).values(
-    status=bindparam("b_status"), error=bindparam("b_error"), finished_at=bindparam("b_finished_at"),
-    events=bindparam("b_events"), outputs=bindparam("b_outputs"), e2e_ms=bindparam("b_e2e_ms"),
-    notes=bindparam("b_notes"))
-RUN_FAIL = update(_RUNS).where(_RUNS.c.id == bindparam("b_id")).values(
-    status="failed", error=bindparam("b_error"), finished_at=bindparam("b_finished_at"))
-OP_RECORD_INSERT = insert(OpRecordRow.__table__)
+RUN_FINISH = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("b_id"))
+    .values(
+        status=bindparam("b_status"),
+        error=bindparam("b_error"),
+        finished_at=bindparam("b_finished_at"),
+        events=bindparam("b_events"),
+        outputs=bindparam("b_outputs"),
+        e2e_ms=bindparam("b_e2e_ms"),
+        notes=bindparam("b_notes"),
+    )
+)
+RUN_FAIL = (
+    update(_RUNS)
+    .where(_RUNS.c.id == bindparam("b_id"))
+    .values(status="failed", error=bindparam("b_error"), finished_at=bindparam("b_finished_at"))
+)
+OP_RECORD_INSERT = insert(cast(Table, OpRecordRow.__table__))
 
 
 class StorageError(Exception):
@@ -97,8 +118,8 @@ class GroupCommitWriter:
             for stmt, params in item.rows:
                 groups.setdefault(id(stmt), (stmt, []))[1].append(params)
         with self.engine.begin() as conn:  # insertion order of groups keeps inserts before updates
-            for stmt, params in groups.values():
-                conn.execute(stmt, params)
+            for stmt, batch_params in groups.values():
+                conn.execute(stmt, batch_params)
 
     def _commit(self, batch: list[_Write]) -> None:
         try:
@@ -141,12 +162,12 @@ class GroupCommitWriter:
                 self._closed = True
             while True:
                 try:
-                    item = self._q.get_nowait()
+                    left = self._q.get_nowait()
                 except queue.Empty:
                     break
-                if item is not None:
-                    item.error = StorageError("the database writer stopped")
-                    item.done.set()
+                if left is not None:
+                    left.error = StorageError("the database writer stopped")
+                    left.done.set()
 
 
 class _Write:
@@ -155,7 +176,9 @@ class _Write:
     __slots__ = ("rows", "done", "error")
 
     def __init__(self, rows: tuple[tuple[Any, dict], ...]):
-        self.rows, self.done, self.error = rows, threading.Event(), None
+        self.rows = rows
+        self.done = threading.Event()
+        self.error: StorageError | None = None
 
 
 @dataclass(frozen=True)
@@ -173,18 +196,39 @@ class DeploymentContext:
 
 def graph_json(row: GraphRow) -> dict[str, Any]:
     """The API's graph document (``GraphOut``)."""
-    return {"id": row.id, "name": row.name, "version": row.version, "created_at": row.created_at.isoformat(),
-            "spec": row.spec}
+    return {
+        "id": row.id,
+        "name": row.name,
+        "version": row.version,
+        "created_at": row.created_at.isoformat(),
+        "spec": row.spec,
+    }
 
 
 def plan_json(row: PlanRow) -> dict[str, Any]:
     """The API's plan document (``PlanOut``)."""
-    return {"id": row.id, "graph_id": row.graph_id, "created_at": row.created_at.isoformat(),
-            "request": row.request, "plan": row.plan}
+    return {
+        "id": row.id,
+        "graph_id": row.graph_id,
+        "created_at": row.created_at.isoformat(),
+        "request": row.request,
+        "plan": row.plan,
+    }
 
 
-RUN_FIELDS = ("id", "graph_id", "deployment_id", "status", "inputs", "outputs", "error", "e2e_ms", "notes",
-              "created_at", "finished_at")
+RUN_FIELDS = (
+    "id",
+    "graph_id",
+    "deployment_id",
+    "status",
+    "inputs",
+    "outputs",
+    "error",
+    "e2e_ms",
+    "notes",
+    "created_at",
+    "finished_at",
+)
 
 
 def run_json(values: Mapping[str, Any], records: list[dict]) -> dict[str, Any]:
@@ -218,8 +262,13 @@ class Store:
         """After a restart: runs left in flight become ``interrupted`` (never lost, never left
         ``running``); deployments that were up go back to ``starting``. Returns those to bring up."""
         with self.sessions.begin() as s:
-            s.execute(update(RunRow).where(RunRow.status.in_(ACTIVE_RUN_STATES)).values(
-                status="interrupted", error="the daemon stopped while this run was in flight", finished_at=utcnow()))
+            s.execute(
+                update(RunRow)
+                .where(RunRow.status.in_(ACTIVE_RUN_STATES))
+                .values(
+                    status="interrupted", error="the daemon stopped while this run was in flight", finished_at=utcnow()
+                )
+            )
             rows = s.scalars(select(DeploymentRow).where(DeploymentRow.state.in_(LIVE_DEPLOYMENT_STATES))).all()
             for d in rows:
                 d.state, d.detail, d.updated_at = "starting", "restarting after a daemon restart", utcnow()
@@ -280,8 +329,11 @@ class Store:
     @staticmethod
     def newest_feasible_plan(s: Session, graph_id: str) -> PlanRow | None:
         """The plan a deployment applies when none is named."""
-        return s.scalars(select(PlanRow).where(PlanRow.graph_id == graph_id, PlanRow.feasible.is_(True))
-                         .order_by(PlanRow.created_at.desc())).first()
+        return s.scalars(
+            select(PlanRow)
+            .where(PlanRow.graph_id == graph_id, PlanRow.feasible.is_(True))
+            .order_by(PlanRow.created_at.desc())
+        ).first()
 
     def get_plan(self, graph_id: str, plan_id: str) -> dict[str, Any] | None:
         """The plan document, or None."""
@@ -295,16 +347,27 @@ class Store:
             if self.graph_row(s, graph_id) is None:
                 return None
             rows = s.scalars(select(PlanRow).where(PlanRow.graph_id == graph_id).order_by(PlanRow.created_at)).all()
-            return [{"id": r.id, "created_at": r.created_at.isoformat(), "request": r.request, "feasible": r.feasible,
-                     "tco_usd_per_hour": r.plan.get("tco_usd_per_hour"),
-                     "predicted_e2e_ms": r.plan.get("predicted_e2e_ms")} for r in rows]
+            return [
+                {
+                    "id": r.id,
+                    "created_at": r.created_at.isoformat(),
+                    "request": r.request,
+                    "feasible": r.feasible,
+                    "tco_usd_per_hour": r.plan.get("tco_usd_per_hour"),
+                    "predicted_e2e_ms": r.plan.get("predicted_e2e_ms"),
+                }
+                for r in rows
+            ]
 
     # ------------------------------------------------------------------ deployments
     @staticmethod
     def live_deployment(s: Session, graph_id: str) -> DeploymentRow | None:
         """The graph's deployment that is starting or ready, if any."""
-        return s.scalars(select(DeploymentRow).where(DeploymentRow.graph_id == graph_id,
-                                                     DeploymentRow.state.in_(LIVE_DEPLOYMENT_STATES))).first()
+        return s.scalars(
+            select(DeploymentRow).where(
+                DeploymentRow.graph_id == graph_id, DeploymentRow.state.in_(LIVE_DEPLOYMENT_STATES)
+            )
+        ).first()
 
     @staticmethod
     def add_deployment(s: Session, graph_id: str, plan_id: str) -> str:
@@ -353,26 +416,60 @@ class Store:
             if row is None or row.graph_id != graph_id:
                 return None
             replans = s.scalars(select(ReplanRow).where(ReplanRow.deployment_id == dep_id).order_by(ReplanRow.id)).all()
-            return {"id": row.id, "graph_id": row.graph_id, "plan_id": row.plan_id, "state": row.state,
-                    "detail": row.detail, "pools": row.pools, "created_at": row.created_at.isoformat(),
-                    "updated_at": row.updated_at.isoformat(),
-                    "replans": [{"at": r.created_at.isoformat(), "reason": r.reason, "from_plan": r.old_plan_id,
-                                 "to_plan": r.new_plan_id, "changes": r.changes} for r in replans]}
+            return {
+                "id": row.id,
+                "graph_id": row.graph_id,
+                "plan_id": row.plan_id,
+                "state": row.state,
+                "detail": row.detail,
+                "pools": row.pools,
+                "created_at": row.created_at.isoformat(),
+                "updated_at": row.updated_at.isoformat(),
+                "replans": [
+                    {
+                        "at": r.created_at.isoformat(),
+                        "reason": r.reason,
+                        "from_plan": r.old_plan_id,
+                        "to_plan": r.new_plan_id,
+                        "changes": r.changes,
+                    }
+                    for r in replans
+                ],
+            }
 
     def deployment_ids(self, graph_id: str) -> list[str] | None:
         """The graph's deployments, oldest first; None when the graph is missing."""
         with self.sessions() as s:
             if self.graph_row(s, graph_id) is None:
                 return None
-            return list(s.scalars(select(DeploymentRow.id).where(DeploymentRow.graph_id == graph_id)
-                                  .order_by(DeploymentRow.created_at)).all())
+            return list(
+                s.scalars(
+                    select(DeploymentRow.id)
+                    .where(DeploymentRow.graph_id == graph_id)
+                    .order_by(DeploymentRow.created_at)
+                ).all()
+            )
 
-    def record_replan(self, dep_id: str, reason: str, old_plan_id: str, new_plan_id: str, changes: dict[str, Any],
-                      pools: dict[str, Any]) -> None:
+    def record_replan(
+        self,
+        dep_id: str,
+        reason: str,
+        old_plan_id: str,
+        new_plan_id: str,
+        changes: dict[str, Any],
+        pools: dict[str, Any],
+    ) -> None:
         """A re-plan and the deployment's new plan and pools, in one transaction."""
         with self.sessions.begin() as s:
-            s.add(ReplanRow(deployment_id=dep_id, reason=reason, old_plan_id=old_plan_id, new_plan_id=new_plan_id,
-                            changes=changes))
+            s.add(
+                ReplanRow(
+                    deployment_id=dep_id,
+                    reason=reason,
+                    old_plan_id=old_plan_id,
+                    new_plan_id=new_plan_id,
+                    changes=changes,
+                )
+            )
             d = s.get(DeploymentRow, dep_id)
             d.plan_id, d.pools, d.updated_at = new_plan_id, pools, utcnow()
 
@@ -383,9 +480,13 @@ class Store:
 
     def finish_run(self, run_id: str, fields: dict[str, Any], records: list[dict]) -> None:
         """A run's outcome and its per-op records, committed together before anyone is answered."""
-        self.writer.write((RUN_FINISH, {f"b_{k}": v for k, v in {"id": run_id, **fields}.items()}),
-                          *[(OP_RECORD_INSERT, {"run_id": run_id, "node": r["node"], "device": r["device"],
-                                                "record": r}) for r in records])
+        self.writer.write(
+            (RUN_FINISH, {f"b_{k}": v for k, v in {"id": run_id, **fields}.items()}),
+            *[
+                (OP_RECORD_INSERT, {"run_id": run_id, "node": r["node"], "device": r["device"], "record": r})
+                for r in records
+            ],
+        )
 
     def fail_run(self, run_id: str, error: str) -> None:
         """The smallest write that ends a run (after its full outcome could not be stored)."""

@@ -11,11 +11,16 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from planner.pipeline import apply_model_overrides, plan_spec
-    from planner.place import PlanOptions, place_graph
-    from planner.plan import Plan, PlannedOp, plan_json_schema
-    from planner.ilp import PlanningError, build_problem, cluster_tiers, solve
-    from planner.evaluate import check_plan
+    from planner.evaluate import check_plan as check_plan
+    from planner.ilp import (
+        PlanningError as PlanningError,
+        build_problem as build_problem,
+        cluster_tiers as cluster_tiers,
+        solve as solve,
+    )
+    from planner.pipeline import apply_model_overrides as apply_model_overrides, plan_spec as plan_spec
+    from planner.place import PlanOptions as PlanOptions, place_graph as place_graph
+    from planner.plan import Plan as Plan, PlannedOp as PlannedOp, plan_json_schema as plan_json_schema
 
 # public name -> the module that defines it (imported on first use)
 _EXPORTS: dict[str, str] = {

@@ -62,8 +62,11 @@ def check_plan(plan: Plan, graph: GranularGraph, catalog: Catalog, cluster: Clus
         if op.host_only and dev.device_class is not DeviceClass.cpu:
             bad.append(f"{op.name}: host-only op on {po.device}")
         per_node = pools[po.device].per_node if po.device in pools else None
-        match = [c for c in op_configs(op, dev, catalog, per_node=per_node)
-                 if c.batch == po.batch and c.tensor_parallel == po.tensor_parallel]
+        match = [
+            c
+            for c in op_configs(op, dev, catalog, per_node=per_node)
+            if c.batch == po.batch and c.tensor_parallel == po.tensor_parallel
+        ]
         if not match:
             bad.append(f"{op.name}: no configuration batch={po.batch} tp={po.tensor_parallel} on {po.device}")
             latency[op.name] = po.predicted_latency_ms
@@ -72,11 +75,15 @@ def check_plan(plan: Plan, graph: GranularGraph, catalog: Catalog, cluster: Clus
         latency[op.name] = c.latency_ms
         if not _close(c.latency_ms, po.predicted_latency_ms):
             bad.append(f"{op.name}: latency {po.predicted_latency_ms} ms, cost model says {c.latency_ms:.4f}")
-        if dev.device_class is not DeviceClass.cpu and c.memory_bytes > dev.memory_bytes * MEMORY_HEADROOM * (1 + REL_TOL):
+        if dev.device_class is not DeviceClass.cpu and c.memory_bytes > dev.memory_bytes * MEMORY_HEADROOM * (
+            1 + REL_TOL
+        ):
             bad.append(f"{op.name}: {c.memory_bytes:.3g} B per device exceed {po.device} memory")
         if po.replicas * c.throughput_per_replica * plan.max_utilisation < plan.rate_per_s * (1 - REL_TOL):
-            bad.append(f"{op.name}: {po.replicas} replicas × {c.throughput_per_replica:.3g}/s × "
-                       f"{plan.max_utilisation} < {plan.rate_per_s} runs/s")
+            bad.append(
+                f"{op.name}: {po.replicas} replicas × {c.throughput_per_replica:.3g}/s × "
+                f"{plan.max_utilisation} < {plan.rate_per_s} runs/s"
+            )
 
     for text_op, phase_op in engine_text_pairs(graph):
         phase = planned[phase_op]
@@ -86,13 +93,17 @@ def check_plan(plan: Plan, graph: GranularGraph, catalog: Catalog, cluster: Clus
     # every path, with transfers recomputed from the catalog
     xfer = {}
     for e in graph.edges:
-        xfer[e.src, e.dst] = transfer_ms(e.bytes, catalog.device(planned[e.src].device), catalog.device(planned[e.dst].device))
+        xfer[e.src, e.dst] = transfer_ms(
+            e.bytes, catalog.device(planned[e.src].device), catalog.device(planned[e.dst].device)
+        )
     for pe in plan.edges:
         if not _close(xfer.get((pe.src, pe.dst), -1.0), pe.transfer_ms):
-            bad.append(f"edge {pe.src}->{pe.dst}: transfer {pe.transfer_ms} ms, cost model says {xfer.get((pe.src, pe.dst))}")
+            bad.append(
+                f"edge {pe.src}->{pe.dst}: transfer {pe.transfer_ms} ms, cost model says {xfer.get((pe.src, pe.dst))}"
+            )
     longest = 0.0
     for path in all_paths(graph):
-        total = sum(latency[o] for o in path) + sum(xfer[a, b] for a, b in zip(path, path[1:]))
+        total = sum(latency[o] for o in path) + sum(xfer[a, b] for a, b in zip(path, path[1:], strict=False))
         longest = max(longest, total)
         if total > plan.sla_ms * (1 + REL_TOL):
             bad.append(f"path {' -> '.join(path)} takes {total:.2f} ms > SLA {plan.sla_ms} ms")
@@ -114,9 +125,13 @@ def check_plan(plan: Plan, graph: GranularGraph, catalog: Catalog, cluster: Clus
             # one engine per model on a CPU tier: weights once, the rest per replica
             shared = {o.name: shared_weight_bytes(graph.op(o.name)) for o in members}
             weights = {graph.op(o.name).model: shared[o.name] for o in members if shared[o.name]}
-            mem = sum(weights.values()) + sum((o.memory_bytes_per_replica - shared[o.name]) * o.replicas for o in members)
-            need = max(math.ceil(core_s / (plan.max_utilisation * (dev.cores or 1)) - REL_TOL),
-                       math.ceil(mem / (0.9 * dev.memory_bytes) - REL_TOL))
+            mem = sum(weights.values()) + sum(
+                (o.memory_bytes_per_replica - shared[o.name]) * o.replicas for o in members
+            )
+            need = max(
+                math.ceil(core_s / (plan.max_utilisation * (dev.cores or 1)) - REL_TOL),
+                math.ceil(mem / (0.9 * dev.memory_bytes) - REL_TOL),
+            )
         else:
             need = sum(o.replicas * o.tensor_parallel for o in members)
         if alloc < need:

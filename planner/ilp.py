@@ -48,12 +48,16 @@ plan of its cost.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import TYPE_CHECKING
 
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DevicePool, DeviceType, device_usd_per_h
 from costmodels.granular import GranularGraph, GranularOp
 from costmodels.roofline import HOST_PROCESS_BYTES, OpConfig, nic_transfer_ms, op_configs, replicas_needed, transfer_ms
+
+if TYPE_CHECKING:
+    import pulp  # imported where used at run time, so that `import planner` stays light
 
 UNBOUNDED_DEVICES = 100_000
 SLA_REL_TOL = 1e-7  # solver feasibility tolerance: a plan may meet its SLA to within 0.1 ppm
@@ -179,8 +183,10 @@ def build_problem(
             candidates += op_configs(op, tier.device, catalog, per_node=tier.per_node)
         if not candidates:
             why = (
-                "it needs a CPU tier" if op.host_only
-                else f"its model does not fit in memory on any of {considered}" if considered
+                "it needs a CPU tier"
+                if op.host_only
+                else f"its model does not fit in memory on any of {considered}"
+                if considered
                 else "its placement hints exclude every device type of the cluster"
             )
             raise PlanningError(f"op {op.name!r} cannot run on this cluster: {why}")
@@ -194,7 +200,11 @@ def build_problem(
 
 
 def _prune_dominated(
-    graph: GranularGraph, configs: dict[str, list[OpConfig]], tiers: dict[str, Tier], rate: float, cap: float,
+    graph: GranularGraph,
+    configs: dict[str, list[OpConfig]],
+    tiers: dict[str, Tier],
+    rate: float,
+    cap: float,
     keep: set[str],
 ) -> dict[str, list[OpConfig]]:
     """Drop accelerator configurations that another device type beats on every count.
@@ -206,6 +216,7 @@ def _prune_dominated(
     rounding couples ops), nor are those of the ``keep`` ops (the TTFT path weighs a decode's
     latency by 1/N_out, which this rule does not cover). The brute-force tests check the optimum.
     """
+
     def reps(c: OpConfig) -> int:
         return replicas_needed(rate, c, cap)
 
@@ -214,7 +225,9 @@ def _prune_dominated(
     for d, tier in tiers.items():
         if tier.is_cpu:
             continue
-        worst = sum(max((c.tensor_parallel * reps(c) for c in cs if c.device == d), default=0) for cs in configs.values())
+        worst = sum(
+            max((c.tensor_parallel * reps(c) for c in cs if c.device == d), default=0) for cs in configs.values()
+        )
         if tier.inventory is None or worst <= tier.inventory:
             loose.add(d)
     if not loose:
@@ -227,8 +240,10 @@ def _prune_dominated(
 
     def worst_transfers_ms(op_name: str, d: str) -> float:
         """Transfers on o's edges if o sits on d and every neighbour on its worst other device."""
-        return sum(max((transfer_ms(b, tiers[d].device, tiers[n].device) for n in nbrs), default=0.0)
-                   for b, nbrs in adjacent[op_name])
+        return sum(
+            max((transfer_ms(b, tiers[d].device, tiers[n].device) for n in nbrs), default=0.0)
+            for b, nbrs in adjacent[op_name]
+        )
 
     out = {}
     for name, cs in configs.items():
@@ -243,8 +258,11 @@ def _prune_dominated(
                 kept.append(c)
                 continue
             beaten = any(
-                j != i and o.device in loose and o.device != c.device
-                and o.latency_ms + penalty_ms[o.device] <= c.latency_ms and cost[j] <= cost[i]
+                j != i
+                and o.device in loose
+                and o.device != c.device
+                and o.latency_ms + penalty_ms[o.device] <= c.latency_ms
+                and cost[j] <= cost[i]
                 for j, o in enumerate(cs)
             )
             if not beaten:
@@ -259,6 +277,7 @@ def _prune_within_device(cs: list[OpConfig], rate: float, cap: float) -> list[Op
     "Uses" is, at this rate: devices (tp·R) on accelerators; core-seconds per call and memory of its
     replicas (m·R) on CPUs. Same device type means same transfers and inventory, so this is exact.
     """
+
     def key(c: OpConfig) -> tuple[float, ...]:
         r = replicas_needed(rate, c, cap)
         if c.cores_per_replica:
@@ -269,7 +288,9 @@ def _prune_within_device(cs: list[OpConfig], rate: float, cap: float) -> list[Op
     keep = []
     for i, c in enumerate(cs):
         beaten = any(
-            j != i and cs[j].device == c.device and all(a <= b for a, b in zip(keys[j], keys[i]))
+            j != i
+            and cs[j].device == c.device
+            and all(a <= b for a, b in zip(keys[j], keys[i], strict=False))
             and (keys[j] != keys[i] or j < i)  # of identical twins keep the first
             for j in range(len(cs))
         )
@@ -290,7 +311,7 @@ def resolve_solver(name: str) -> str:
     return "cbc" if name == "auto" else name
 
 
-def _make_solver(name: str, time_limit_s: float, gap: float):
+def _make_solver(name: str, time_limit_s: float, gap: float) -> pulp.LpSolver:
     import pulp
 
     name = resolve_solver(name)
@@ -321,22 +342,30 @@ def solve(
     prob = pulp.LpProblem("place_graph", pulp.LpMinimize)
     # Replicas: the fewest that carry λ under the cap, R_oc = ⌈λ / (ρ μ_c)⌉, so n_oc = R_oc · x_oc is an
     # integer decision tied to the configuration (more replicas never lower cost or latency here).
-    reps = {(op.name, ci): replicas_needed(lam, c, p.max_utilisation)
-            for op in ops for ci, c in enumerate(p.configs[op.name])}
+    reps = {
+        (op.name, ci): replicas_needed(lam, c, p.max_utilisation)
+        for op in ops
+        for ci, c in enumerate(p.configs[op.name])
+    }
     x: dict[tuple[str, int], pulp.LpVariable] = {
         (op.name, ci): pulp.LpVariable(f"x_{oi}_{ci}", cat="Binary")
-        for oi, op in enumerate(ops) for ci in range(len(p.configs[op.name]))
+        for oi, op in enumerate(ops)
+        for ci in range(len(p.configs[op.name]))
     }
     # Accelerator counts are integral whenever x is (Σ tp·R·x), so only CPU sockets need integer a_d.
     alloc = {
-        d: pulp.LpVariable(f"a_{di}", lowBound=0, upBound=t.inventory if t.inventory is not None else UNBOUNDED_DEVICES,
-                           cat="Integer" if t.is_cpu else "Continuous")
+        d: pulp.LpVariable(
+            f"a_{di}",
+            lowBound=0,
+            upBound=t.inventory if t.inventory is not None else UNBOUNDED_DEVICES,
+            cat="Integer" if t.is_cpu else "Continuous",
+        )
         for di, (d, t) in enumerate(p.tiers.items())
     }
     finish = {op.name: pulp.LpVariable(f"f_{oi}", lowBound=0) for oi, op in enumerate(ops)}
     lat = {op.name: pulp.LpVariable(f"l_{oi}", lowBound=0) for oi, op in enumerate(ops)}
 
-    def on(op_name: str, d: str):
+    def on(op_name: str, d: str) -> pulp.LpAffineExpression:
         return pulp.lpSum(x[op_name, ci] for ci, c in enumerate(p.configs[op_name]) if c.device == d)
 
     for op in ops:
@@ -374,8 +403,11 @@ def solve(
     if p.ttft_ops:
         pre, dec = p.ttft_ops
         out_tokens = max(p.graph.op(dec).output_tokens, 1)
-        ttft_expr = finish[pre] + transfer.get((pre, dec), 0) + pulp.lpSum(
-            c.latency_ms / out_tokens * x[dec, ci] for ci, c in enumerate(p.configs[dec]))
+        ttft_expr = (
+            finish[pre]
+            + transfer.get((pre, dec), 0)
+            + pulp.lpSum(c.latency_ms / out_tokens * x[dec, ci] for ci, c in enumerate(p.configs[dec]))
+        )
         if enforce_sla and p.ttft_ms is not None:
             prob += ttft_expr <= p.ttft_ms * (1 + SLA_REL_TOL)
 
@@ -388,21 +420,26 @@ def solve(
         if tier.is_cpu:
             cores = tier.device.cores or 1
             prob += pulp.lpSum(lam * c.core_s_per_call * x[o, ci] for o, ci, c in members) <= (
-                p.max_utilisation * cores * alloc[d])
+                p.max_utilisation * cores * alloc[d]
+            )
             # one engine per model on a CPU tier: its weights count once, KV and process overhead per replica
             shared = {}
-            for o, ci, c in members:
+            for o, ci, _c in members:
                 w = shared_weight_bytes(p.graph.op(o))
-                if w:
-                    if o_model := p.graph.op(o).model:
-                        key = (o_model, d)
-                        if key not in shared:
-                            shared[key] = (pulp.LpVariable(f"w_{len(weights)}", cat="Binary"), w)
-                            weights[key] = shared[key][0]
-                        prob += shared[key][0] >= x[o, ci]
-            prob += pulp.lpSum(w * z for z, w in shared.values()) + pulp.lpSum(
-                (c.memory_bytes - shared_weight_bytes(p.graph.op(o))) * reps[o, ci] * x[o, ci] for o, ci, c in members
-            ) <= 0.9 * tier.device.memory_bytes * alloc[d]
+                if w and (o_model := p.graph.op(o).model):
+                    key = (o_model, d)
+                    if key not in shared:
+                        shared[key] = (pulp.LpVariable(f"w_{len(weights)}", cat="Binary"), w)
+                        weights[key] = shared[key][0]
+                    prob += shared[key][0] >= x[o, ci]
+            prob += (
+                pulp.lpSum(w * z for z, w in shared.values())
+                + pulp.lpSum(
+                    (c.memory_bytes - shared_weight_bytes(p.graph.op(o))) * reps[o, ci] * x[o, ci]
+                    for o, ci, c in members
+                )
+                <= 0.9 * tier.device.memory_bytes * alloc[d]
+            )
         else:
             prob += pulp.lpSum(c.tensor_parallel * reps[o, ci] * x[o, ci] for o, ci, c in members) <= alloc[d]
 
@@ -437,5 +474,6 @@ def solve(
     for d, tier in p.tiers.items():
         if not tier.is_cpu:
             allocated[d] = sum(c.tensor_parallel * replicas[o] for o, c in chosen.items() if c.device == d)
-    return Assignment(chosen, replicas, allocated, solver, elapsed,
-                      "Optimal" if proven else "TimeLimit", gap if proven else None)
+    return Assignment(
+        chosen, replicas, allocated, solver, elapsed, "Optimal" if proven else "TimeLimit", gap if proven else None
+    )

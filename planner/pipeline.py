@@ -35,8 +35,14 @@ def plan_spec(graph: AgentGraph, cluster: ClusterInventory, opts: PlanOptions, c
     plan = place_graph(granular, catalog, cluster, opts)
     if plan.feasible:
         placements = {
-            o.name: dict(device=o.device, replicas=o.replicas, tensor_parallel=o.tensor_parallel, batch=o.batch,
-                         device_class=o.device_class, **({"threads": o.cores_per_replica} if o.cores_per_replica else {}))
+            o.name: dict(
+                device=o.device,
+                replicas=o.replicas,
+                tensor_parallel=o.tensor_parallel,
+                batch=o.batch,
+                device_class=o.device_class,
+                **({"threads": o.cores_per_replica} if o.cores_per_replica else {}),
+            )
             for o in plan.ops
         }
         plan.engines = lower_to_execution_configs(granular, placements, catalog)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from costmodels.catalog import Catalog, CatalogError, ClusterInventory, DeviceClass, DeviceType
@@ -21,8 +22,8 @@ from planner.ilp import (
     Tier,
     build_problem,
     cluster_tiers,
-    resolve_solver,
     fleet_tier,
+    resolve_solver,
     solve,
 )
 from planner.plan import Baseline, DeviceUsage, Plan, PlannedEdge, PlannedOp
@@ -45,7 +46,9 @@ class PlanOptions:
 # ----------------------------------------------------------------------------- metrics of an assignment
 
 
-def finish_times(graph: GranularGraph, a: Assignment, tiers: dict[str, Tier]) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
+def finish_times(
+    graph: GranularGraph, a: Assignment, tiers: dict[str, Tier]
+) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
     """Earliest finish time of every op (ms) and transfer time of every edge, in topological order."""
     xfer = {
         (e.src, e.dst): transfer_ms(e.bytes, tiers[a.config[e.src].device].device, tiers[a.config[e.dst].device].device)
@@ -58,8 +61,10 @@ def finish_times(graph: GranularGraph, a: Assignment, tiers: dict[str, Tier]) ->
     return finish, xfer
 
 
-def critical_path(graph: GranularGraph, finish: dict[str, float], xfer: dict[tuple[str, str], float], a: Assignment) -> list[str]:
-    end = max(finish, key=finish.get)
+def critical_path(
+    graph: GranularGraph, finish: dict[str, float], xfer: dict[tuple[str, str], float], a: Assignment
+) -> list[str]:
+    end = max(finish, key=lambda o: finish[o])
     path = [end]
     while True:
         preds = graph.predecessors(path[-1])
@@ -71,7 +76,9 @@ def critical_path(graph: GranularGraph, finish: dict[str, float], xfer: dict[tup
     return path[::-1]
 
 
-def ttft_of(p: PlacementProblem, a: Assignment, finish: dict[str, float], xfer: dict[tuple[str, str], float]) -> float | None:
+def ttft_of(
+    p: PlacementProblem, a: Assignment, finish: dict[str, float], xfer: dict[tuple[str, str], float]
+) -> float | None:
     if not p.ttft_ops:
         return None
     pre, dec = p.ttft_ops
@@ -100,11 +107,18 @@ def _device_usage(p: PlacementProblem, a: Assignment) -> list[DeviceUsage]:
             busy = sum(p.rate_per_s * c.core_s_per_call for _, c in members) / ((tier.device.cores or 1) * n)
         else:
             busy = sum(p.rate_per_s / c.throughput_per_replica * c.tensor_parallel for _, c in members) / n
-        out.append(DeviceUsage(
-            device=d, device_class=tier.device.device_class.value, allocated=n, inventory=tier.inventory,
-            busy_fraction=round(busy, 4), usd_per_hour_per_device=round(tier.usd_per_h, 4),
-            usd_per_hour=round(tier.usd_per_h * n, 4), cores=tier.device.cores if tier.is_cpu else None,
-        ))
+        out.append(
+            DeviceUsage(
+                device=d,
+                device_class=tier.device.device_class.value,
+                allocated=n,
+                inventory=tier.inventory,
+                busy_fraction=round(busy, 4),
+                usd_per_hour_per_device=round(tier.usd_per_h, 4),
+                usd_per_hour=round(tier.usd_per_h * n, 4),
+                cores=tier.device.cores if tier.is_cpu else None,
+            )
+        )
     return out
 
 
@@ -114,14 +128,26 @@ def _planned_ops(p: PlacementProblem, a: Assignment) -> list[PlannedOp]:
         c = a.config[op.name]
         r = a.replicas[op.name]
         tier = p.tiers[c.device]
-        out.append(PlannedOp(
-            name=op.name, kind=op.kind, source_node=op.source_node, model=op.model, device=c.device,
-            device_class=tier.device.device_class.value, replicas=r, batch=c.batch, tensor_parallel=c.tensor_parallel,
-            cores_per_replica=c.cores_per_replica, devices_allocated=r * c.devices_per_replica,
-            predicted_latency_ms=round(c.latency_ms, 4), throughput_per_replica=c.throughput_per_replica,
-            utilisation=round(p.rate_per_s / (r * c.throughput_per_replica), 4),
-            memory_bytes_per_replica=c.memory_bytes, bound=c.bound,
-        ))
+        out.append(
+            PlannedOp(
+                name=op.name,
+                kind=op.kind,
+                source_node=op.source_node,
+                model=op.model,
+                device=c.device,
+                device_class=tier.device.device_class.value,
+                replicas=r,
+                batch=c.batch,
+                tensor_parallel=c.tensor_parallel,
+                cores_per_replica=c.cores_per_replica,
+                devices_allocated=r * c.devices_per_replica,
+                predicted_latency_ms=round(c.latency_ms, 4),
+                throughput_per_replica=c.throughput_per_replica,
+                utilisation=round(p.rate_per_s / (r * c.throughput_per_replica), 4),
+                memory_bytes_per_replica=c.memory_bytes,
+                bound=c.bound,
+            )
+        )
     return out
 
 
@@ -130,8 +156,10 @@ def _binding(p: PlacementProblem, a: Assignment, e2e: float, ttft: float | None,
     relaxed = solve(p, enforce_sla=False, solver=opts.solver, time_limit_s=opts.time_limit_s, gap=opts.gap)
     cost = tco_usd_per_h(a, p.tiers)
     if relaxed is not None and tco_usd_per_h(relaxed, p.tiers) < cost * (1 - 1e-6) - 1e-9:
-        out.append(f"sla: without the latency targets the plan would cost "
-                   f"${tco_usd_per_h(relaxed, p.tiers):.2f}/h instead of ${cost:.2f}/h")
+        out.append(
+            f"sla: without the latency targets the plan would cost "
+            f"${tco_usd_per_h(relaxed, p.tiers):.2f}/h instead of ${cost:.2f}/h"
+        )
     if e2e >= p.sla_ms * (1 - BINDING_SLACK):
         out.append(f"sla_e2e_ms: predicted {e2e:.1f} ms of {p.sla_ms:.0f} ms")
     if ttft is not None and p.ttft_ms is not None and ttft >= p.ttft_ms * (1 - BINDING_SLACK):
@@ -153,19 +181,37 @@ def plan_from_assignment(
     e2e = max(finish.values())
     tco = tco_usd_per_h(a, p.tiers)
     edges = [
-        PlannedEdge(src=e.src, dst=e.dst, bytes=e.bytes, transfer_ms=round(xfer[e.src, e.dst], 4),
-                    src_device=a.config[e.src].device, dst_device=a.config[e.dst].device,
-                    **_link_fields(e.bytes, p.tiers[a.config[e.src].device].device, p.tiers[a.config[e.dst].device].device))
+        PlannedEdge(
+            src=e.src,
+            dst=e.dst,
+            bytes=e.bytes,
+            transfer_ms=round(xfer[e.src, e.dst], 4),
+            src_device=a.config[e.src].device,
+            dst_device=a.config[e.dst].device,
+            **_link_fields(e.bytes, p.tiers[a.config[e.src].device].device, p.tiers[a.config[e.dst].device].device),
+        )
         for e in p.graph.edges
     ]
     return Plan(
-        graph=p.graph.name, cluster=cluster_name, feasible=True, sla_ms=p.sla_ms, ttft_ms=p.ttft_ms,
-        rate_per_s=p.rate_per_s, max_utilisation=p.max_utilisation, predicted_e2e_ms=round(e2e, 4),
+        graph=p.graph.name,
+        cluster=cluster_name,
+        feasible=True,
+        sla_ms=p.sla_ms,
+        ttft_ms=p.ttft_ms,
+        rate_per_s=p.rate_per_s,
+        max_utilisation=p.max_utilisation,
+        predicted_e2e_ms=round(e2e, 4),
         predicted_ttft_ms=None if (t := ttft_of(p, a, finish, xfer)) is None else round(t, 4),
-        critical_path=critical_path(p.graph, finish, xfer, a), tco_usd_per_hour=round(tco, 4),
-        usd_per_1k_runs=round(usd_per_1k_runs(tco, p.rate_per_s), 6), solver=a.solver,
-        solve_seconds=round(a.solve_seconds, 4), optimality_gap=a.gap, binding_constraints=binding or [],
-        ops=_planned_ops(p, a), edges=edges, devices=_device_usage(p, a),
+        critical_path=critical_path(p.graph, finish, xfer, a),
+        tco_usd_per_hour=round(tco, 4),
+        usd_per_1k_runs=round(usd_per_1k_runs(tco, p.rate_per_s), 6),
+        solver=a.solver,
+        solve_seconds=round(a.solve_seconds, 4),
+        optimality_gap=a.gap,
+        binding_constraints=binding or [],
+        ops=_planned_ops(p, a),
+        edges=edges,
+        devices=_device_usage(p, a),
     )
 
 
@@ -176,7 +222,9 @@ def _max_rate(p: PlacementProblem, opts: PlanOptions) -> tuple[float, Assignment
     """Highest rate (runs/s) with any placement, latency targets ignored: geometric bisection on a scale."""
 
     def attempt(scale: float) -> Assignment | None:
-        return solve(p, enforce_sla=False, rate_scale=scale, solver=opts.solver, time_limit_s=opts.time_limit_s, gap=0.05)
+        return solve(
+            p, enforce_sla=False, rate_scale=scale, solver=opts.solver, time_limit_s=opts.time_limit_s, gap=0.05
+        )
 
     lo, hi = 1e-4, 1.0
     best = attempt(lo)
@@ -193,10 +241,24 @@ def _max_rate(p: PlacementProblem, opts: PlanOptions) -> tuple[float, Assignment
 
 
 def _infeasible_plan(p: PlacementProblem, cluster_name: str, opts: PlanOptions, t0: float) -> Plan:
-    fastest = solve(p, objective="latency", enforce_sla=False, solver=opts.solver, time_limit_s=opts.time_limit_s,
-                    gap=min(opts.gap, 1e-4))
-    base = dict(graph=p.graph.name, cluster=cluster_name, feasible=False, sla_ms=p.sla_ms, ttft_ms=p.ttft_ms,
-                rate_per_s=p.rate_per_s, max_utilisation=p.max_utilisation, solver=resolve_solver(opts.solver))
+    fastest = solve(
+        p,
+        objective="latency",
+        enforce_sla=False,
+        solver=opts.solver,
+        time_limit_s=opts.time_limit_s,
+        gap=min(opts.gap, 1e-4),
+    )
+    base = dict(
+        graph=p.graph.name,
+        cluster=cluster_name,
+        feasible=False,
+        sla_ms=p.sla_ms,
+        ttft_ms=p.ttft_ms,
+        rate_per_s=p.rate_per_s,
+        max_utilisation=p.max_utilisation,
+        solver=resolve_solver(opts.solver),
+    )
     if fastest is not None:
         finish, xfer = finish_times(p.graph, fastest, p.tiers)
         tightest = max(finish.values())
@@ -205,31 +267,54 @@ def _infeasible_plan(p: PlacementProblem, cluster_name: str, opts: PlanOptions, 
         where = ", ".join(f"{o}@{fastest.config[o].device} {fastest.config[o].latency_ms:.1f} ms" for o in path)
         ttft_misses = p.ttft_ms is not None and ttft is not None and ttft > p.ttft_ms * (1 + 1e-6)
         if ttft_misses and tightest <= p.sla_ms * (1 + 1e-6):
-            reason = (f"the TTFT target of {p.ttft_ms:.0f} ms cannot be met together with the e2e SLA; the fastest "
-                      f"placement reaches TTFT {ttft:.1f} ms")
+            reason = (
+                f"the TTFT target of {p.ttft_ms:.0f} ms cannot be met together with the e2e SLA; the fastest "
+                f"placement reaches TTFT {ttft:.1f} ms"
+            )
             binding = [f"ttft_ms: fastest placement gives {ttft:.1f} ms"]
         else:
-            reason = (f"the e2e SLA of {p.sla_ms:g} ms is below the tightest latency this cluster reaches at "
-                      f"{p.rate_per_s:g} runs/s: {tightest:.1f} ms along {where}")
+            reason = (
+                f"the e2e SLA of {p.sla_ms:g} ms is below the tightest latency this cluster reaches at "
+                f"{p.rate_per_s:g} runs/s: {tightest:.1f} ms along {where}"
+            )
             binding = [f"sla_e2e_ms: tightest achievable {tightest:.1f} ms"]
-        binding += [f"inventory:{d}: all {p.tiers[d].inventory} devices allocated in the fastest placement"
-                    for d, n in fastest.allocated.items() if p.tiers[d].inventory is not None and n >= p.tiers[d].inventory > 0]
-        return Plan(**base, tightest_sla_ms=round(tightest, 6), reason=reason, binding_constraints=binding,
-                    critical_path=path, solve_seconds=round(time.perf_counter() - t0, 4))
+        binding += [
+            f"inventory:{d}: all {inv} devices allocated in the fastest placement"
+            for d, n in fastest.allocated.items()
+            if (inv := p.tiers[d].inventory) is not None and n >= inv > 0
+        ]
+        return Plan(
+            **base,
+            tightest_sla_ms=round(tightest, 6),
+            reason=reason,
+            binding_constraints=binding,
+            critical_path=path,
+            solve_seconds=round(time.perf_counter() - t0, 4),
+        )
     max_rate, at_max = _max_rate(p, opts)
-    full = sorted(d for d, n in (at_max.allocated.items() if at_max else []) if p.tiers[d].inventory is not None
-                  and n >= p.tiers[d].inventory > 0)
-    reason = (f"the cluster's inventory cannot sustain {p.rate_per_s:g} runs/s at a utilisation cap of "
-              f"{p.max_utilisation:g}; the highest sustainable rate is about {max_rate:.3g} runs/s")
+    full = sorted(
+        d
+        for d, n in (at_max.allocated.items() if at_max else [])
+        if (inv := p.tiers[d].inventory) is not None and n >= inv > 0
+    )
+    reason = (
+        f"the cluster's inventory cannot sustain {p.rate_per_s:g} runs/s at a utilisation cap of "
+        f"{p.max_utilisation:g}; the highest sustainable rate is about {max_rate:.3g} runs/s"
+    )
     binding = [f"inventory:{d}" for d in full] or ["inventory"]
-    return Plan(**base, max_rate_per_s=round(max_rate, 6), reason=reason, binding_constraints=binding,
-                solve_seconds=round(time.perf_counter() - t0, 4))
+    return Plan(
+        **base,
+        max_rate_per_s=round(max_rate, 6),
+        reason=reason,
+        binding_constraints=binding,
+        solve_seconds=round(time.perf_counter() - t0, 4),
+    )
 
 
 # ----------------------------------------------------------------------------- baselines
 
 
-def _homogeneous_allow(device_name: str, cpu_tiers: set[str]):
+def _homogeneous_allow(device_name: str, cpu_tiers: set[str]) -> Callable[[GranularOp, Tier], bool]:
     def allow(op: GranularOp, tier: Tier) -> bool:
         if tier.device.name == device_name:
             return True
@@ -238,8 +323,14 @@ def _homogeneous_allow(device_name: str, cpu_tiers: set[str]):
     return allow
 
 
-def homogeneous_baseline(graph: GranularGraph, catalog: Catalog, cluster: ClusterInventory, device_name: str,
-                         opts: PlanOptions, reference_tco: float | None) -> Baseline:
+def homogeneous_baseline(
+    graph: GranularGraph,
+    catalog: Catalog,
+    cluster: ClusterInventory,
+    device_name: str,
+    opts: PlanOptions,
+    reference_tco: float | None,
+) -> Baseline:
     """Best plan on an unbounded fleet of one device type (host ops on the cluster's CPU tiers)."""
     dev = catalog.device(device_name)
     tiers = {dev.name: fleet_tier(dev, cluster)}
@@ -252,8 +343,16 @@ def homogeneous_baseline(graph: GranularGraph, catalog: Catalog, cluster: Cluste
                 cpu_names.add(cdev.name)
     name = f"homogeneous:{device_name}"
     try:
-        p = build_problem(graph, catalog, tiers, rate_per_s=opts.rate_per_s, sla_ms=opts.sla_ms, ttft_ms=opts.ttft_ms,
-                          max_utilisation=opts.max_utilisation, allow=_homogeneous_allow(device_name, cpu_names))
+        p = build_problem(
+            graph,
+            catalog,
+            tiers,
+            rate_per_s=opts.rate_per_s,
+            sla_ms=opts.sla_ms,
+            ttft_ms=opts.ttft_ms,
+            max_utilisation=opts.max_utilisation,
+            allow=_homogeneous_allow(device_name, cpu_names),
+        )
     except (PlanningError, CatalogError) as exc:
         return Baseline(name=name, feasible=False, reason=str(exc))
     a = solve(p, solver=opts.solver, time_limit_s=opts.time_limit_s, gap=opts.gap)
@@ -262,15 +361,25 @@ def homogeneous_baseline(graph: GranularGraph, catalog: Catalog, cluster: Cluste
     return _baseline(name, p, a, reference_tco)
 
 
-def _baseline(name: str, p: PlacementProblem, a: Assignment, reference_tco: float | None, reason: str | None = None,
-              feasible: bool = True) -> Baseline:
+def _baseline(
+    name: str,
+    p: PlacementProblem,
+    a: Assignment,
+    reference_tco: float | None,
+    reason: str | None = None,
+    feasible: bool = True,
+) -> Baseline:
     finish, _ = finish_times(p.graph, a, p.tiers)
     tco = tco_usd_per_h(a, p.tiers)
     return Baseline(
-        name=name, feasible=feasible, tco_usd_per_hour=round(tco, 4),
-        usd_per_1k_runs=round(usd_per_1k_runs(tco, p.rate_per_s), 6), predicted_e2e_ms=round(max(finish.values()), 3),
+        name=name,
+        feasible=feasible,
+        tco_usd_per_hour=round(tco, 4),
+        usd_per_1k_runs=round(usd_per_1k_runs(tco, p.rate_per_s), 6),
+        predicted_e2e_ms=round(max(finish.values()), 3),
         tco_ratio=round(tco / reference_tco, 4) if reference_tco else None,
-        devices={d: n for d, n in a.allocated.items() if n}, reason=reason,
+        devices={d: n for d, n in a.allocated.items() if n},
+        reason=reason,
     )
 
 
@@ -288,8 +397,11 @@ def greedy_fastest_baseline(p: PlacementProblem, reference_tco: float | None) ->
         if tier.is_cpu:
             core_need = sum(p.rate_per_s * c.core_s_per_call for _, c in members) / p.max_utilisation
             mem_need = sum(c.memory_bytes * replicas[o] for o, c in members)
-            allocated[d] = max(1, math.ceil(core_need / (tier.device.cores or 1)),
-                               math.ceil(mem_need / (0.9 * tier.device.memory_bytes)))
+            allocated[d] = max(
+                1,
+                math.ceil(core_need / (tier.device.cores or 1)),
+                math.ceil(mem_need / (0.9 * tier.device.memory_bytes)),
+            )
         else:
             allocated[d] = sum(c.tensor_parallel * replicas[o] for o, c in members)
     a = Assignment(config, replicas, allocated, solver="greedy")
@@ -297,8 +409,9 @@ def greedy_fastest_baseline(p: PlacementProblem, reference_tco: float | None) ->
     problems = []
     if max(finish.values()) > p.sla_ms:
         problems.append(f"misses the SLA ({max(finish.values()):.1f} ms > {p.sla_ms:.0f} ms)")
-    over = [f"{d} needs {n} of {p.tiers[d].inventory}" for d, n in allocated.items()
-            if p.tiers[d].inventory is not None and n > p.tiers[d].inventory]
+    over = [
+        f"{d} needs {n} of {inv}" for d, n in allocated.items() if (inv := p.tiers[d].inventory) is not None and n > inv
+    ]
     if over:
         problems.append("exceeds inventory: " + ", ".join(over))
     return _baseline("greedy-fastest", p, a, reference_tco, reason="; ".join(problems) or None, feasible=not problems)
@@ -311,8 +424,15 @@ def place_graph(graph: GranularGraph, catalog: Catalog, cluster: ClusterInventor
     """Plan ``graph`` on ``cluster``: the minimum-TCO placement meeting the SLA, or why none exists."""
     t0 = time.perf_counter()
     tiers = cluster_tiers(cluster, catalog)
-    p = build_problem(graph, catalog, tiers, rate_per_s=opts.rate_per_s, sla_ms=opts.sla_ms, ttft_ms=opts.ttft_ms,
-                      max_utilisation=opts.max_utilisation)
+    p = build_problem(
+        graph,
+        catalog,
+        tiers,
+        rate_per_s=opts.rate_per_s,
+        sla_ms=opts.sla_ms,
+        ttft_ms=opts.ttft_ms,
+        max_utilisation=opts.max_utilisation,
+    )
     a = solve(p, solver=opts.solver, time_limit_s=opts.time_limit_s, gap=opts.gap)
     if a is None:
         plan = _infeasible_plan(p, cluster.name, opts, t0)
@@ -326,7 +446,8 @@ def place_graph(graph: GranularGraph, catalog: Catalog, cluster: ClusterInventor
     if opts.baselines:
         plan.baselines = [greedy_fastest_baseline(p, reference)] + [
             homogeneous_baseline(graph, catalog, cluster, d, opts, reference)
-            for d in sorted(catalog.hardware) if _is_fleet_candidate(catalog, cluster, d)
+            for d in sorted(catalog.hardware)
+            if _is_fleet_candidate(catalog, cluster, d)
         ]
     return plan
 

@@ -6,11 +6,11 @@ Schema shipped in docs/plan.schema.json.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-PLAN_API_VERSION = "hetagent.dev/v1alpha1"
+PLAN_API_VERSION: Final = "hetagent.dev/v1alpha1"
 
 
 class _Strict(BaseModel):
@@ -19,7 +19,9 @@ class _Strict(BaseModel):
 
 class PlannedOp(_Strict):
     name: str = Field(description="Granular op id, '<node>.<kind>'.")
-    kind: str = Field(description="Granular kind: tokenize, prefill, decode, detokenize, embed, vector_search, tool, transform.")
+    kind: str = Field(
+        description="Granular kind: tokenize, prefill, decode, detokenize, embed, vector_search, tool, transform."
+    )
     source_node: str = Field(description="Spec node the op came from.")
     model: str | None = Field(None, description="Model catalog id for model ops.")
     device: str = Field(description="Hardware catalog id of the tier the op runs on.")
@@ -28,13 +30,17 @@ class PlannedOp(_Strict):
     batch: int = Field(ge=1, description="Requests one replica serves concurrently (vLLM max_num_seqs).")
     tensor_parallel: int = Field(ge=1, description="Devices per replica (accelerators).")
     cores_per_replica: int = Field(ge=0, description="CPU threads per replica (CPU tiers; 0 on accelerators).")
-    devices_allocated: int = Field(ge=0, description="replicas × tensor_parallel on accelerators; 0 on time-shared CPUs.")
+    devices_allocated: int = Field(
+        ge=0, description="replicas × tensor_parallel on accelerators; 0 on time-shared CPUs."
+    )
     predicted_latency_ms: float = Field(ge=0, description="Service time of one call at this batch.")
     throughput_per_replica: float = Field(gt=0, description="Calls/s one replica sustains.")
     utilisation: float = Field(ge=0, description="Offered load / pool capacity.")
     memory_bytes_per_replica: float = Field(ge=0)
     bound: str = Field(description="What limits the op on this device: compute, memory or fixed (external).")
-    execution: dict[str, Any] = Field(default_factory=dict, description="Lowered execution config (engine args, threads…).")
+    execution: dict[str, Any] = Field(
+        default_factory=dict, description="Lowered execution config (engine args, threads…)."
+    )
 
 
 class PlannedEdge(_Strict):
@@ -44,8 +50,12 @@ class PlannedEdge(_Strict):
     transfer_ms: float = Field(ge=0, description="0 when both ends share a device type.")
     src_device: str
     dst_device: str
-    link_gb_s: float | None = Field(None, ge=0, description="Effective bandwidth of the end that limits the transfer "
-                                    "(None on one device type); the runtime predicts a request's transfer from it.")
+    link_gb_s: float | None = Field(
+        None,
+        ge=0,
+        description="Effective bandwidth of the end that limits the transfer "
+        "(None on one device type); the runtime predicts a request's transfer from it.",
+    )
     link_fixed_ms: float = Field(0.0, ge=0, description="Fixed cost per transfer at that end, ms.")
 
 
@@ -56,8 +66,12 @@ class DeviceUsage(_Strict):
     inventory: int | None = Field(None, description="Devices of this type in the cluster (None: unbounded fleet).")
     busy_fraction: float = Field(ge=0, description="Mean busy time of allocated devices at the planned rate.")
     usd_per_hour_per_device: float = Field(ge=0)
-    cores: int | None = Field(None, ge=1, description="Cores of one device (CPU tiers): a run's measured cost prices "
-                              "its ops' busy core-seconds at usd_per_hour_per_device / cores.")
+    cores: int | None = Field(
+        None,
+        ge=1,
+        description="Cores of one device (CPU tiers): a run's measured cost prices "
+        "its ops' busy core-seconds at usd_per_hour_per_device / cores.",
+    )
     usd_per_hour: float = Field(ge=0)
 
 
@@ -82,7 +96,9 @@ class Plan(_Strict):
     ttft_ms: float | None = None
     rate_per_s: float
     max_utilisation: float
-    predicted_e2e_ms: float | None = Field(None, description="Longest path through ops and edges (latencies + transfers).")
+    predicted_e2e_ms: float | None = Field(
+        None, description="Longest path through ops and edges (latencies + transfers)."
+    )
     predicted_ttft_ms: float | None = None
     critical_path: list[str] = Field(default_factory=list)
     tco_usd_per_hour: float | None = None
@@ -95,8 +111,12 @@ class Plan(_Strict):
     edges: list[PlannedEdge] = Field(default_factory=list)
     devices: list[DeviceUsage] = Field(default_factory=list)
     baselines: list[Baseline] = Field(default_factory=list)
-    engines: list[dict[str, Any]] = Field(default_factory=list, description="Per-device execution configs from lowering.")
-    tightest_sla_ms: float | None = Field(None, description="Infeasible plans: lowest e2e latency the inventory can reach.")
+    engines: list[dict[str, Any]] = Field(
+        default_factory=list, description="Per-device execution configs from lowering."
+    )
+    tightest_sla_ms: float | None = Field(
+        None, description="Infeasible plans: lowest e2e latency the inventory can reach."
+    )
     max_rate_per_s: float | None = Field(None, description="Infeasible plans: highest rate the inventory sustains.")
     reason: str | None = Field(None, description="Why the plan is infeasible.")
 

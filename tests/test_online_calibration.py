@@ -9,11 +9,27 @@ from planner.pipeline import plan_spec
 from planner.place import PlanOptions
 
 CAT = load_catalog()
-GRAPH = parse_graph({"apiVersion": "hetagent.dev/v1alpha1", "kind": "AgentGraph", "metadata": {"name": "c"},
-                     "spec": {"sla": {"e2e_ms": 600000}, "inputs": {"q": {"type": "string"}},
-                              "nodes": [{"name": "answer", "kind": "llm", "model": "qwen2.5-0.5b-instruct",
-                                         "prompt": "{{ inputs.q }}",
-                                         "expected": {"input_tokens": 256, "output_tokens": 64}}]}}, CAT)
+GRAPH = parse_graph(
+    {
+        "apiVersion": "hetagent.dev/v1alpha1",
+        "kind": "AgentGraph",
+        "metadata": {"name": "c"},
+        "spec": {
+            "sla": {"e2e_ms": 600000},
+            "inputs": {"q": {"type": "string"}},
+            "nodes": [
+                {
+                    "name": "answer",
+                    "kind": "llm",
+                    "model": "qwen2.5-0.5b-instruct",
+                    "prompt": "{{ inputs.q }}",
+                    "expected": {"input_tokens": 256, "output_tokens": 64},
+                }
+            ],
+        },
+    },
+    CAT,
+)
 
 
 def _llm_ms(catalog) -> float:
@@ -50,8 +66,13 @@ def test_stand_ins_noise_and_thin_evidence_change_nothing():
 
 def test_runtime_records_mark_stand_in_models():
     records = [
-        {"device": "local-cpu", "kind": "llm", "measured_ms": 800.0, "predicted_ms": 17000.0,
-         "detail": {"model_requested": "qwen2.5-0.5b-instruct", "model_served": ".hetagent/models/tiny-llama"}},
+        {
+            "device": "local-cpu",
+            "kind": "llm",
+            "measured_ms": 800.0,
+            "predicted_ms": 17000.0,
+            "detail": {"model_requested": "qwen2.5-0.5b-instruct", "model_served": ".hetagent/models/tiny-llama"},
+        },
         {"device": "local-cpu", "kind": "vector_search", "measured_ms": 2.0, "predicted_ms": 1.0, "detail": {}},
     ]
     obs = observations_from_records(records)
@@ -75,4 +96,3 @@ def test_daemon_replans_with_the_refitted_catalog(tmp_path):
     llm_ms2 = sum(o["predicted_latency_ms"] for o in second["ops"] if o["source_node"] == "answer")
     assert 1.4 * llm_ms < llm_ms2 < 3.1 * llm_ms  # moved toward the measured 3x, by half a step in log space
     service.stop()
-

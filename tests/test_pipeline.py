@@ -27,8 +27,9 @@ FLEET_RATE = {"coding_agent": 1.0}
 
 
 def _hetagent(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_four_examples_exist():
@@ -69,8 +70,12 @@ def test_example_plans_on_local(path):
         assert plan.tightest_sla_ms is not None or plan.max_rate_per_s is not None, plan.reason
         if plan.tightest_sla_ms is not None:
             assert plan.tightest_sla_ms > graph.spec.sla.e2e_ms
-            relaxed = PlanOptions(rate_per_s=1e-5, sla_ms=plan.tightest_sla_ms * 1.01,
-                                  ttft_ms=plan.tightest_sla_ms * 1.01, baselines=False)
+            relaxed = PlanOptions(
+                rate_per_s=1e-5,
+                sla_ms=plan.tightest_sla_ms * 1.01,
+                ttft_ms=plan.tightest_sla_ms * 1.01,
+                baselines=False,
+            )
             plan = plan_spec(graph, cluster, relaxed, CAT)
     assert plan.feasible, plan.reason
     assert {o.device for o in plan.ops} == {"local-cpu"}
@@ -85,8 +90,20 @@ def test_plan_json_contract_and_schema():
     plan = plan_spec(graph, load_cluster("mixed_fleet", CAT), PlanOptions(rate_per_s=5.0), CAT)
     doc = json.loads(plan.model_dump_json())
     jsonschema.validate(doc, plan_json_schema())
-    for key in ("feasible", "sla_ms", "rate_per_s", "predicted_e2e_ms", "tco_usd_per_hour", "usd_per_1k_runs", "solver",
-                "solve_seconds", "binding_constraints", "ops", "edges", "baselines"):
+    for key in (
+        "feasible",
+        "sla_ms",
+        "rate_per_s",
+        "predicted_e2e_ms",
+        "tco_usd_per_hour",
+        "usd_per_1k_runs",
+        "solver",
+        "solve_seconds",
+        "binding_constraints",
+        "ops",
+        "edges",
+        "baselines",
+    ):
         assert key in doc
     for op in doc["ops"]:
         assert {"name", "kind", "source_node", "device", "replicas", "predicted_latency_ms"} <= op.keys()
@@ -128,8 +145,20 @@ def test_cli_validate_compile_plan(tmp_path):
     r = _hetagent("compile", "examples/graphs/rag_agent.yaml", "--emit", "granular")
     assert r.returncode == 0 and "granular.prefill" in r.stdout and "granular.decode" in r.stdout
     out = tmp_path / "plan.json"
-    r = _hetagent("plan", "examples/graphs/deep_research.yaml", "--cluster", "configs/clusters/mixed_fleet.yaml",
-                  "--sla-ms", "8000", "--rate", "5", "--format", "json", "-o", str(out))
+    r = _hetagent(
+        "plan",
+        "examples/graphs/deep_research.yaml",
+        "--cluster",
+        "configs/clusters/mixed_fleet.yaml",
+        "--sla-ms",
+        "8000",
+        "--rate",
+        "5",
+        "--format",
+        "json",
+        "-o",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["feasible"] and doc["sla_ms"] == 8000 and doc["rate_per_s"] == 5
@@ -141,8 +170,17 @@ def test_cli_validate_compile_plan(tmp_path):
 
 
 def test_cli_infeasible_sla_says_tightest_and_exits_3():
-    r = _hetagent("plan", "examples/graphs/rag_agent.yaml", "--cluster", "mixed_fleet", "--sla-ms", "50",
-                  "--format", "json", "--no-baselines")
+    r = _hetagent(
+        "plan",
+        "examples/graphs/rag_agent.yaml",
+        "--cluster",
+        "mixed_fleet",
+        "--sla-ms",
+        "50",
+        "--format",
+        "json",
+        "--no-baselines",
+    )
     assert r.returncode == 3
     doc = json.loads(r.stdout)
     assert doc["feasible"] is False and doc["tightest_sla_ms"] > 50 and "tightest" in doc["reason"]
@@ -162,18 +200,27 @@ def test_cli_bad_inputs_are_clear_errors(tmp_path):
     assert r.returncode == 2 and "rate" in r.stderr and "Traceback" not in r.stderr
 
 
-@pytest.mark.parametrize("mutate, path, needle", [
-    (lambda s: s["spec"]["nodes"][3].update(model="gpt-9"), "spec.nodes[3].model", "unknown model 'gpt-9'"),
-    (lambda s: s["spec"]["nodes"][3].update(model="bge-small-en-v1.5"), "spec.nodes[3].model", "embedding model"),
-    (lambda s: s["spec"]["nodes"][1].update(kind="graph_search"), "spec.nodes[1]", "graph_search"),
-    (lambda s: s["spec"]["nodes"][2]["inputs"].update(text="{{ nodes.nowhere.output }}"), "spec.nodes[2].inputs.text",
-     "unknown node 'nowhere'"),
-    (lambda s: s["spec"]["nodes"][3].update(placement={"allowed_devices": ["tpu-v9"]}),
-     "spec.nodes[3].placement.allowed_devices", "unknown device type 'tpu-v9'"),
-    (lambda s: s["spec"]["nodes"].append(dict(s["spec"]["nodes"][0])), "spec.nodes[4].name", "duplicate"),
-    (lambda s: s["spec"]["sla"].update(e2e_ms=-5), "spec.sla.e2e_ms", "greater than 0"),
-    (lambda s: s.update(apiVersion="v0"), "apiVersion", "hetagent.dev/v1alpha1"),
-])
+@pytest.mark.parametrize(
+    "mutate, path, needle",
+    [
+        (lambda s: s["spec"]["nodes"][3].update(model="gpt-9"), "spec.nodes[3].model", "unknown model 'gpt-9'"),
+        (lambda s: s["spec"]["nodes"][3].update(model="bge-small-en-v1.5"), "spec.nodes[3].model", "embedding model"),
+        (lambda s: s["spec"]["nodes"][1].update(kind="graph_search"), "spec.nodes[1]", "graph_search"),
+        (
+            lambda s: s["spec"]["nodes"][2]["inputs"].update(text="{{ nodes.nowhere.output }}"),
+            "spec.nodes[2].inputs.text",
+            "unknown node 'nowhere'",
+        ),
+        (
+            lambda s: s["spec"]["nodes"][3].update(placement={"allowed_devices": ["tpu-v9"]}),
+            "spec.nodes[3].placement.allowed_devices",
+            "unknown device type 'tpu-v9'",
+        ),
+        (lambda s: s["spec"]["nodes"].append(dict(s["spec"]["nodes"][0])), "spec.nodes[4].name", "duplicate"),
+        (lambda s: s["spec"]["sla"].update(e2e_ms=-5), "spec.sla.e2e_ms", "greater than 0"),
+        (lambda s: s.update(apiVersion="v0"), "apiVersion", "hetagent.dev/v1alpha1"),
+    ],
+)
 def test_spec_errors_name_path_and_reason(mutate, path, needle):
     spec = yaml.safe_load((ROOT / "examples/graphs/rag_agent.yaml").read_text())
     mutate(spec)

@@ -6,8 +6,7 @@ import itertools
 import math
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from costmodels import work as W
 from costmodels.catalog import ClusterInventory, DeviceClass, DevicePool, device_usd_per_h, load_catalog
@@ -23,18 +22,21 @@ MODELS = ("llama-3.1-8b-instruct", "qwen2.5-7b-instruct")
 
 def small_cluster(cpu: int, l4: int, a100: int) -> ClusterInventory:
     return ClusterInventory(
-        name="test", devices=[
+        name="test",
+        devices=[
             DevicePool(type="xeon-8592", count=cpu, per_node=2),
             DevicePool(type="l4", count=l4, per_node=2),
             DevicePool(type="a100-80g", count=a100, per_node=2),
-        ])
+        ],
+    )
 
 
 # ----------------------------------------------------------------------------- brute force (independent)
 
 
-def brute_force(graph: GranularGraph, cluster: ClusterInventory, rate: float, sla: float, cap: float,
-                objective: str = "cost"):
+def brute_force(
+    graph: GranularGraph, cluster: ClusterInventory, rate: float, sla: float, cap: float, objective: str = "cost"
+):
     """Enumerate every configuration combination; cheapest (or fastest) one meeting every constraint."""
     pools = {p.type: p for p in cluster.devices}
     devs = {p.type: CAT.device(p.type) for p in cluster.devices}
@@ -44,23 +46,33 @@ def brute_force(graph: GranularGraph, cluster: ClusterInventory, rate: float, sl
     preds = {o.name: graph.predecessors(o.name) for o in graph.ops}
     best = None
     by_kind = {(o.source_node, o.kind): o.name for o in graph.ops}
-    together = [(by_kind[n, text], by_kind[n, phase]) for (n, k) in by_kind
-                for text, phase in (("tokenize", "prefill"), ("detokenize", "decode"))
-                if k == text and (n, phase) in by_kind]
+    together = [
+        (by_kind[n, text], by_kind[n, phase])
+        for (n, k) in by_kind
+        for text, phase in (("tokenize", "prefill"), ("detokenize", "decode"))
+        if k == text and (n, phase) in by_kind
+    ]
     for combo in itertools.product(*options):
-        cfg = {op.name: c for op, c in zip(graph.ops, combo)}
+        cfg = {op.name: c for op, c in zip(graph.ops, combo, strict=True)}
         # an engine on a CPU tier tokenizes/detokenizes itself: text ops sit with their phase there
-        if any(devs[cfg[phase].device].device_class is DeviceClass.cpu and cfg[text].device != cfg[phase].device
-               for text, phase in together):
+        if any(
+            devs[cfg[phase].device].device_class is DeviceClass.cpu and cfg[text].device != cfg[phase].device
+            for text, phase in together
+        ):
             continue
         finish = {}
         for op in order:
             start = 0.0
             for e in preds[op.name]:
                 a, b = devs[cfg[e.src].device], devs[cfg[e.dst].device]
-                t = 0.0 if a.name == b.name or e.bytes <= 0 else max(  # the slower end: fixed cost + bytes / bandwidth
-                    x.efficiency.transfer_fixed_ms + e.bytes / (x.network_gb_s * x.efficiency.link) / 1e9 * 1000
-                    for x in (a, b))
+                t = (
+                    0.0
+                    if a.name == b.name or e.bytes <= 0
+                    else max(  # the slower end: fixed cost + bytes / bandwidth
+                        x.efficiency.transfer_fixed_ms + e.bytes / (x.network_gb_s * x.efficiency.link) / 1e9 * 1000
+                        for x in (a, b)
+                    )
+                )
                 start = max(start, finish[e.src] + t)
             finish[op.name] = start + cfg[op.name].latency_ms
         makespan = max(finish.values())
@@ -79,8 +91,10 @@ def brute_force(graph: GranularGraph, cluster: ClusterInventory, rate: float, sl
                 shared = {o: by_name[o].weight_bytes + 256 * 2**20 if by_name[o].model else 0.0 for o, _ in members}
                 weights = {by_name[o].model: shared[o] for o, _ in members if by_name[o].model}
                 mem = sum(weights.values()) + sum((c.memory_bytes - shared[o]) * reps[o] for o, c in members)
-                need = max(math.ceil(sum(rate * c.core_s_per_call for _, c in members) / (cap * dev.cores) - 1e-9),
-                           math.ceil(mem / (0.9 * dev.memory_bytes) - 1e-9))
+                need = max(
+                    math.ceil(sum(rate * c.core_s_per_call for _, c in members) / (cap * dev.cores) - 1e-9),
+                    math.ceil(mem / (0.9 * dev.memory_bytes) - 1e-9),
+                )
             else:
                 need = sum(c.tensor_parallel * reps[o] for o, c in members)
             if need > pools[d].count:
@@ -110,18 +124,30 @@ def small_graphs(draw):
             model = CAT.model(draw(st.sampled_from(MODELS)))
             p_tok = draw(st.sampled_from([128, 1024, 4096]))
             n_tok = draw(st.sampled_from([16, 128]))
-            pre = GranularOp(f"n{i}.prefill", "prefill", f"n{i}", model.name, p_tok, n_tok, weight_bytes=model.weight_bytes)
-            dec = GranularOp(f"n{i}.decode", "decode", f"n{i}", model.name, p_tok, n_tok, weight_bytes=model.weight_bytes)
+            pre = GranularOp(
+                f"n{i}.prefill", "prefill", f"n{i}", model.name, p_tok, n_tok, weight_bytes=model.weight_bytes
+            )
+            dec = GranularOp(
+                f"n{i}.decode", "decode", f"n{i}", model.name, p_tok, n_tok, weight_bytes=model.weight_bytes
+            )
             new = [pre, dec]
             edges.append(GranularEdge(pre.name, dec.name, W.kv_cache_bytes(model, p_tok)))
         elif kind == "embed":
             new = [GranularOp(f"n{i}.embed", "embed", f"n{i}", "bge-small-en-v1.5", input_tokens=128)]
         elif kind == "vector_search":
-            new = [GranularOp(f"n{i}.vector_search", "vector_search", f"n{i}",
-                              params={"index_size": draw(st.sampled_from([10_000, 5_000_000])), "dimension": 384})]
+            new = [
+                GranularOp(
+                    f"n{i}.vector_search",
+                    "vector_search",
+                    f"n{i}",
+                    params={"index_size": draw(st.sampled_from([10_000, 5_000_000])), "dimension": 384},
+                )
+            ]
         else:
             kind = "tool" if kind == "llm" else kind
-            new = [GranularOp(f"n{i}.{kind}", kind, f"n{i}", fixed_latency_ms=draw(st.sampled_from([1.0, 50.0, 300.0])))]
+            new = [
+                GranularOp(f"n{i}.{kind}", kind, f"n{i}", fixed_latency_ms=draw(st.sampled_from([1.0, 50.0, 300.0])))
+            ]
         if ops:
             src = draw(st.sampled_from(ops))
             edges.append(GranularEdge(src.name, new[0].name, draw(st.sampled_from([0.0, 4096.0, 1e8]))))
@@ -130,8 +156,12 @@ def small_graphs(draw):
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(graph=small_graphs(), rate=st.sampled_from([0.2, 2.0, 20.0]), sla_factor=st.sampled_from([0.5, 1.0, 3.0]),
-       inv=st.tuples(st.integers(1, 2), st.integers(0, 4), st.integers(0, 3)))
+@given(
+    graph=small_graphs(),
+    rate=st.sampled_from([0.2, 2.0, 20.0]),
+    sla_factor=st.sampled_from([0.5, 1.0, 3.0]),
+    inv=st.tuples(st.integers(1, 2), st.integers(0, 4), st.integers(0, 3)),
+)
 def test_ilp_matches_brute_force_and_evaluator(graph, rate, sla_factor, inv):
     cluster = small_cluster(*inv)
     cap = 0.8
@@ -165,7 +195,10 @@ def _chain_graph(model: str = "llama-3.1-8b-instruct", p_tok: int = 2048, n_tok:
         GranularOp("a.prefill", "prefill", "a", model, p_tok, n_tok),
         GranularOp("a.decode", "decode", "a", model, p_tok, n_tok, params={"stream": True}),
     )
-    edges = (GranularEdge("q.tool", "a.prefill", 8192.0), GranularEdge("a.prefill", "a.decode", W.kv_cache_bytes(m, p_tok)))
+    edges = (
+        GranularEdge("q.tool", "a.prefill", 8192.0),
+        GranularEdge("a.prefill", "a.decode", W.kv_cache_bytes(m, p_tok)),
+    )
     return GranularGraph("chain", 3000.0, None, ops, edges)
 
 
@@ -176,8 +209,9 @@ def test_infeasible_sla_reports_tightest_and_binding():
     assert plan.tightest_sla_ms is not None and plan.tightest_sla_ms > 100.0  # the tool alone takes 100 ms
     assert any(b.startswith("sla_e2e_ms") for b in plan.binding_constraints)
     # planning at the reported tightest SLA succeeds
-    again = place_graph(_chain_graph(), CAT, cluster,
-                        PlanOptions(rate_per_s=1.0, sla_ms=plan.tightest_sla_ms * 1.0001, baselines=False))
+    again = place_graph(
+        _chain_graph(), CAT, cluster, PlanOptions(rate_per_s=1.0, sla_ms=plan.tightest_sla_ms * 1.0001, baselines=False)
+    )
     assert again.feasible and again.predicted_e2e_ms <= plan.tightest_sla_ms * 1.0001
 
 
@@ -186,8 +220,9 @@ def test_rate_beyond_inventory_reports_max_rate():
     plan = place_graph(_chain_graph(), CAT, cluster, PlanOptions(rate_per_s=500.0, sla_ms=1e7, baselines=False))
     assert not plan.feasible and plan.max_rate_per_s is not None
     assert 0 < plan.max_rate_per_s < 500.0
-    ok = place_graph(_chain_graph(), CAT, cluster, PlanOptions(rate_per_s=plan.max_rate_per_s * 0.9, sla_ms=1e7,
-                                                                baselines=False))
+    ok = place_graph(
+        _chain_graph(), CAT, cluster, PlanOptions(rate_per_s=plan.max_rate_per_s * 0.9, sla_ms=1e7, baselines=False)
+    )
     assert ok.feasible
 
 
@@ -196,8 +231,9 @@ def test_ttft_target_is_met_or_binds():
     loose = place_graph(_chain_graph(), CAT, cluster, PlanOptions(rate_per_s=1.0, sla_ms=20000, baselines=False))
     assert loose.feasible and loose.predicted_ttft_ms is not None
     target = loose.predicted_ttft_ms * 0.8
-    tight = place_graph(_chain_graph(), CAT, cluster, PlanOptions(rate_per_s=1.0, sla_ms=20000, ttft_ms=target,
-                                                                  baselines=False))
+    tight = place_graph(
+        _chain_graph(), CAT, cluster, PlanOptions(rate_per_s=1.0, sla_ms=20000, ttft_ms=target, baselines=False)
+    )
     if tight.feasible:
         assert tight.predicted_ttft_ms <= target * (1 + 1e-6)
         assert tight.tco_usd_per_hour >= loose.tco_usd_per_hour
@@ -222,17 +258,24 @@ def test_pin_and_allowed_devices():
     plan = place_graph(pinned, CAT, small_cluster(2, 8, 4), PlanOptions(rate_per_s=1.0, sla_ms=1e6, baselines=False))
     assert plan.op("a.decode").device == "l4"
     with pytest.raises(PlanningError, match="a.decode"):
-        ops = tuple(GranularOp(**{**o.__dict__, "allowed_devices": ("t4",)}) if o.kind == "decode" else o for o in g.ops)
-        place_graph(GranularGraph(g.name, 1e6, None, ops, g.edges), CAT, small_cluster(2, 8, 4),
-                    PlanOptions(rate_per_s=1.0, baselines=False))
+        ops = tuple(
+            GranularOp(**{**o.__dict__, "allowed_devices": ("t4",)}) if o.kind == "decode" else o for o in g.ops
+        )
+        place_graph(
+            GranularGraph(g.name, 1e6, None, ops, g.edges),
+            CAT,
+            small_cluster(2, 8, 4),
+            PlanOptions(rate_per_s=1.0, baselines=False),
+        )
 
 
 def test_highs_and_cbc_agree():
     pytest.importorskip("highspy")
     cluster = small_cluster(2, 4, 2)
     a = place_graph(_chain_graph(), CAT, cluster, PlanOptions(rate_per_s=4.0, sla_ms=4000, gap=0, baselines=False))
-    b = place_graph(_chain_graph(), CAT, cluster, PlanOptions(rate_per_s=4.0, sla_ms=4000, gap=0, solver="highs",
-                                                              baselines=False))
+    b = place_graph(
+        _chain_graph(), CAT, cluster, PlanOptions(rate_per_s=4.0, sla_ms=4000, gap=0, solver="highs", baselines=False)
+    )
     assert a.feasible and b.feasible
     assert a.tco_usd_per_hour == pytest.approx(b.tco_usd_per_hour, rel=1e-6)
 

@@ -14,10 +14,23 @@ import yaml
 from orchestrator.service import Service
 from orchestrator.settings import Settings
 
-GRAPH = {"apiVersion": "hetagent.dev/v1alpha1", "kind": "AgentGraph", "metadata": {"name": "pg"},
-         "spec": {"sla": {"e2e_ms": 5000}, "inputs": {"text": {"type": "string"}},
-                  "nodes": [{"name": "redact", "kind": "transform", "function": "workers.transforms:redact_pii",
-                             "inputs": {"text": "{{ inputs.text }}"}}]}}
+GRAPH = {
+    "apiVersion": "hetagent.dev/v1alpha1",
+    "kind": "AgentGraph",
+    "metadata": {"name": "pg"},
+    "spec": {
+        "sla": {"e2e_ms": 5000},
+        "inputs": {"text": {"type": "string"}},
+        "nodes": [
+            {
+                "name": "redact",
+                "kind": "transform",
+                "function": "workers.transforms:redact_pii",
+                "inputs": {"text": "{{ inputs.text }}"},
+            }
+        ],
+    },
+}
 
 
 def _as_postgres(*cmd: str) -> list[str]:
@@ -34,21 +47,37 @@ def postgres_url():
     data = base / "data"
     if os.geteuid() == 0:
         shutil.chown(base, "postgres")
-    subprocess.run(_as_postgres("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"),
+        check=True,
+        capture_output=True,
+    )
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    subprocess.run(_as_postgres("pg_ctl", "-D", str(data), "-l", str(base / "log"), "-w", "-o",
-                                f"-p {port} -k {base} -c listen_addresses=127.0.0.1", "start"),
-                   check=True, capture_output=True)
+    subprocess.run(
+        _as_postgres(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(base / "log"),
+            "-w",
+            "-o",
+            f"-p {port} -k {base} -c listen_addresses=127.0.0.1",
+            "start",
+        ),
+        check=True,
+        capture_output=True,
+    )
     try:
         import psycopg
 
         for _ in range(50):
             try:
-                with psycopg.connect(f"host=127.0.0.1 port={port} user=postgres dbname=postgres",
-                                     autocommit=True) as conn:
+                with psycopg.connect(
+                    f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True
+                ) as conn:
                     conn.execute("CREATE DATABASE hetagent")
                 break
             except psycopg.OperationalError:
@@ -69,14 +98,26 @@ def test_state_survives_a_restart_on_postgres(postgres_url, tmp_path):
     plan = first.create_plan(graph["id"], None, 1.0)
     assert plan["plan"]["feasible"]
     # a run left in flight by a daemon that died (written the way create_run writes it)
-    from orchestrator.store import RUN_INSERT
     from orchestrator.db import DeploymentRow, utcnow
+    from orchestrator.store import RUN_INSERT
 
     with first.store.transaction() as s:
         s.add(DeploymentRow(id="d_pg", graph_id=graph["id"], plan_id=plan["id"], state="stopped", detail="", pools={}))
-    first.store.writer.write((RUN_INSERT, {"id": "r_pg", "graph_id": graph["id"], "deployment_id": "d_pg",
-                                           "inputs": {"text": "x"}, "created_at": utcnow(), "status": "running",
-                                           "notes": [], "events": []}))
+    first.store.writer.write(
+        (
+            RUN_INSERT,
+            {
+                "id": "r_pg",
+                "graph_id": graph["id"],
+                "deployment_id": "d_pg",
+                "inputs": {"text": "x"},
+                "created_at": utcnow(),
+                "status": "running",
+                "notes": [],
+                "events": [],
+            },
+        )
+    )
     first.stop()
 
     second = Service(settings)  # a new daemon on the same database

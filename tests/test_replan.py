@@ -25,14 +25,28 @@ def test_placement_change_rebuilds_pools_without_dropping_runs(tmp_path):
     from workers.executor import ensure_ray
 
     cluster = tmp_path / "two_tiers.yaml"
-    doc = yaml.safe_load(open(ROOT / "configs/clusters/local.yaml").read())
+    doc = yaml.safe_load((ROOT / "configs/clusters/local.yaml").read_text())
     doc["name"] = "two_tiers"
     doc["devices"] = [{"type": "xeon-8592", "count": 1, "per_node": 1}]
     cluster.write_text(yaml.safe_dump(doc))
-    graph = {"apiVersion": "hetagent.dev/v1alpha1", "kind": "AgentGraph", "metadata": {"name": "moving"},
-             "spec": {"sla": {"e2e_ms": 60000}, "inputs": {"seconds": {"type": "string"}},
-                      "nodes": [{"name": "work", "kind": "transform", "function": "tests.support.callables:slow",
-                                 "inputs": {"seconds": "{{ inputs.seconds }}"}, "expected": {"latency_ms": 100}}]}}
+    graph = {
+        "apiVersion": "hetagent.dev/v1alpha1",
+        "kind": "AgentGraph",
+        "metadata": {"name": "moving"},
+        "spec": {
+            "sla": {"e2e_ms": 60000},
+            "inputs": {"seconds": {"type": "string"}},
+            "nodes": [
+                {
+                    "name": "work",
+                    "kind": "transform",
+                    "function": "tests.support.callables:slow",
+                    "inputs": {"seconds": "{{ inputs.seconds }}"},
+                    "expected": {"latency_ms": 100},
+                }
+            ],
+        },
+    }
     ensure_ray(None, ["local-cpu", "xeon-8592"])
     service = Service(Settings(data_dir=tmp_path, control_enabled=False))
     try:
@@ -47,8 +61,9 @@ def test_placement_change_rebuilds_pools_without_dropping_runs(tmp_path):
         assert [u.device for u in old_runner.pools.values()] == ["local-cpu"]
         slow_id, handle = service.create_run(gid, {"seconds": "2"})  # in flight during the switch
         time.sleep(0.5)
-        moved = plan_spec(parse_graph(graph, CAT), load_cluster(str(cluster), CAT),
-                          PlanOptions(rate_per_s=0.1, baselines=False), CAT)
+        moved = plan_spec(
+            parse_graph(graph, CAT), load_cluster(str(cluster), CAT), PlanOptions(rate_per_s=0.1, baselines=False), CAT
+        )
         assert moved.feasible and {o.device for o in moved.ops} == {"xeon-8592"}
         switch = threading.Thread(target=service.control.rebuild, args=(dep, moved.model_dump(mode="json")))
         switch.start()

@@ -47,8 +47,10 @@ def rag_run(tmp_path_factory, tiny_model_dir):
     events: list[tuple[str, str, dict]] = []
     try:
         runner.start()
-        result = runner.run({"question": "How do I report a billing problem, and whom do I e-mail?"},
-                            on_event=lambda kind, name, d: events.append((kind, name, d)))
+        result = runner.run(
+            {"question": "How do I report a billing problem, and whom do I e-mail?"},
+            on_event=lambda kind, name, d: events.append((kind, name, d)),
+        )
     finally:
         runner.shutdown()
         ray.shutdown()

@@ -69,10 +69,12 @@ def test_layers_run_one_way():
     import subprocess
     import sys
 
-    code = ("import sys, orchestrator.control, orchestrator.store; "
-            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'uvicorn') "
-            "or m in ('orchestrator.service', 'orchestrator.app', 'orchestrator.errors') "
-            "or m.startswith('orchestrator.routers')))")
+    code = (
+        "import sys, orchestrator.control, orchestrator.store; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('fastapi', 'starlette', 'uvicorn') "
+        "or m in ('orchestrator.service', 'orchestrator.app', 'orchestrator.errors') "
+        "or m.startswith('orchestrator.routers')))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "[]", out.stdout
 
@@ -90,6 +92,7 @@ def test_calibration_failure_is_logged_counted_and_the_loop_goes_on(tmp_path, ca
     try:
         # evidence refit cannot read (no measured latency): the pass raises inside costmodels.online.refit
         service.control.observations.extend(Observation("local-cpu", "llm", None, 100.0) for _ in range(20))
+
         def failures() -> float:
             return _metric(generate_latest(service.metrics.registry).decode(), "hetagent_calibration_failures_total")
 
@@ -106,7 +109,7 @@ def test_calibration_failure_is_logged_counted_and_the_loop_goes_on(tmp_path, ca
         while not service.control.calibrations and time.monotonic() < deadline:
             time.sleep(0.05)
         cpu = next(d for d in service.hardware() if d["name"] == "local-cpu")
-        assert len(cpu["calibrations"]) == 1 and cpu["calibrations"][0]["slowdown"] == pytest.approx(3 ** 0.5)
+        assert len(cpu["calibrations"]) == 1 and cpu["calibrations"][0]["slowdown"] == pytest.approx(3**0.5)
         assert cpu["efficiency"]["compute"] == pytest.approx(cpu["calibrations"][0]["compute"])
         assert all(not d["calibrations"] for d in service.hardware() if d["name"] != "local-cpu")
     finally:
@@ -115,12 +118,18 @@ def test_calibration_failure_is_logged_counted_and_the_loop_goes_on(tmp_path, ca
 
 def test_bring_up_failure_of_any_kind_ends_failed_with_the_error(daemon):
     with _client(daemon) as c:
-        gid = c.post("/v1/graphs", content=BUSY_GRAPH.replace("name: busy", "name: refused"),
-                     headers={"Content-Type": "application/yaml"}).json()["id"]
+        gid = c.post(
+            "/v1/graphs",
+            content=BUSY_GRAPH.replace("name: busy", "name: refused"),
+            headers={"Content-Type": "application/yaml"},
+        ).json()["id"]
         c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": 0.01}).raise_for_status()
         # the pools start, then the database refuses to record `ready` (not a RunError, ValueError or OSError)
-        _sql(daemon, "CREATE TRIGGER refuse_ready BEFORE UPDATE OF state ON deployments WHEN NEW.state = 'ready' "
-                     "BEGIN SELECT RAISE(ABORT, 'deployments cannot become ready on this volume'); END")
+        _sql(
+            daemon,
+            "CREATE TRIGGER refuse_ready BEFORE UPDATE OF state ON deployments WHEN NEW.state = 'ready' "
+            "BEGIN SELECT RAISE(ABORT, 'deployments cannot become ready on this volume'); END",
+        )
         try:
             dep_id = c.post(f"/v1/graphs/{gid}/deployments", json={}).json()["id"]
             dep = _settle(c, gid, dep_id)
@@ -146,8 +155,11 @@ def test_bring_up_failure_of_any_kind_ends_failed_with_the_error(daemon):
 def test_a_refused_result_write_wakes_the_waiter_with_a_503(daemon):
     with _client(daemon) as c:
         gid, _, dep_id = _deploy(c, BUSY_GRAPH.replace("name: busy", "name: unstored"))
-        _sql(daemon, "CREATE TRIGGER refuse_results BEFORE UPDATE OF status ON runs WHEN NEW.status <> 'running' "
-                     "BEGIN SELECT RAISE(ABORT, 'run results refused by the volume'); END")
+        _sql(
+            daemon,
+            "CREATE TRIGGER refuse_results BEFORE UPDATE OF status ON runs WHEN NEW.status <> 'running' "
+            "BEGIN SELECT RAISE(ABORT, 'run results refused by the volume'); END",
+        )
         try:
             t0 = time.monotonic()
             r = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "a@b.com"}, "timeout_s": 60})
@@ -172,8 +184,11 @@ def test_a_refused_result_write_wakes_the_waiter_with_a_503(daemon):
         finally:
             _sql(daemon, "DROP TRIGGER refuse_results")
         # a run the database refuses to even record is a 503 too, not a 500
-        _sql(daemon, "CREATE TRIGGER refuse_runs BEFORE INSERT ON runs "
-                     "BEGIN SELECT RAISE(ABORT, 'no new runs on this volume'); END")
+        _sql(
+            daemon,
+            "CREATE TRIGGER refuse_runs BEFORE INSERT ON runs "
+            "BEGIN SELECT RAISE(ABORT, 'no new runs on this volume'); END",
+        )
         try:
             r = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "x"}})
             assert r.status_code == 503 and "no new runs on this volume" in r.json()["detail"], r.text

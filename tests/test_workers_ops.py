@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import threading
@@ -13,8 +14,16 @@ import pytest
 
 from compiler.spec import EmbedNode, ToolNode, TransformNode, VectorSearchNode
 from workers.ops import (
-    EmbedOp, OpError, ToolError, ToolTimeout, TransformError, TransformOp, ToolOp, VectorSearchOp,
-    build_index, make_op,
+    EmbedOp,
+    OpError,
+    ToolError,
+    ToolOp,
+    ToolTimeout,
+    TransformError,
+    TransformOp,
+    VectorSearchOp,
+    build_index,
+    make_op,
 )
 from workers.tools import run_tests
 from workers.transforms import luhn_ok, redact_pii, speech_to_text
@@ -22,8 +31,10 @@ from workers.transforms import luhn_ok, redact_pii, speech_to_text
 
 # --------------------------------------------------------------------------- transforms
 def test_redact_pii_positives():
-    text = ("mail bob.smith+x@example.co.uk, call +44 20 7946 0958 or (555) 123-4567 or 555-123-4567; "
-            "card 4111 1111 1111 1111 and 5500-0000-0000-0004 and 378282246310005")
+    text = (
+        "mail bob.smith+x@example.co.uk, call +44 20 7946 0958 or (555) 123-4567 or 555-123-4567; "
+        "card 4111 1111 1111 1111 and 5500-0000-0000-0004 and 378282246310005"
+    )
     out = redact_pii(text)
     assert "[EMAIL]" in out and "example" not in out
     assert out.count("[PHONE]") == 3
@@ -39,7 +50,7 @@ def test_redact_pii_negatives_and_lists():
 
 
 def test_speech_to_text_stand_in():
-    assert speech_to_text(base64.b64encode("hello world".encode()).decode()) == "hello world"
+    assert speech_to_text(base64.b64encode(b"hello world").decode()) == "hello world"
     with pytest.raises(ValueError):
         speech_to_text("not base64!!")
 
@@ -68,8 +79,17 @@ def test_embed_op(embed_op):
     import numpy as np
 
     assert embed_op.model_served.endswith("all-MiniLM-L6-v2") and embed_op.substituted
-    vecs = np.array(embed_op({"text": ["A cat sits on the mat.", "A kitten is sitting on a rug.",
-                                       "Quarterly revenue grew by ten percent."]}))
+    vecs = np.array(
+        embed_op(
+            {
+                "text": [
+                    "A cat sits on the mat.",
+                    "A kitten is sitting on a rug.",
+                    "Quarterly revenue grew by ten percent.",
+                ]
+            }
+        )
+    )
     assert vecs.shape == (3, 384)
     assert np.allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-4)
     assert vecs[0] @ vecs[1] > vecs[0] @ vecs[2] + 0.2
@@ -135,10 +155,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-type", ctype)
         self.send_header("content-length", str(len(payload)))
         self.end_headers()
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
 
 @pytest.fixture(scope="module")
@@ -204,8 +222,13 @@ def ray_local():
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             resources={"device:local-cpu": 100}, ignore_reinit_error=True)
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        resources={"device:local-cpu": 100},
+        ignore_reinit_error=True,
+    )
     yield ray
     ray.shutdown()
 
@@ -214,17 +237,27 @@ def test_host_worker_transform(ray_local):
     from workers.actors import HostWorker, NodeError, actor_options
 
     ray = ray_local
-    node = TransformNode(kind="transform", name="redact", function="workers.transforms:redact_pii",
-                         inputs={"text": "{{ nodes.src.output }}"})
-    execution = {"kind": "transform", "threads": 4, "env": {"OMP_NUM_THREADS": "4"},
-                 "settings": {"function": node.function}}
+    node = TransformNode(
+        kind="transform",
+        name="redact",
+        function="workers.transforms:redact_pii",
+        inputs={"text": "{{ nodes.src.output }}"},
+    )
+    execution = {
+        "kind": "transform",
+        "threads": 4,
+        "env": {"OMP_NUM_THREADS": "4"},
+        "settings": {"function": node.function},
+    }
     opts = actor_options("local-cpu", "cpu", execution)
     assert opts["resources"] == {"device:local-cpu": 0.001}
     assert opts["num_cpus"] == 0 and opts["max_restarts"] == 2 and opts["max_task_retries"] == 0
     cpu_engine = actor_options("local-cpu", "cpu", {"kind": "engine"}, llm=True)
     assert cpu_engine["num_cpus"] == 0 and "num_gpus" not in cpu_engine  # engines time-share a CPU tier's cores
     assert cpu_engine["runtime_env"]["env_vars"]["VLLM_CPU_KVCACHE_SPACE"]
-    gpu_engine = actor_options("h100-sxm", "gpu", {"kind": "engine", "engine_args": {"tensor_parallel_size": 2}}, llm=True)
+    gpu_engine = actor_options(
+        "h100-sxm", "gpu", {"kind": "engine", "engine_args": {"tensor_parallel_size": 2}}, llm=True
+    )
     assert (gpu_engine["num_cpus"], gpu_engine["num_gpus"]) == (1, 2)
 
     actor = ray.remote(HostWorker).options(**opts).remote([(node.model_dump(mode="json"), execution)], ".")
@@ -236,5 +269,5 @@ def test_host_worker_transform(ray_local):
         try:
             ray.get(actor.run.remote({}, ray.put({"src": {"output": 5}})), timeout=30)
         except ray.exceptions.RayTaskError as exc:
-            raise exc.as_instanceof_cause()
+            raise exc.as_instanceof_cause() from exc
     ray.kill(actor)

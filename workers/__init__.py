@@ -11,7 +11,15 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from workers.executor import GraphRunner, InputError, OpRecord, RunError, RunResult, check_inputs, ensure_ray
+    from workers.executor import (
+        GraphRunner as GraphRunner,
+        InputError as InputError,
+        OpRecord as OpRecord,
+        RunError as RunError,
+        RunResult as RunResult,
+        check_inputs as check_inputs,
+        ensure_ray as ensure_ray,
+    )
 
 # public name -> the module that defines it (imported on first use)
 _EXPORTS: dict[str, str] = {

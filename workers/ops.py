@@ -24,13 +24,26 @@ import importlib
 import json
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 __all__ = [
-    "OpError", "ToolError", "ToolTimeout", "IndexMissing", "TransformError",
-    "EmbedOp", "VectorSearchOp", "ToolOp", "TransformOp", "make_op", "build_index",
-    "load_callable", "packaged_embedder", "PACKAGED_EMBED_MODEL", "DEFAULT_MAX_RESPONSE_BYTES",
+    "OpError",
+    "ToolError",
+    "ToolTimeout",
+    "IndexMissing",
+    "TransformError",
+    "EmbedOp",
+    "VectorSearchOp",
+    "ToolOp",
+    "TransformOp",
+    "make_op",
+    "build_index",
+    "load_callable",
+    "packaged_embedder",
+    "PACKAGED_EMBED_MODEL",
+    "DEFAULT_MAX_RESPONSE_BYTES",
 ]
 
 DEFAULT_MAX_RESPONSE_BYTES = 4 * 1024 * 1024
@@ -52,6 +65,8 @@ class OpError(Exception):
 
 class ToolError(OpError):
     """A tool call failed: non-2xx (``status`` set), transport error, or oversized response."""
+
+    _final: bool = False  # True: not retried whatever the status
 
     def __init__(self, op: str, message: str, *, status: int | None = None, url: str | None = None, attempts: int = 1):
         self.status = status
@@ -127,7 +142,9 @@ class EmbedOp:
         self.name = node_spec.name
         self.model_requested = getattr(node_spec, "model", None)
         self.model_served = PACKAGED_EMBED_MODEL
-        self.substituted = (self.model_requested or "").split("/")[-1].lower() != PACKAGED_EMBED_MODEL.split("/")[-1].lower()
+        self.substituted = (self.model_requested or "").split("/")[-1].lower() != PACKAGED_EMBED_MODEL.split("/")[
+            -1
+        ].lower()
         self.model = packaged_embedder()
         dim = getattr(self.model, "get_embedding_dimension", None) or self.model.get_sentence_embedding_dimension
         self.dimension = int(dim())
@@ -148,7 +165,7 @@ class EmbedOp:
 def _read_docs(path: Path) -> list[dict[str, str]]:
     docs: list[dict[str, str]] = []
     jsonl = path.suffix in (".jsonl", ".json")
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
+    for line in path.read_text(encoding="utf-8").splitlines():
         if not line.strip():
             continue
         if jsonl:
@@ -189,8 +206,9 @@ def build_index(docs_path: Path | str, out_dir: Path | str, embedder: Any = None
     return out
 
 
-def resolve_index_path(name: str, execution: dict | None, data_dir: Path | str | None,
-                       extra_dirs: tuple[Path | str, ...] = ()) -> Path:
+def resolve_index_path(
+    name: str, execution: dict | None, data_dir: Path | str | None, extra_dirs: tuple[Path | str, ...] = ()
+) -> Path:
     """``settings.index_path`` if given, else the first ``<dir>/<name>.{faiss,jsonl,txt}`` over
     ``<data_dir>/indexes`` then ``extra_dirs``."""
     explicit = _settings(execution).get("index_path")
@@ -219,7 +237,8 @@ class VectorSearchOp:
         self.name = node_spec.name
         self.index_name = s.get("index") or node_spec.index
         self.top_k = int(s.get("top_k") or node_spec.top_k)
-        self.metric = s.get("metric") or getattr(node_spec, "metric", "ip")
+        metric: Any = s.get("metric")  # a JSON setting
+        self.metric: str = metric or getattr(node_spec, "metric", "ip")
         threads = s.get("omp_threads") or (execution or {}).get("threads")
         if threads:
             faiss.omp_set_num_threads(int(threads))
@@ -253,9 +272,12 @@ class VectorSearchOp:
         k = int(inputs.get("top_k") or self.top_k)
         scores, ids = self.index.search(np.ascontiguousarray(q), min(k, len(self.docs)))
         results = [
-            [{"id": self.docs[i]["id"], "text": self.docs[i]["text"], "score": float(sc)}
-             for sc, i in zip(row_s, row_i) if i >= 0]
-            for row_s, row_i in zip(scores, ids)
+            [
+                {"id": self.docs[i]["id"], "text": self.docs[i]["text"], "score": float(sc)}
+                for sc, i in zip(row_s, row_i, strict=True)
+                if i >= 0
+            ]
+            for row_s, row_i in zip(scores, ids, strict=True)
         ]
         return results[0] if single else results
 
@@ -275,10 +297,11 @@ class ToolOp:
     def __init__(self, node_spec: Any, execution: dict | None = None, data_dir: Path | str | None = None):
         s = _settings(execution)
         self.name = node_spec.name
-        self.url = s.get("url", getattr(node_spec, "url", None))
+        self.url: str | None = s.get("url", getattr(node_spec, "url", None))
         self.function = s.get("function", getattr(node_spec, "function", None))
         self.method = str(s.get("method") or getattr(node_spec, "method", "POST")).upper()
-        self.timeout_s = float(s.get("timeout_s") or getattr(node_spec, "timeout_s", 60.0))
+        timeout_s: Any = s.get("timeout_s")  # a JSON setting
+        self.timeout_s = float(timeout_s or getattr(node_spec, "timeout_s", 60.0))
         self.retries = int(s.get("retries", getattr(node_spec, "retries", 0)))
         self.idempotent = bool(getattr(node_spec, "idempotent", s.get("idempotent", False)))
         self.max_response_bytes = int(s.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES))
@@ -322,7 +345,7 @@ class ToolOp:
     def _http(self, inputs: dict[str, Any], attempt: int) -> Any:
         import httpx
 
-        assert self._client is not None
+        assert self._client is not None and self.url is not None  # a client exists only for a url
         kwargs: dict[str, Any] = {"params": inputs} if self.method == "GET" else {"json": inputs}
         try:
             with self._client.stream(self.method, self.url, **kwargs) as resp:
@@ -335,16 +358,29 @@ class ToolOp:
                     if len(body) > self.max_response_bytes:
                         raise self._oversized(len(body), attempt)
                 if not 200 <= resp.status_code < 300:
-                    raise ToolError(self.name, f"HTTP {resp.status_code} from {self.method} {self.url}: "
-                                    f"{bytes(body[:200]).decode('utf-8', 'replace')}",
-                                    status=resp.status_code, url=self.url, attempts=attempt)
+                    raise ToolError(
+                        self.name,
+                        f"HTTP {resp.status_code} from {self.method} {self.url}: "
+                        f"{bytes(body[:200]).decode('utf-8', 'replace')}",
+                        status=resp.status_code,
+                        url=self.url,
+                        attempts=attempt,
+                    )
                 ctype = resp.headers.get("content-type", "")
         except httpx.TimeoutException as exc:
-            raise ToolTimeout(self.name, f"timed out after {self.timeout_s}s calling {self.method} {self.url}",
-                              url=self.url, attempts=attempt) from exc
+            raise ToolTimeout(
+                self.name,
+                f"timed out after {self.timeout_s}s calling {self.method} {self.url}",
+                url=self.url,
+                attempts=attempt,
+            ) from exc
         except httpx.HTTPError as exc:
-            raise ToolError(self.name, f"{type(exc).__name__} calling {self.method} {self.url}: {exc}",
-                            url=self.url, attempts=attempt) from exc
+            raise ToolError(
+                self.name,
+                f"{type(exc).__name__} calling {self.method} {self.url}: {exc}",
+                url=self.url,
+                attempts=attempt,
+            ) from exc
         text = bytes(body).decode("utf-8", "replace")
         if "json" in ctype:
             try:
@@ -354,8 +390,12 @@ class ToolOp:
         return text
 
     def _oversized(self, size: int, attempt: int) -> ToolError:
-        err = ToolError(self.name, f"response from {self.url} exceeds {self.max_response_bytes} bytes ({size}+)",
-                        url=self.url, attempts=attempt)
+        err = ToolError(
+            self.name,
+            f"response from {self.url} exceeds {self.max_response_bytes} bytes ({size}+)",
+            url=self.url,
+            attempts=attempt,
+        )
         err._final = True  # not retried: the service will answer the same
         return err
 

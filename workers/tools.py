@@ -12,6 +12,6 @@ def run_tests(patch: str) -> dict:
     ``+++``/``---`` file headers; reports ``passed`` when the patch is non-empty.
     """
     lines = patch.splitlines()
-    added = sum(1 for l in lines if l.startswith("+") and not l.startswith("+++"))
-    removed = sum(1 for l in lines if l.startswith("-") and not l.startswith("---"))
+    added = sum(1 for line in lines if line.startswith("+") and not line.startswith("+++"))
+    removed = sum(1 for line in lines if line.startswith("-") and not line.startswith("---"))
     return {"lines": len(lines), "added": added, "removed": removed, "passed": bool(lines)}

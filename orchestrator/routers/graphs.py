@@ -11,16 +11,31 @@ from orchestrator.service import Service, ServiceError
 
 router = APIRouter(prefix="/v1/graphs", tags=["graphs"])
 
-_BODY = {"requestBody": {"required": True, "content": {
-    "application/json": {"schema": {"type": "object"}}, "application/yaml": {"schema": {"type": "string"}}}}}
+_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": {"type": "object"}},
+            "application/yaml": {"schema": {"type": "string"}},
+        },
+    }
+}
 
 
-@router.post("", status_code=201, response_model=GraphOut, dependencies=[Write], openapi_extra=_BODY,
-             summary="Store a new agent graph (YAML or JSON): validated, compiled, versioned by name")
+@router.post(
+    "",
+    status_code=201,
+    response_model=GraphOut,
+    dependencies=[Write],
+    openapi_extra=_BODY,
+    summary="Store a new agent graph (YAML or JSON): validated, compiled, versioned by name",
+)
 async def create_graph(request: Request, service: Service = Depends(get_service)) -> GraphOut:
     body = await request.body()
     if len(body) > service.settings.max_body_bytes:
-        raise ServiceError(413, "request too large", f"{len(body)} bytes; the limit is {service.settings.max_body_bytes}")
+        raise ServiceError(
+            413, "request too large", f"{len(body)} bytes; the limit is {service.settings.max_body_bytes}"
+        )
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
     try:
         if ctype in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"):

@@ -11,8 +11,13 @@ from orchestrator.service import Service
 router = APIRouter(prefix="/v1/graphs/{graph_id}/plans", tags=["plans"])
 
 
-@router.post("", status_code=201, response_model=PlanOut, dependencies=[Write],
-             summary="Plan the graph for an SLA and a rate; infeasible plans are stored too and say why")
+@router.post(
+    "",
+    status_code=201,
+    response_model=PlanOut,
+    dependencies=[Write],
+    summary="Plan the graph for an SLA and a rate; infeasible plans are stored too and say why",
+)
 def create_plan(graph_id: str, body: PlanRequest, service: Service = Depends(get_service)) -> PlanOut:
     return PlanOut(**service.create_plan(graph_id, body.sla_ms, body.rate_per_s, body.cluster, body.ttft_ms))
 
@@ -23,8 +28,9 @@ def list_plans(graph_id: str, service: Service = Depends(get_service)) -> list[P
 
 
 @router.get("/diff", dependencies=[Read], summary="What changes from one plan to another")
-def diff_plans(graph_id: str, from_: str = Query(..., alias="from"), to: str = Query(...),
-               service: Service = Depends(get_service)) -> dict[str, Any]:
+def diff_plans(
+    graph_id: str, from_: str = Query(..., alias="from"), to: str = Query(...), service: Service = Depends(get_service)
+) -> dict[str, Any]:
     return service.diff_plans(graph_id, from_, to)
 
 

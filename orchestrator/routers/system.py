@@ -28,8 +28,11 @@ def metrics(service: Service = Depends(get_service)) -> Response:
     return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/hardware", dependencies=[Read],
-            summary="The hardware catalog, with each device's online calibrations (refits applied since start)")
+@router.get(
+    "/v1/hardware",
+    dependencies=[Read],
+    summary="The hardware catalog, with each device's online calibrations (refits applied since start)",
+)
 def hardware(service: Service = Depends(get_service)) -> list[dict[str, Any]]:
     return service.hardware()
 

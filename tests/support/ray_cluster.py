@@ -124,7 +124,13 @@ def probe(address: str, resources: tuple[str, ...] = (), timeout_s: float = 240.
     an actor asking for 0.001 of it ran (pid, session id, CPU affinity, node id)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env["RAY_AUTH_MODE"] = "disabled"
-    done = subprocess.run([sys.executable, "-c", _PROBE, str(address), json.dumps(list(resources))],
-                          capture_output=True, text=True, timeout=timeout_s, cwd=ROOT, env=env)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(address), json.dumps(list(resources))],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        cwd=ROOT,
+        env=env,
+    )
     assert done.returncode == 0, f"probe driver failed:\n{done.stderr[-3000:]}"
     return json.loads(done.stdout.strip().splitlines()[-1])

@@ -27,8 +27,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-BRIEF = ("Explain how a KV cache lets a language model reuse attention keys and values, and why prefill "
-         "is compute-bound while decode is memory-bound. ") * 6
+BRIEF = (
+    "Explain how a KV cache lets a language model reuse attention keys and values, and why prefill "
+    "is compute-bound while decode is memory-bound. "
+) * 6
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -45,15 +47,21 @@ def drive(runner, rate: float, requests: int, seed: int) -> dict:
     def one() -> None:
         t0 = time.perf_counter()
         stamps: list[float] = []
-        result = runner.run({"brief": BRIEF}, timeout_s=600,
-                            on_event=lambda kind, node, data: stamps.append(time.perf_counter()) if kind == "token" else None)
+        result = runner.run(
+            {"brief": BRIEF},
+            timeout_s=600,
+            on_event=lambda kind, node, data: stamps.append(time.perf_counter()) if kind == "token" else None,
+        )
         end = time.perf_counter()
-        gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+        gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
         decode = next(r for r in reversed(result.records) if r.node == "draft")
-        row = {"ttft_ms": (stamps[0] - t0) * 1e3 if stamps else None,
-               "itl_ms": statistics.median(gaps) * 1e3 if gaps else None,
-               "e2e_ms": (end - t0) * 1e3, "tokens": decode.detail.get("output_tokens", 0),
-               "kv": result.kv_transfers[0] if result.kv_transfers else None}
+        row = {
+            "ttft_ms": (stamps[0] - t0) * 1e3 if stamps else None,
+            "itl_ms": statistics.median(gaps) * 1e3 if gaps else None,
+            "e2e_ms": (end - t0) * 1e3,
+            "tokens": decode.detail.get("output_tokens", 0),
+            "kv": result.kv_transfers[0] if result.kv_transfers else None,
+        }
         with lock:
             rows.append(row)
 
@@ -71,9 +79,12 @@ def drive(runner, rate: float, requests: int, seed: int) -> dict:
     itl = [r["itl_ms"] for r in rows if r["itl_ms"] is not None]
     kv = [r["kv"] for r in rows if r["kv"]]
     return {
-        "rate": rate, "requests": len(rows),
-        "ttft_p50_ms": statistics.median(ttft), "ttft_p90_ms": _pct(ttft, 0.9),
-        "itl_p50_ms": statistics.median(itl), "e2e_p50_ms": statistics.median(r["e2e_ms"] for r in rows),
+        "rate": rate,
+        "requests": len(rows),
+        "ttft_p50_ms": statistics.median(ttft),
+        "ttft_p90_ms": _pct(ttft, 0.9),
+        "itl_p50_ms": statistics.median(itl),
+        "e2e_p50_ms": statistics.median(r["e2e_ms"] for r in rows),
         "tokens_per_s": sum(r["tokens"] for r in rows) / wall,
         "kv_bytes": statistics.median(x["bytes"] for x in kv) if kv else None,
         "kv_measured_p50_ms": statistics.median(x["measured_ms"] for x in kv) if kv else None,
@@ -109,37 +120,51 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     try:
         ensure_ray(address)
-        runners = {"unsplit": GraphRunner(graph, low, model_dir=model_dir),
-                   "split": GraphRunner(graph, split, model_dir=model_dir)}
-        for r in runners.values():
-            r.start(start_timeout_s=600)
-        for r in runners.values():  # warm-up
-            r.run({"brief": BRIEF}, timeout_s=600)
+        runners = {
+            "unsplit": GraphRunner(graph, low, model_dir=model_dir),
+            "split": GraphRunner(graph, split, model_dir=model_dir),
+        }
+        for runner in runners.values():
+            runner.start(start_timeout_s=600)
+        for runner in runners.values():  # warm-up
+            runner.run({"brief": BRIEF}, timeout_s=600)
         for rate in (float(x) for x in args.rates.split(",")):
             for name, runner in runners.items():
-                row = {"config": name, "devices": "→".join(dict.fromkeys(phase_devices(runner.plan, "draft"))),
-                       **drive(runner, rate, args.requests, args.seed)}
+                row = {
+                    "config": name,
+                    "devices": "→".join(dict.fromkeys(phase_devices(runner.plan, "draft"))),
+                    **drive(runner, rate, args.requests, args.seed),
+                }
                 rows.append(row)
                 print(json.dumps(row), file=sys.stderr)
-        for r in runners.values():
-            r.shutdown()
+        for runner in runners.values():
+            runner.shutdown()
     finally:
         if data_dir is not None:
             import ray
 
             ray.shutdown()
             down(data_dir)
-    print(f"draft_writer on local_tiers, {args.output_tokens} output tokens, {args.requests} requests per row, "
-          f"Poisson arrivals (seed {args.seed}); split plan found at {split.rate_per_s:.3g} runs/s")
+    print(
+        f"draft_writer on local_tiers, {args.output_tokens} output tokens, {args.requests} requests per row, "
+        f"Poisson arrivals (seed {args.seed}); split plan found at {split.rate_per_s:.3g} runs/s"
+    )
     print()
-    print("| rate (req/s) | config | prefill → decode | TTFT p50 ms | TTFT p90 ms | ITL p50 ms | e2e p50 ms "
-          "| tokens/s | KV bytes | KV hand-off p50 ms (measured) | KV hand-off ms (predicted) |")
+    print(
+        "| rate (req/s) | config | prefill → decode | TTFT p50 ms | TTFT p90 ms | ITL p50 ms | e2e p50 ms "
+        "| tokens/s | KV bytes | KV hand-off p50 ms (measured) | KV hand-off ms (predicted) |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        kv = (f"{r['kv_bytes']:,.0f} | {r['kv_measured_p50_ms']:.1f} | {r['kv_predicted_ms']:.1f}"
-              if r["kv_bytes"] is not None else "– | – | –")
-        print(f"| {r['rate']:g} | {r['config']} | {r['devices']} | {r['ttft_p50_ms']:.0f} | {r['ttft_p90_ms']:.0f} "
-              f"| {r['itl_p50_ms']:.1f} | {r['e2e_p50_ms']:.0f} | {r['tokens_per_s']:.0f} | {kv} |")
+        kv = (
+            f"{r['kv_bytes']:,.0f} | {r['kv_measured_p50_ms']:.1f} | {r['kv_predicted_ms']:.1f}"
+            if r["kv_bytes"] is not None
+            else "– | – | –"
+        )
+        print(
+            f"| {r['rate']:g} | {r['config']} | {r['devices']} | {r['ttft_p50_ms']:.0f} | {r['ttft_p90_ms']:.0f} "
+            f"| {r['itl_p50_ms']:.1f} | {r['e2e_p50_ms']:.0f} | {r['tokens_per_s']:.0f} | {kv} |"
+        )
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2))
     return 0

@@ -24,8 +24,8 @@ from planner import PlanOptions, plan_spec
 EXAMPLES = Path(__file__).resolve().parent / "graphs"
 # (cluster, rate runs/s): the mixed fleet at production rates, this machine at a trickle
 RUNS = (("mixed_fleet", 5.0), ("local", 0.01))
-HEAVY = {"coding_agent": 0.2}
-SPLIT_RATE = 3.0  # rag_agent on local_tiers: embed + search crowd one core, so decode gets the other  # rate multiplier: three 72B calls on 16k-token contexts per run
+HEAVY = {"coding_agent": 0.2}  # rate multiplier: three 72B calls on 16k-token contexts per run
+SPLIT_RATE = 3.0  # rag_agent on local_tiers: embed + search crowd one core, so decode gets the other
 
 
 def main() -> None:
@@ -56,18 +56,34 @@ def main() -> None:
     console.print(" ".join(cmd[1:]), highlight=False)
     if rc := subprocess.call(cmd):
         raise SystemExit(rc)
-    console.rule(f"[bold]rag_agent.yaml run[/] on [bold]local_tiers[/] at {SPLIT_RATE:g} runs/s "
-                 "(multi-node Ray; prefill and decode on two tiers)")
+    console.rule(
+        f"[bold]rag_agent.yaml run[/] on [bold]local_tiers[/] at {SPLIT_RATE:g} runs/s "
+        "(multi-node Ray; prefill and decode on two tiers)"
+    )
     data_dir = Path(".hetagent") / "demo-cluster"
     subprocess.call([hetagent, "cluster", "down", "--data-dir", str(data_dir)], stdout=subprocess.DEVNULL)
-    up = subprocess.run([hetagent, "cluster", "up", "--cluster", "local_tiers", "--data-dir", str(data_dir)],
-                        stdout=subprocess.PIPE, text=True)
+    up = subprocess.run(
+        [hetagent, "cluster", "up", "--cluster", "local_tiers", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     if up.returncode:
         raise SystemExit(up.returncode)
     address = up.stdout.strip().splitlines()[-1]
     try:
-        cmd = [hetagent, "run", str(EXAMPLES / "rag_agent.yaml"), "--cluster", "local_tiers", "--rate", str(SPLIT_RATE),
-               "--address", address, "--input", question]
+        cmd = [
+            hetagent,
+            "run",
+            str(EXAMPLES / "rag_agent.yaml"),
+            "--cluster",
+            "local_tiers",
+            "--rate",
+            str(SPLIT_RATE),
+            "--address",
+            address,
+            "--input",
+            question,
+        ]
         console.print(" ".join(cmd[1:]), highlight=False)
         rc = subprocess.call(cmd)
     finally:

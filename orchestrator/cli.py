@@ -7,12 +7,13 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Optional
+from typing import NoReturn
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+DEFAULT_DATA_DIR = Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent"))  # read once, at import
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Serve AI agent graphs on heterogeneous hardware.")
 out = Console(width=None if sys.stdout.isatty() else 150)
 err = Console(stderr=True, soft_wrap=True)
@@ -35,7 +36,7 @@ class Solver(str, Enum):
     highs = "highs"
 
 
-def _fail(message: str, code: int = 2) -> None:
+def _fail(message: str, code: int = 2) -> NoReturn:
     err.print(f"[bold red]error:[/] {message}", highlight=False)
     raise typer.Exit(code)
 
@@ -75,14 +76,18 @@ def validate(graph: Path = typer.Argument(..., help="Agent graph spec, YAML or J
     for n in g.spec.nodes:
         kinds[n.kind] = kinds.get(n.kind, 0) + 1
     summary = ", ".join(f"{v} {k}" for k, v in sorted(kinds.items()))
-    out.print(f"[green]valid[/]: {g.metadata.name} — {len(g.spec.nodes)} nodes ({summary}), SLA {g.spec.sla.e2e_ms:g} ms")
+    out.print(
+        f"[green]valid[/]: {g.metadata.name} — {len(g.spec.nodes)} nodes ({summary}), SLA {g.spec.sla.e2e_ms:g} ms"
+    )
 
 
 @app.command()
 def compile(  # noqa: A001 - the verb users type
     graph: Path = typer.Argument(..., help="Agent graph spec, YAML or JSON."),
-    emit: Emit = typer.Option(Emit.mlir, help="mlir: the agent-dialect IR; granular: after decomposition and "
-                                              "analysis; json: the granular op list."),
+    emit: Emit = typer.Option(
+        Emit.mlir,
+        help="mlir: the agent-dialect IR; granular: after decomposition and analysis; json: the granular op list.",
+    ),
 ) -> None:
     """Compile a graph spec to the MLIR-based IR."""
     try:
@@ -98,8 +103,12 @@ def compile(  # noqa: A001 - the verb users type
         else:
             from dataclasses import asdict
 
-            sys.stdout.write(json.dumps({"ops": [asdict(o) for o in granular.ops],
-                                         "edges": [asdict(e) for e in granular.edges]}, indent=2) + "\n")
+            sys.stdout.write(
+                json.dumps(
+                    {"ops": [asdict(o) for o in granular.ops], "edges": [asdict(e) for e in granular.edges]}, indent=2
+                )
+                + "\n"
+            )
     except _user_errors() as exc:
         _fail(f"{graph}:\n{exc}")
 
@@ -108,16 +117,18 @@ def compile(  # noqa: A001 - the verb users type
 def plan(
     graph: Path = typer.Argument(..., help="Agent graph spec, YAML or JSON."),
     cluster: str = typer.Option("local", help="Cluster inventory: a path or a name in configs/clusters/."),
-    sla_ms: Optional[float] = typer.Option(None, help="End-to-end SLA, ms (default: the spec's)."),
-    ttft_ms: Optional[float] = typer.Option(None, help="TTFT target of the final LLM, ms (default: the spec's)."),
+    sla_ms: float | None = typer.Option(None, help="End-to-end SLA, ms (default: the spec's)."),
+    ttft_ms: float | None = typer.Option(None, help="TTFT target of the final LLM, ms (default: the spec's)."),
     rate: float = typer.Option(1.0, help="Arrival rate, graph runs per second."),
     max_utilisation: float = typer.Option(0.8, help="Utilisation cap of every replica pool."),
-    solver: Solver = typer.Option(Solver.auto, help="MILP solver: cbc (bundled with PuLP), highs (needs highspy), "
-                                                    "or auto (highs when installed, else cbc)."),
+    solver: Solver = typer.Option(
+        Solver.auto,
+        help="MILP solver: cbc (bundled with PuLP), highs (needs highspy), or auto (highs when installed, else cbc).",
+    ),
     time_limit_s: float = typer.Option(60.0, help="Solver time limit per ILP."),
     baselines: bool = typer.Option(True, help="Also plan homogeneous fleets and the greedy-fastest heuristic."),
     format: Format = typer.Option(Format.table, "--format", help="table or json."),  # noqa: A002
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Also write the plan JSON here."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Also write the plan JSON here."),
 ) -> None:
     """Place every granular op on the cheapest tier that meets the SLA; compare with baselines."""
     from costmodels.catalog import load_cluster
@@ -127,9 +138,20 @@ def plan(
     try:
         g, catalog = _load(graph)
         inv = load_cluster(cluster, catalog)
-        result = plan_spec(g, inv, PlanOptions(rate_per_s=rate, sla_ms=sla_ms, ttft_ms=ttft_ms,
-                                               max_utilisation=max_utilisation, solver=solver.value,
-                                               time_limit_s=time_limit_s, baselines=baselines), catalog)
+        result = plan_spec(
+            g,
+            inv,
+            PlanOptions(
+                rate_per_s=rate,
+                sla_ms=sla_ms,
+                ttft_ms=ttft_ms,
+                max_utilisation=max_utilisation,
+                solver=solver.value,
+                time_limit_s=time_limit_s,
+                baselines=baselines,
+            ),
+            catalog,
+        )
     except _user_errors() as exc:
         _fail(str(exc))
     doc = result.model_dump_json(indent=2)
@@ -159,8 +181,17 @@ def print_plan(p) -> None:  # p: planner.plan.Plan
         for col in ("op", "kind", "device", "replicas", "batch", "TP", "latency ms", "util", "bound"):
             t.add_column(col, justify="right" if col in ("replicas", "batch", "TP", "latency ms", "util") else "left")
         for o in p.ops:
-            t.add_row(o.name, o.kind, o.device, str(o.replicas), str(o.batch), str(o.tensor_parallel),
-                      f"{o.predicted_latency_ms:.2f}", f"{o.utilisation:.0%}", o.bound)
+            t.add_row(
+                o.name,
+                o.kind,
+                o.device,
+                str(o.replicas),
+                str(o.batch),
+                str(o.tensor_parallel),
+                f"{o.predicted_latency_ms:.2f}",
+                f"{o.utilisation:.0%}",
+                o.bound,
+            )
         out.print(t)
         cross = [e for e in p.edges if e.transfer_ms > 0]
         if cross:
@@ -168,18 +199,26 @@ def print_plan(p) -> None:  # p: planner.plan.Plan
             for col in ("edge", "bytes", "transfer ms"):
                 et.add_column(col)
             for e in cross:
-                et.add_row(f"{e.src} → {e.dst} ({e.src_device}→{e.dst_device})", f"{e.bytes:,.0f}", f"{e.transfer_ms:.2f}")
+                et.add_row(
+                    f"{e.src} → {e.dst} ({e.src_device}→{e.dst_device})", f"{e.bytes:,.0f}", f"{e.transfer_ms:.2f}"
+                )
             out.print(et)
         dt = Table(title="devices", title_justify="left")
         for col in ("device", "allocated / inventory", "busy", "$/h"):
             dt.add_column(col)
         for d in p.devices:
-            dt.add_row(d.device, f"{d.allocated} / {d.inventory if d.inventory is not None else '∞'}",
-                       f"{d.busy_fraction:.0%}", f"{d.usd_per_hour:.2f}")
+            dt.add_row(
+                d.device,
+                f"{d.allocated} / {d.inventory if d.inventory is not None else '∞'}",
+                f"{d.busy_fraction:.0%}",
+                f"{d.usd_per_hour:.2f}",
+            )
         out.print(dt)
         ttft = f", TTFT {p.predicted_ttft_ms:.1f} ms" if p.predicted_ttft_ms is not None else ""
-        out.print(f"predicted e2e [bold]{p.predicted_e2e_ms:.1f} ms[/]{ttft}; TCO [bold]${p.tco_usd_per_hour:.2f}/h[/], "
-                  f"${p.usd_per_1k_runs:.4f} per 1,000 runs")
+        out.print(
+            f"predicted e2e [bold]{p.predicted_e2e_ms:.1f} ms[/]{ttft}; TCO [bold]${p.tco_usd_per_hour:.2f}/h[/], "
+            f"${p.usd_per_1k_runs:.4f} per 1,000 runs"
+        )
         out.print("critical path: " + " → ".join(p.critical_path), highlight=False)
         out.print("binding: " + ("; ".join(p.binding_constraints) or "none"), highlight=False)
     if p.baselines:
@@ -190,10 +229,14 @@ def print_plan(p) -> None:  # p: planner.plan.Plan
             note = ", ".join(f"{n}×{d}" for d, n in b.devices.items()) if b.feasible else (b.reason or "")
             if b.feasible and b.reason:
                 note += f" ({b.reason})"
-            bt.add_row(b.name, "yes" if b.feasible else "[red]no[/]",
-                       f"{b.tco_usd_per_hour:.2f}" if b.tco_usd_per_hour is not None else "—",
-                       f"{b.tco_ratio:.2f}" if b.tco_ratio is not None else "—",
-                       f"{b.predicted_e2e_ms:.1f}" if b.predicted_e2e_ms is not None else "—", note)
+            bt.add_row(
+                b.name,
+                "yes" if b.feasible else "[red]no[/]",
+                f"{b.tco_usd_per_hour:.2f}" if b.tco_usd_per_hour is not None else "—",
+                f"{b.tco_ratio:.2f}" if b.tco_ratio is not None else "—",
+                f"{b.predicted_e2e_ms:.1f}" if b.predicted_e2e_ms is not None else "—",
+                note,
+            )
         out.print(bt)
 
 
@@ -217,26 +260,34 @@ def run(
     graph: Path = typer.Argument(..., help="Agent graph spec, YAML or JSON."),
     cluster: str = typer.Option("local", help="Cluster inventory: a path or a name in configs/clusters/."),
     input: list[str] = typer.Option([], "--input", "-i", help="Graph input NAME=VALUE (JSON values are decoded)."),  # noqa: A002
-    plan_path: Optional[Path] = typer.Option(None, "--plan", help="Use this plan JSON instead of planning."),
-    address: Optional[str] = typer.Option(None, help="Ray cluster address (ray://…); default RAY_ADDRESS or a local Ray."),
+    plan_path: Path | None = typer.Option(None, "--plan", help="Use this plan JSON instead of planning."),
+    address: str | None = typer.Option(None, help="Ray cluster address (ray://…); default RAY_ADDRESS or a local Ray."),
     rate: float = typer.Option(0.01, help="Arrival rate to plan for, runs/s."),
     timeout_s: float = typer.Option(600.0, help="Whole-run timeout."),
-    data_dir: Path = typer.Option(Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent")), "--data-dir",
-                                  help="Data directory: models/<catalog model>/ weights, indexes/<name>.{faiss,jsonl,txt}."),
-    model_dir: Optional[Path] = typer.Option(None, "--model-dir", help=(
-        "Weights every LLM node serves (a Hugging Face-format folder). Default on CPU clusters: the offline "
-        "tiny model, built into the data dir on first use; elsewhere <data-dir>/models/<model>.")),
+    data_dir: Path = typer.Option(
+        DEFAULT_DATA_DIR,
+        "--data-dir",
+        help="Data directory: models/<catalog model>/ weights, indexes/<name>.{faiss,jsonl,txt}.",
+    ),
+    model_dir: Path | None = typer.Option(
+        None,
+        "--model-dir",
+        help=(
+            "Weights every LLM node serves (a Hugging Face-format folder). Default on CPU clusters: the offline "
+            "tiny model, built into the data dir on first use; elsewhere <data-dir>/models/<model>."
+        ),
+    ),
     format: Format = typer.Option(Format.table, "--format", help="table or json."),  # noqa: A002
 ) -> None:
     """Plan (or take a plan), start the workers on Ray, execute the graph and report every op.
 
     Vector indexes are looked up in <data-dir>/indexes, then in an ``indexes/`` folder beside the graph file."""
     from costmodels.catalog import load_cluster
+    from orchestrator.progress import RunProgress
     from planner.pipeline import apply_model_overrides, plan_spec
     from planner.place import PlanOptions
     from planner.plan import Plan
     from workers.executor import GraphRunner, InputError, RunError, check_inputs, ensure_ray
-    from orchestrator.progress import RunProgress
     from workers.tiny_model import build_tiny_model
 
     try:
@@ -250,9 +301,13 @@ def run(
             placed = plan_spec(g, inv, PlanOptions(rate_per_s=rate, baselines=False), catalog)
             if not placed.feasible and placed.tightest_sla_ms:
                 sla = placed.tightest_sla_ms * 1.01
-                err.print(f"[yellow]note:[/] the spec SLA is out of reach on {inv.name} ({placed.reason}); "
-                          f"running with the tightest achievable SLA, {sla:.0f} ms")
-                placed = plan_spec(g, inv, PlanOptions(rate_per_s=rate, sla_ms=sla, ttft_ms=sla, baselines=False), catalog)
+                err.print(
+                    f"[yellow]note:[/] the spec SLA is out of reach on {inv.name} ({placed.reason}); "
+                    f"running with the tightest achievable SLA, {sla:.0f} ms"
+                )
+                placed = plan_spec(
+                    g, inv, PlanOptions(rate_per_s=rate, sla_ms=sla, ttft_ms=sla, baselines=False), catalog
+                )
         if not placed.feasible:
             _fail(f"no feasible plan: {placed.reason}", 3)
         served = apply_model_overrides(g, inv, catalog)
@@ -283,39 +338,64 @@ def run(
         return
     for name, value in result.outputs.items():
         out.print(f"[bold]{name}[/]: {value}", highlight=False)
-    t = Table(title=f"run {result.run_id}: {result.e2e_ms:.0f} ms measured, "
-                    f"{result.predicted_e2e_ms or 0:.0f} ms predicted", title_justify="left")
+    t = Table(
+        title=f"run {result.run_id}: {result.e2e_ms:.0f} ms measured, {result.predicted_e2e_ms or 0:.0f} ms predicted",
+        title_justify="left",
+    )
     for col in ("node", "ops", "device", "replica", "queue ms", "service ms", "measured ms", "predicted ms"):
         t.add_column(col)
     for r in result.records:
-        t.add_row(r.node, ", ".join(o.split(".")[-1] for o in r.ops), r.device, str(r.replica), f"{r.queue_wait_ms:.1f}",
-                  f"{r.service_ms:.1f}", f"{r.measured_ms:.1f}", f"{r.predicted_ms:.1f}")
+        t.add_row(
+            r.node,
+            ", ".join(o.split(".")[-1] for o in r.ops),
+            r.device,
+            str(r.replica),
+            f"{r.queue_wait_ms:.1f}",
+            f"{r.service_ms:.1f}",
+            f"{r.measured_ms:.1f}",
+            f"{r.predicted_ms:.1f}",
+        )
     out.print(t)
     if result.kv_transfers:
         kv = Table(title="KV cache hand-offs (prefill → decode)", title_justify="left")
         for col in ("node", "from → to", "tokens", "bytes", "measured ms", "predicted ms"):
             kv.add_column(col)
         for x in result.kv_transfers:
-            kv.add_row(x["node"], f"{x['src_device']} → {x['dst_device']}", str(x["tokens"]),
-                       f"{x['bytes']:,}" if x["bytes"] is not None else "n/a (engine to engine)",
-                       f"{x['measured_ms']:.1f}" if x["measured_ms"] is not None else "n/a",
-                       f"{x['predicted_ms']:.2f}" if x["predicted_ms"] is not None else "n/a")
+            kv.add_row(
+                x["node"],
+                f"{x['src_device']} → {x['dst_device']}",
+                str(x["tokens"]),
+                f"{x['bytes']:,}" if x["bytes"] is not None else "n/a (engine to engine)",
+                f"{x['measured_ms']:.1f}" if x["measured_ms"] is not None else "n/a",
+                f"{x['predicted_ms']:.2f}" if x["predicted_ms"] is not None else "n/a",
+            )
         out.print(kv)
-    out.print(f"cost of this run: measured ${result.measured_cost_usd:.3g} (ops' busy time × device price); "
-              f"planned ${result.planned_cost_usd:.3g} per run (the plan's, at {placed.rate_per_s:g} runs/s)", highlight=False)
+    out.print(
+        f"cost of this run: measured ${result.measured_cost_usd:.3g} (ops' busy time × device price); "
+        f"planned ${result.planned_cost_usd:.3g} per run (the plan's, at {placed.rate_per_s:g} runs/s)",
+        highlight=False,
+    )
     for note in result.notes:
         out.print(f"note: {note}", highlight=False)
 
 
 @app.command()
 def calibrate(
-    output: Path = typer.Option(None, "--output", "-o", help="Profile path (default: <data dir>/profiles/<name>.yaml)."),
+    output: Path = typer.Option(
+        None, "--output", "-o", help="Profile path (default: <data dir>/profiles/<name>.yaml)."
+    ),
     name: str = typer.Option("local-cpu", help="Device type id the profile defines."),
     quick: bool = typer.Option(False, help="Smaller measurements (seconds instead of a minute)."),
-    kv_transfer: Optional[str] = typer.Option(None, "--kv-transfer", metavar="SRC,DST", help=(
-        "Instead: measure the KV hand-off between two tiers of a running Ray cluster (--address), e.g. "
-        "local-core0,local-core1, and write both device types' profiles with the fitted fixed cost and bandwidth.")),
-    address: Optional[str] = typer.Option(None, help="Ray cluster for --kv-transfer (hetagent cluster address)."),
+    kv_transfer: str | None = typer.Option(
+        None,
+        "--kv-transfer",
+        metavar="SRC,DST",
+        help=(
+            "Instead: measure the KV hand-off between two tiers of a running Ray cluster (--address), e.g. "
+            "local-core0,local-core1, and write both device types' profiles with the fitted fixed cost and bandwidth."
+        ),
+    ),
+    address: str | None = typer.Option(None, help="Ray cluster for --kv-transfer (hetagent cluster address)."),
     repeats: int = typer.Option(15, help="Hand-offs per payload size for --kv-transfer."),
 ) -> None:
     """Measure this machine's CPU (GEMM FLOP/s, memory bandwidth, tiny-model prefill/decode) into a device profile,
@@ -335,7 +415,7 @@ def calibrate(
     out.print(f"[green]wrote[/] {path}")
 
 
-def _calibrate_kv_transfer(pair: str, address: Optional[str], repeats: int, output: Optional[Path]) -> None:
+def _calibrate_kv_transfer(pair: str, address: str | None, repeats: int, output: Path | None) -> None:
     from costmodels.calibrate import write_profile
     from costmodels.catalog import load_catalog, profiles_dir
     from costmodels.link_calibration import apply_link_fit, measure_link
@@ -381,18 +461,26 @@ def schema(what: str = typer.Argument(..., help="graph or plan")) -> None:
 
 # ----------------------------------------------------------------------------- a local multi-node Ray cluster
 
-cluster_app = typer.Typer(no_args_is_help=True, help=(
-    "A multi-node Ray cluster on this machine: a head plus one Ray node per CPU tier of an inventory, "
-    "each pinned to its own cores (orchestrator/cluster.py). Clients need RAY_AUTH_MODE=disabled."))
+cluster_app = typer.Typer(
+    no_args_is_help=True,
+    help=(
+        "A multi-node Ray cluster on this machine: a head plus one Ray node per CPU tier of an inventory, "
+        "each pinned to its own cores (orchestrator/cluster.py). Clients need RAY_AUTH_MODE=disabled."
+    ),
+)
 app.add_typer(cluster_app, name="cluster")
-_CLUSTER_DATA_DIR_OPT = typer.Option(Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent")), "--data-dir",
-                                     help="Data directory; the cluster's state is <data-dir>/cluster/state.json.")
+_CLUSTER_DATA_DIR_OPT = typer.Option(
+    DEFAULT_DATA_DIR,
+    "--data-dir",
+    help="Data directory; the cluster's state is <data-dir>/cluster/state.json.",
+)
 
 
 @cluster_app.command("up")
 def cluster_up(
-    cluster: str = typer.Option("local_tiers",
-                                help="Cluster inventory (CPU tiers only): a path or a name in configs/clusters/."),
+    cluster: str = typer.Option(
+        "local_tiers", help="Cluster inventory (CPU tiers only): a path or a name in configs/clusters/."
+    ),
     data_dir: Path = _CLUSTER_DATA_DIR_OPT,
     timeout_s: float = typer.Option(180.0, "--timeout-s", help="How long to wait for every node to join."),
     format: Format = typer.Option(Format.table, "--format", help="table (address on stdout) or json (the state)."),  # noqa: A002
@@ -412,10 +500,16 @@ def cluster_up(
         return
     for n in state.nodes:
         what = "head (0 CPUs)" if n.tier is None else f"device:{n.tier}, {n.num_cpus} CPUs"
-        err.print(f"  {n.name:<16} {what:<40} cores {','.join(map(str, n.cores)):<8} session {n.pgid}, "
-                  f"{len(n.pids)} processes", highlight=False)
-    err.print(f"[green]up[/] in {state.start_s:.1f} s: {len(state.nodes)} nodes of {state.inventory}; "
-              f"stop with: hetagent cluster down --data-dir {data_dir}", highlight=False)
+        err.print(
+            f"  {n.name:<16} {what:<40} cores {','.join(map(str, n.cores)):<8} session {n.pgid}, "
+            f"{len(n.pids)} processes",
+            highlight=False,
+        )
+    err.print(
+        f"[green]up[/] in {state.start_s:.1f} s: {len(state.nodes)} nodes of {state.inventory}; "
+        f"stop with: hetagent cluster down --data-dir {data_dir}",
+        highlight=False,
+    )
     sys.stdout.write(state.address + "\n")
 
 
@@ -436,14 +530,18 @@ def cluster_down(
         return
     if report.remaining:
         _fail(f"processes still alive after SIGKILL: {report.remaining}; the state file is kept", 1)
-    err.print(f"[green]down[/]: {report.address} stopped in {report.stop_s:.1f} s ({len(report.signalled)} processes "
-              f"sent SIGTERM, {len(report.killed)} needed SIGKILL)", highlight=False)
+    err.print(
+        f"[green]down[/]: {report.address} stopped in {report.stop_s:.1f} s ({len(report.signalled)} processes "
+        f"sent SIGTERM, {len(report.killed)} needed SIGKILL)",
+        highlight=False,
+    )
 
 
 @cluster_app.command("address")
-def cluster_address(data_dir: Path = _CLUSTER_DATA_DIR_OPT,
-                    client: bool = typer.Option(False, "--client",
-                                                help="The Ray Client address (ray://…) instead.")) -> None:
+def cluster_address(
+    data_dir: Path = _CLUSTER_DATA_DIR_OPT,
+    client: bool = typer.Option(False, "--client", help="The Ray Client address (ray://…) instead."),
+) -> None:
     """Print the address of the cluster started from this data dir (run --address "$(hetagent cluster address)")."""
     from orchestrator.cluster import ClusterStateError, read_state
 
@@ -457,8 +555,10 @@ def cluster_address(data_dir: Path = _CLUSTER_DATA_DIR_OPT,
 
 
 @cluster_app.command("status")
-def cluster_status(data_dir: Path = _CLUSTER_DATA_DIR_OPT,
-                   format: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:  # noqa: A002
+def cluster_status(
+    data_dir: Path = _CLUSTER_DATA_DIR_OPT,
+    format: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:  # noqa: A002
     """Nodes of the cluster and whether their processes are alive (exit 1 when a node is down)."""
     from dataclasses import asdict
 
@@ -472,17 +572,30 @@ def cluster_status(data_dir: Path = _CLUSTER_DATA_DIR_OPT,
         _fail(f"no cluster running from {data_dir}", 1)
     healthy = all(r.leader_alive for r in rows)
     if format is Format.json:
-        doc = {"address": state.address, "client_address": state.client_address, "healthy": healthy,
-               "inventory": state.inventory, "nodes": [asdict(r) for r in rows], "unattributed_processes": strays}
+        doc = {
+            "address": state.address,
+            "client_address": state.client_address,
+            "healthy": healthy,
+            "inventory": state.inventory,
+            "nodes": [asdict(r) for r in rows],
+            "unattributed_processes": strays,
+        }
         sys.stdout.write(json.dumps(doc, indent=2) + "\n")
     else:
-        t = Table(title=f"{state.inventory} at {state.address} ({'up' if healthy else 'DEGRADED'})",
-                  title_justify="left")
+        t = Table(
+            title=f"{state.inventory} at {state.address} ({'up' if healthy else 'DEGRADED'})", title_justify="left"
+        )
         for col in ("node", "resource", "CPUs", "cores", "leader", "processes"):
             t.add_column(col)
         for r in rows:
-            t.add_row(r.name, f"device:{r.tier}" if r.tier else "-", str(r.num_cpus), ",".join(map(str, r.cores)),
-                      "alive" if r.leader_alive else "gone", str(r.processes))
+            t.add_row(
+                r.name,
+                f"device:{r.tier}" if r.tier else "-",
+                str(r.num_cpus),
+                ",".join(map(str, r.cores)),
+                "alive" if r.leader_alive else "gone",
+                str(r.processes),
+            )
         out.print(t)
     if not healthy:
         raise typer.Exit(1)
@@ -497,11 +610,17 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(graphs_app, name="graphs")
 app.add_typer(runs_app, name="runs")
 
-_DATA_DIR_OPT = typer.Option(Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent")), "--data-dir",
-                             help="Data directory (SQLite database, models, indexes).")
-_DB_OPT = typer.Option(os.environ.get("HETAGENT_DATABASE_URL"), "--database-url",
-                       help="SQLAlchemy URL (default: SQLite in the data dir).")
-_URL_OPT = typer.Option(os.environ.get("HETAGENT_URL", "http://127.0.0.1:8080"), "--url", help="Daemon address (HETAGENT_URL).")
+_DATA_DIR_OPT = typer.Option(
+    DEFAULT_DATA_DIR,
+    "--data-dir",
+    help="Data directory (SQLite database, models, indexes).",
+)
+_DB_OPT = typer.Option(
+    os.environ.get("HETAGENT_DATABASE_URL"), "--database-url", help="SQLAlchemy URL (default: SQLite in the data dir)."
+)
+_URL_OPT = typer.Option(
+    os.environ.get("HETAGENT_URL", "http://127.0.0.1:8080"), "--url", help="Daemon address (HETAGENT_URL)."
+)
 _KEY_OPT = typer.Option(os.environ.get("HETAGENT_API_KEY"), "--api-key", help="API key (HETAGENT_API_KEY).")
 
 
@@ -510,8 +629,8 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Bind address."),
     port: int = typer.Option(8080, help="Port."),
     data_dir: Path = _DATA_DIR_OPT,
-    database_url: Optional[str] = _DB_OPT,
-    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Ray cluster (ray://…); default a local Ray."),
+    database_url: str | None = _DB_OPT,
+    ray_address: str | None = typer.Option(None, "--ray-address", help="Ray cluster (ray://…); default a local Ray."),
     cluster: str = typer.Option("local", help="Cluster inventory the daemon plans for (name in configs/clusters)."),
     control_interval_s: float = typer.Option(10.0, help="Period of the re-planning control loop."),
 ) -> None:
@@ -521,8 +640,13 @@ def serve(
     from orchestrator.app import create_app
     from orchestrator.settings import Settings
 
-    settings = Settings(data_dir=data_dir, database_url=database_url, ray_address=ray_address, cluster=cluster,
-                        control_interval_s=control_interval_s)
+    settings = Settings(
+        data_dir=data_dir,
+        database_url=database_url,
+        ray_address=ray_address,
+        cluster=cluster,
+        control_interval_s=control_interval_s,
+    )
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
 
 
@@ -531,7 +655,7 @@ def keys_create(
     scope: str = typer.Option("read", help="read, write or admin."),
     name: str = typer.Option("", help="A label for the key."),
     data_dir: Path = _DATA_DIR_OPT,
-    database_url: Optional[str] = _DB_OPT,
+    database_url: str | None = _DB_OPT,
 ) -> None:
     """Create an API key and print it once (the daemon need not be running)."""
     from orchestrator.auth import SCOPES, create_key
@@ -546,7 +670,7 @@ def keys_create(
     sys.stdout.write(key + "\n")
 
 
-def _client(url: str, api_key: Optional[str]):
+def _client(url: str, api_key: str | None):
     import httpx
 
     if not api_key:
@@ -558,36 +682,47 @@ def _answer(resp) -> dict:
     if resp.status_code >= 400:
         try:
             body = resp.json()
-            _fail(f"{resp.status_code} {body.get('title', '')}: {body.get('detail', '')}", 2 if resp.status_code < 500 else 4)
+            _fail(
+                f"{resp.status_code} {body.get('title', '')}: {body.get('detail', '')}",
+                2 if resp.status_code < 500 else 4,
+            )
         except ValueError:
             _fail(f"{resp.status_code}: {resp.text[:500]}", 4)
     return resp.json()
 
 
 @graphs_app.command("apply")
-def graphs_apply(file: Path = typer.Option(..., "-f", "--file", help="Agent graph spec (YAML or JSON)."),
-                 url: str = _URL_OPT, api_key: Optional[str] = _KEY_OPT) -> None:
+def graphs_apply(
+    file: Path = typer.Option(..., "-f", "--file", help="Agent graph spec (YAML or JSON)."),
+    url: str = _URL_OPT,
+    api_key: str | None = _KEY_OPT,
+) -> None:
     """Store a graph on the daemon; prints its id and version."""
     ctype = "application/json" if file.suffix == ".json" else "application/yaml"
     from orchestrator.models import GraphOut
 
     with _client(url, api_key) as c:
-        g = GraphOut.model_validate(_answer(c.post("/v1/graphs", content=file.read_bytes(), headers={"Content-Type": ctype})))
+        g = GraphOut.model_validate(
+            _answer(c.post("/v1/graphs", content=file.read_bytes(), headers={"Content-Type": ctype}))
+        )
     out.print(f"{g.id}  {g.name} v{g.version}", highlight=False)
 
 
 @graphs_app.command("list")
-def graphs_list(url: str = _URL_OPT, api_key: Optional[str] = _KEY_OPT) -> None:
+def graphs_list(url: str = _URL_OPT, api_key: str | None = _KEY_OPT) -> None:
     with _client(url, api_key) as c:
         for g in _answer(c.get("/v1/graphs")):
             out.print(f"{g['id']}  {g['name']} v{g['version']}  {g['created_at']}", highlight=False)
 
 
 @runs_app.command("create")
-def runs_create(graph_id: str = typer.Argument(..., help="Graph id (from graphs apply)."),
-                input: list[str] = typer.Option([], "--input", "-i", help="NAME=VALUE (JSON values decoded)."),  # noqa: A002
-                wait: bool = typer.Option(True, help="Wait for the result (sync) or print the run id (async)."),
-                url: str = _URL_OPT, api_key: Optional[str] = _KEY_OPT) -> None:
+def runs_create(
+    graph_id: str = typer.Argument(..., help="Graph id (from graphs apply)."),
+    input: list[str] = typer.Option([], "--input", "-i", help="NAME=VALUE (JSON values decoded)."),  # noqa: A002
+    wait: bool = typer.Option(True, help="Wait for the result (sync) or print the run id (async)."),
+    url: str = _URL_OPT,
+    api_key: str | None = _KEY_OPT,
+) -> None:
     """Run a deployed graph on the daemon; prints the run as JSON."""
     with _client(url, api_key) as c:
         spec = _answer(c.get(f"/v1/graphs/{graph_id}"))["spec"]
@@ -604,7 +739,7 @@ def runs_create(graph_id: str = typer.Argument(..., help="Graph id (from graphs 
 
 
 @runs_app.command("get")
-def runs_get(run_id: str, url: str = _URL_OPT, api_key: Optional[str] = _KEY_OPT) -> None:
+def runs_get(run_id: str, url: str = _URL_OPT, api_key: str | None = _KEY_OPT) -> None:
     with _client(url, api_key) as c:
         sys.stdout.write(json.dumps(_answer(c.get(f"/v1/runs/{run_id}")), indent=2) + "\n")
 

@@ -201,8 +201,9 @@ def read_state(data_dir: Path) -> ClusterState | None:
     except FileNotFoundError:
         return None
     except (json.JSONDecodeError, TypeError, KeyError) as exc:
-        raise ClusterStateError(f"{path}: unreadable cluster state ({exc}); remove it after checking no cluster "
-                                f"processes remain") from None
+        raise ClusterStateError(
+            f"{path}: unreadable cluster state ({exc}); remove it after checking no cluster processes remain"
+        ) from None
 
 
 def _write_state(data_dir: Path, state: ClusterState) -> None:
@@ -235,14 +236,18 @@ def available_cores() -> list[int]:
 
 def plan_nodes(inventory: ClusterInventory, catalog: Catalog, cores: list[int]) -> list[NodeSpec]:
     """The head plus one node per tier, with each tier's share of ``cores``; raises ClusterConfigError."""
-    not_cpu = [(p.type, catalog.device(p.type).device_class.value) for p in inventory.devices
-               if catalog.device(p.type).device_class is not DeviceClass.cpu]
+    not_cpu = [
+        (p.type, catalog.device(p.type).device_class.value)
+        for p in inventory.devices
+        if catalog.device(p.type).device_class is not DeviceClass.cpu
+    ]
     if not_cpu:
         listed = ", ".join(f"{t} ({c})" for t, c in not_cpu)
         raise ClusterConfigError(
             f"inventory {inventory.name!r} has non-CPU tiers: {listed}. `hetagent cluster up` starts local CPU tiers "
             f"only (one Ray node per tier, pinned to this machine's cores); run GPU/accelerator tiers as Ray nodes on "
-            f"their own machines (e.g. KubeRay worker groups advertising device:<type>) and connect with --address.")
+            f"their own machines (e.g. KubeRay worker groups advertising device:<type>) and connect with --address."
+        )
     tiers: list[NodeSpec] = []
     next_core = 0
     needed = {p.type: (catalog.device(p.type).cores or 0) * p.count for p in inventory.devices}
@@ -251,21 +256,31 @@ def plan_nodes(inventory: ClusterInventory, catalog: Catalog, cores: list[int]) 
         detail = ", ".join(f"{t}: {n}" for t, n in needed.items())
         raise ClusterConfigError(
             f"inventory {inventory.name!r} needs {total} cores ({detail}; catalog cores x count) but this process may "
-            f"use {len(cores)} (CPUs {','.join(map(str, cores))}).")
+            f"use {len(cores)} (CPUs {','.join(map(str, cores))})."
+        )
     for pool in inventory.devices:
         device = catalog.device(pool.type)
         n = needed[pool.type]
         if n < 1:
             raise ClusterConfigError(f"tier {pool.type!r} has count {pool.count}: nothing to start")
-        share = tuple(cores[next_core:next_core + n])
+        share = tuple(cores[next_core : next_core + n])
         next_core += n
         memory_bytes = device.memory_gib * 1024**3 * pool.count
         store = int(min(TIER_OBJECT_STORE_MAX_BYTES, TIER_OBJECT_STORE_FRACTION * memory_bytes))
-        tiers.append(NodeSpec(name=pool.type, tier=pool.type, num_cpus=n, cores=share,
-                              resources={device_resource(pool.type): DEVICE_RESOURCE_UNITS}, object_store_bytes=store))
+        tiers.append(
+            NodeSpec(
+                name=pool.type,
+                tier=pool.type,
+                num_cpus=n,
+                cores=share,
+                resources={device_resource(pool.type): DEVICE_RESOURCE_UNITS},
+                object_store_bytes=store,
+            )
+        )
     used = tuple(sorted({c for t in tiers for c in t.cores}))
-    head = NodeSpec(name="head", tier=None, num_cpus=0, cores=used, resources={},
-                    object_store_bytes=HEAD_OBJECT_STORE_BYTES)
+    head = NodeSpec(
+        name="head", tier=None, num_cpus=0, cores=used, resources={}, object_store_bytes=HEAD_OBJECT_STORE_BYTES
+    )
     return [head, *tiers]
 
 
@@ -278,10 +293,17 @@ def _read_proc(pid: int) -> ProcessInfo | None:
         raw_cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError, PermissionError):
         return None
-    comm = stat[stat.index("(") + 1:stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2:].split()
-    return ProcessInfo(pid=pid, ppid=int(fields[1]), pgid=int(fields[2]), sid=int(fields[3]), state=fields[0],
-                       comm=comm, cmdline=raw_cmd.replace(b"\0", b" ").decode(errors="replace").strip())
+    comm = stat[stat.index("(") + 1 : stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return ProcessInfo(
+        pid=pid,
+        ppid=int(fields[1]),
+        pgid=int(fields[2]),
+        sid=int(fields[3]),
+        state=fields[0],
+        comm=comm,
+        cmdline=raw_cmd.replace(b"\0", b" ").decode(errors="replace").strip(),
+    )
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -361,7 +383,8 @@ def _ray_executable() -> str:
     found = str(beside) if beside.exists() else shutil.which("ray")
     if not found:
         raise ClusterConfigError(
-            "the `ray` command is not installed (install the `runtime` extra: pip install -e '.[runtime]')")
+            "the `ray` command is not installed (install the `runtime` extra: pip install -e '.[runtime]')"
+        )
     return found
 
 
@@ -372,14 +395,24 @@ def _node_env(cluster_id: str, node: str) -> dict[str, str]:
 
 
 def _start_node(spec: NodeSpec, args: list[str], *, cluster_id: str, log: Path, cwd: Path) -> subprocess.Popen[bytes]:
-    cmd = [sys.executable, "-c", _PIN_AND_EXEC, ",".join(map(str, spec.cores)), _ray_executable(), "start", *args,
-           "--block", "--disable-usage-stats"]
+    cmd = [
+        sys.executable,
+        "-c",
+        _PIN_AND_EXEC,
+        ",".join(map(str, spec.cores)),
+        _ray_executable(),
+        "start",
+        *args,
+        "--block",
+        "--disable-usage-stats",
+    ]
     env = _node_env(cluster_id, spec.name)
     if spec.tier is None:  # the head's autoscaler monitor serves metrics on a fixed port (44217) unless told otherwise
         env["AUTOSCALER_METRIC_PORT"] = str(_free_port())
     with open(log, "ab") as fh:
-        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd,
-                                env=env, start_new_session=True)
+        return subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=fh, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
+        )
 
 
 def _read_from(path: Path, offset: int) -> str:
@@ -404,8 +437,14 @@ def _tail(path: Path, lines: int = 15) -> str:
         return "(no log)"
 
 
-def up(inventory: str | Path, data_dir: Path, *, timeout_s: float = 180.0, catalog: Catalog | None = None,
-       cwd: Path | None = None) -> ClusterState:
+def up(
+    inventory: str | Path,
+    data_dir: Path,
+    *,
+    timeout_s: float = 180.0,
+    catalog: Catalog | None = None,
+    cwd: Path | None = None,
+) -> ClusterState:
     """Start the head and one node per CPU tier of ``inventory``; returns the written state.
 
     Raises ClusterConfigError (inventory cannot run here), ClusterStateError (a cluster already runs
@@ -422,7 +461,8 @@ def up(inventory: str | Path, data_dir: Path, *, timeout_s: float = 180.0, catal
             if cluster_processes(existing):
                 raise ClusterStateError(
                     f"a cluster is already running from {data_dir} (address {existing.address}, inventory "
-                    f"{existing.inventory}); stop it first: hetagent cluster down --data-dir {data_dir}")
+                    f"{existing.inventory}); stop it first: hetagent cluster down --data-dir {data_dir}"
+                )
             state_path(data_dir).unlink()  # stale: its processes are gone (e.g. after a reboot)
         temp_dir = ray_temp_dir(data_dir)
         temp_dir.mkdir(parents=True, exist_ok=True)
@@ -432,9 +472,17 @@ def up(inventory: str | Path, data_dir: Path, *, timeout_s: float = 180.0, catal
         cluster_id = uuid.uuid4().hex
         gcs_port, client_port = _free_port(), _free_port()
         state = ClusterState(
-            version=STATE_VERSION, cluster_id=cluster_id, inventory=inv.name, inventory_path=str(inventory),
-            address=f"127.0.0.1:{gcs_port}", client_address=f"ray://127.0.0.1:{client_port}", temp_dir=str(temp_dir),
-            data_dir=str(data_dir), started_at=datetime.now(UTC).isoformat(timespec="seconds"), start_s=0.0)
+            version=STATE_VERSION,
+            cluster_id=cluster_id,
+            inventory=inv.name,
+            inventory_path=str(inventory),
+            address=f"127.0.0.1:{gcs_port}",
+            client_address=f"ray://127.0.0.1:{client_port}",
+            temp_dir=str(temp_dir),
+            data_dir=str(data_dir),
+            started_at=datetime.now(UTC).isoformat(timespec="seconds"),
+            start_s=0.0,
+        )
         procs: dict[str, subprocess.Popen[bytes]] = {}
         workdir = Path(cwd or os.getcwd())
         deadline = t0 + timeout_s
@@ -460,8 +508,16 @@ def up(inventory: str | Path, data_dir: Path, *, timeout_s: float = 180.0, catal
                 offset = log.stat().st_size if log.exists() else 0
                 proc = _start_node(spec, args, cluster_id=cluster_id, log=log, cwd=workdir)
                 procs[spec.name] = proc
-                node = NodeState(name=spec.name, tier=spec.tier, num_cpus=spec.num_cpus, cores=list(spec.cores),
-                                 resources=spec.resources, pgid=proc.pid, pids=[proc.pid], log=str(log))
+                node = NodeState(
+                    name=spec.name,
+                    tier=spec.tier,
+                    num_cpus=spec.num_cpus,
+                    cores=list(spec.cores),
+                    resources=spec.resources,
+                    pgid=proc.pid,
+                    pids=[proc.pid],
+                    log=str(log),
+                )
                 state.nodes = [n for n in state.nodes if n.name != spec.name] + [node]
                 _write_state(data_dir, state)  # at once, so `down` can clean up after an interrupted `up`
                 while True:
@@ -480,29 +536,68 @@ def up(inventory: str | Path, data_dir: Path, *, timeout_s: float = 180.0, catal
 
         try:
             head, tiers = specs[0], specs[1:]
-            start(head, ["--head", "--num-cpus", "0", "--port", str(gcs_port),
-                         "--ray-client-server-port", str(client_port),
-                         "--dashboard-agent-listen-port", str(_free_port()), "--include-dashboard", "false",
-                         "--min-worker-port", "0", "--max-worker-port", "0", "--temp-dir", str(temp_dir),
-                         "--object-store-memory", str(head.object_store_bytes)])
+            start(
+                head,
+                [
+                    "--head",
+                    "--num-cpus",
+                    "0",
+                    "--port",
+                    str(gcs_port),
+                    "--ray-client-server-port",
+                    str(client_port),
+                    "--dashboard-agent-listen-port",
+                    str(_free_port()),
+                    "--include-dashboard",
+                    "false",
+                    "--min-worker-port",
+                    "0",
+                    "--max-worker-port",
+                    "0",
+                    "--temp-dir",
+                    str(temp_dir),
+                    "--object-store-memory",
+                    str(head.object_store_bytes),
+                ],
+            )
             state.address = address_file.read_text().strip() or state.address
             host = state.address.rsplit(":", 1)[0]
             state.client_address = f"ray://{host}:{client_port}"
             for spec in tiers:  # one after another: starting them together overloads a small machine
-                start(spec, ["--address", state.address, "--num-cpus", str(spec.num_cpus),
-                             "--resources", json.dumps(spec.resources),
-                             "--dashboard-agent-listen-port", str(_free_port()),
-                             "--min-worker-port", "0", "--max-worker-port", "0",
-                             # one log monitor per machine (the head's) reads every node's logs
-                             "--include-log-monitor", "false",
-                             "--temp-dir", str(temp_dir), "--object-store-memory", str(spec.object_store_bytes)])
+                start(
+                    spec,
+                    [
+                        "--address",
+                        state.address,
+                        "--num-cpus",
+                        str(spec.num_cpus),
+                        "--resources",
+                        json.dumps(spec.resources),
+                        "--dashboard-agent-listen-port",
+                        str(_free_port()),
+                        "--min-worker-port",
+                        "0",
+                        "--max-worker-port",
+                        "0",
+                        # one log monitor per machine (the head's) reads every node's logs
+                        "--include-log-monitor",
+                        "false",
+                        "--temp-dir",
+                        str(temp_dir),
+                        "--object-store-memory",
+                        str(spec.object_store_bytes),
+                    ],
+                )
             want = [r for s in tiers for r in s.resources]
             remaining = max(5.0, deadline - time.monotonic())
-            waiter = subprocess.Popen([sys.executable, "-c", _WAIT_FOR_NODES, state.address, json.dumps(want),
-                                       str(remaining)],
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=workdir,
-                                      env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
-                                           "RAY_AUTH_MODE": "disabled"})
+            waiter = subprocess.Popen(
+                [sys.executable, "-c", _WAIT_FOR_NODES, state.address, json.dumps(want), str(remaining)],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=workdir,
+                env={**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "RAY_AUTH_MODE": "disabled"},
+            )
             while waiter.poll() is None:
                 dead = [name for name, p in procs.items() if p.poll() is not None]
                 if dead:
@@ -522,8 +617,12 @@ def up(inventory: str | Path, data_dir: Path, *, timeout_s: float = 180.0, catal
                 raise fail(f"could not query the cluster's nodes:\n{err[-2000:]}") from None
             alive = [n for n in seen["nodes"] if n["alive"]]
             for node in state.nodes:
-                match = [n for n in alive if (node.tier is None and "node:__internal_head__" in n["resources"])
-                         or (node.tier is not None and device_resource(node.tier) in n["resources"])]
+                match = [
+                    n
+                    for n in alive
+                    if (node.tier is None and "node:__internal_head__" in n["resources"])
+                    or (node.tier is not None and device_resource(node.tier) in n["resources"])
+                ]
                 if not match:
                     raise fail(f"Ray node {node.name!r} did not join within {timeout_s:.0f} s", node.name)
                 node.node_id = match[0]["node_id"]
@@ -626,6 +725,14 @@ def status(data_dir: Path) -> tuple[ClusterState | None, list[NodeStatus], int]:
     rows = []
     for n in state.nodes:
         mine = procs.get(n.name, [])
-        rows.append(NodeStatus(name=n.name, tier=n.tier, cores=n.cores, num_cpus=n.num_cpus,
-                               leader_alive=any(p.pid == n.pgid for p in mine), processes=len(mine)))
+        rows.append(
+            NodeStatus(
+                name=n.name,
+                tier=n.tier,
+                cores=n.cores,
+                num_cpus=n.num_cpus,
+                leader_alive=any(p.pid == n.pgid for p in mine),
+                processes=len(mine),
+            )
+        )
     return state, rows, len(procs.get("?", []))

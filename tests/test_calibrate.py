@@ -53,7 +53,16 @@ def test_tiny_model_matches_catalog_entry(tiny_model):
     catalog = load_catalog()
     if "tiny-llama" in catalog.models:  # the shipped entry must describe the same architecture
         entry = catalog.model("tiny-llama")
-        for field in ("layers", "hidden_size", "heads", "kv_heads", "head_dim", "intermediate_size", "vocab_size", "dtype"):
+        for field in (
+            "layers",
+            "hidden_size",
+            "heads",
+            "kv_heads",
+            "head_dim",
+            "intermediate_size",
+            "vocab_size",
+            "dtype",
+        ):
             assert getattr(entry, field) == getattr(spec, field), field
         assert entry.max_context_tokens == cfg["max_position_embeddings"]
         assert entry.parameters == spec.parameters
@@ -112,8 +121,16 @@ def test_quick_calibration_is_plausible(calibrated):
 
 def test_every_number_has_a_source(calibrated):
     device, _, _ = calibrated
-    numbers = ["memory_gib", "memory_bandwidth_gb_s", "intra_node_link_gb_s", "network_gb_s", "max_devices_per_node",
-               "cores", "tdp_w", "price_usd_per_h"]
+    numbers = [
+        "memory_gib",
+        "memory_bandwidth_gb_s",
+        "intra_node_link_gb_s",
+        "network_gb_s",
+        "max_devices_per_node",
+        "cores",
+        "tdp_w",
+        "price_usd_per_h",
+    ]
     numbers += [f"peak_tflops.{k}" for k in device.peak_tflops]
     numbers += [f"efficiency.{k}" for k in ("compute", "memory", "link", "fixed_overhead_ms")]
     for key in numbers:

@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from costmodels.catalog import load_catalog
-from tests.support.plans import DRAFT_WRITER as GRAPH
-from tests.support.plans import draft_writer_plans, phase_devices
+from tests.support.plans import DRAFT_WRITER as GRAPH, draft_writer_plans, phase_devices
 from tests.support.ray_cluster import local_tiers_cluster  # noqa: F401  (a pytest fixture)
 
 pytestmark = pytest.mark.vllm
@@ -27,8 +26,10 @@ pytestmark = pytest.mark.vllm
 ROOT = Path(__file__).resolve().parent.parent
 CAT = load_catalog()
 # long enough for several KV blocks (vLLM's CPU block is 128 tokens)
-BRIEF = ("Explain how a KV cache lets a language model reuse attention keys and values, and why prefill "
-         "is compute-bound while decode is memory-bound. ") * 6
+BRIEF = (
+    "Explain how a KV cache lets a language model reuse attention keys and values, and why prefill "
+    "is compute-bound while decode is memory-bound. "
+) * 6
 OUTPUT_TOKENS = 48
 
 
@@ -59,7 +60,9 @@ def runners(cluster_ray, plans, tiny_model_dir):
     from workers.executor import GraphRunner
 
     graph, low, split = plans
-    made = {name: GraphRunner(graph, plan, model_dir=tiny_model_dir) for name, plan in (("unsplit", low), ("split", split))}
+    made = {
+        name: GraphRunner(graph, plan, model_dir=tiny_model_dir) for name, plan in (("unsplit", low), ("split", split))
+    }
     try:
         for r in made.values():
             r.start(start_timeout_s=600)
@@ -84,8 +87,11 @@ def _where(runner) -> dict[str, dict]:
 def test_the_plans_layout_is_what_runs(runners, plans, cluster_ray):
     _, low, split = plans
     for runner, plan in ((runners["unsplit"], low), (runners["split"], split)):
-        engines = {e["name"]: (e["device"], e["replicas"]) for e in plan.engines if e.get("kind") == "engine"
-                   and any(op.endswith((".prefill", ".decode")) for op in e["ops"])}
+        engines = {
+            e["name"]: (e["device"], e["replicas"])
+            for e in plan.engines
+            if e.get("kind") == "engine" and any(op.endswith((".prefill", ".decode")) for op in e["ops"])
+        }
         started = {p.id: (p.device, len(p.actors)) for p in runner.pools.values() if p.llm}
         assert started == engines
     where = _where(runners["split"])
@@ -102,8 +108,11 @@ def test_split_run_equals_unsplit_token_for_token(runners, plans):
     brief = "Case one. " + BRIEF  # a prompt no engine has cached: the decode side must use the transferred KV
     a = runners["unsplit"].run({"brief": brief}, timeout_s=300)
     tokens: list[str] = []
-    b = runners["split"].run({"brief": brief}, timeout_s=300,
-                             on_event=lambda kind, node, data: tokens.append(data["text"]) if kind == "token" else None)
+    b = runners["split"].run(
+        {"brief": brief},
+        timeout_s=300,
+        on_event=lambda kind, node, data: tokens.append(data["text"]) if kind == "token" else None,
+    )
     assert a.outputs["draft"] == b.outputs["draft"] and b.outputs["draft"].strip()
     assert "".join(tokens) == b.outputs["draft"]  # the decode side streamed the answer
     phases = {r.phase: r for r in b.records if r.node == "draft"}
@@ -189,12 +198,35 @@ def test_run_json_has_devices_and_kv_transfers(cluster_ray, plans, tiny_model_di
     plan_path.write_text(split.model_dump_json())
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
     done = subprocess.run(
-        [sys.executable, "-m", "orchestrator.cli", "run", str(GRAPH), "--cluster", "local_tiers", "--plan", str(plan_path),
-         "--address", str(cluster_ray), "--model-dir", str(tiny_model_dir), "--format", "json",
-         "--input", f"brief={BRIEF}"], capture_output=True, text=True, timeout=900, cwd=ROOT, env=env)
+        [
+            sys.executable,
+            "-m",
+            "orchestrator.cli",
+            "run",
+            str(GRAPH),
+            "--cluster",
+            "local_tiers",
+            "--plan",
+            str(plan_path),
+            "--address",
+            str(cluster_ray),
+            "--model-dir",
+            str(tiny_model_dir),
+            "--format",
+            "json",
+            "--input",
+            f"brief={BRIEF}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=ROOT,
+        env=env,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     doc = json.load(io.StringIO(done.stdout))
     draft = [r for r in doc["records"] if r["node"] == "draft"]
-    assert [(r["phase"], r["device"]) for r in draft] == list(zip(("prefill", "decode"), _phase_devices(split)))
+    planned = list(zip(("prefill", "decode"), _phase_devices(split), strict=True))
+    assert [(r["phase"], r["device"]) for r in draft] == planned
     (xfer,) = doc["kv_transfers"]
     assert {"bytes", "measured_ms", "predicted_ms"} <= set(xfer) and xfer["bytes"] > 0

@@ -9,6 +9,7 @@ resource only *selects* the tier; CPU/GPU quantities do the actual packing.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 from typing import Any
@@ -86,8 +87,14 @@ def _upstream_values(upstream_results: tuple) -> dict[str, Any]:
 def _envelope(output: Any, started: float, t0: float, attempts: int = 1, detail: dict | None = None) -> dict[str, Any]:
     import time
 
-    return {"output": output, "started_at": started, "service_ms": (time.perf_counter() - t0) * 1000.0,
-            "finished_at": time.time(), "attempts": attempts, "detail": detail or {}}
+    return {
+        "output": output,
+        "started_at": started,
+        "service_ms": (time.perf_counter() - t0) * 1000.0,
+        "finished_at": time.time(),
+        "attempts": attempts,
+        "detail": detail or {},
+    }
 
 
 class HostWorker:
@@ -109,7 +116,10 @@ class HostWorker:
         from workers.ops import make_op
 
         self.nodes = [node_from_json(n) for n, _ in nodes]
-        self.ops = {node.name: make_op(node, execution, Path(data_dir)) for node, (_, execution) in zip(self.nodes, nodes)}
+        self.ops = {
+            node.name: make_op(node, execution, Path(data_dir))
+            for node, (_, execution) in zip(self.nodes, nodes, strict=True)
+        }
         names = {n.name for n in self.nodes}
         self._by_name = {n.name: n for n in self.nodes}
         self._local_ups = {n.name: [u for u in node_upstream(n) if u in names] for n in self.nodes}
@@ -176,7 +186,7 @@ class HostWorker:
             with lock:
                 deadlines[name] = time.monotonic() + node.timeout_s
             fut = self._pool.submit(self._render_and_call, node, graph_inputs, values)
-            fut.add_done_callback(lambda f, name=name: finished(name, f))
+            fut.add_done_callback(functools.partial(finished, name))
 
         def finished(name: str, fut: Any) -> None:
             try:
@@ -249,8 +259,10 @@ class LLMWorker:
         import ray
 
         node_id = ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
-        return [{"kind": "llm", "name": name, "cores": self.cores, "node_id": node_id, **self.llm.info()}
-                for name in self.nodes]
+        return [
+            {"kind": "llm", "name": name, "cores": self.cores, "node_id": node_id, **self.llm.info()}
+            for name in self.nodes
+        ]
 
     def _prompt(self, node: Any, graph_inputs: dict[str, Any], values: dict[str, Any]) -> str:
         import json
@@ -279,9 +291,18 @@ class LLMWorker:
         async for item in self._call(self._node(name), graph_inputs, upstream, stream=True):
             yield item
 
-    async def _call(self, node: Any, graph_inputs: dict[str, Any], upstream: tuple, stream: bool, *,
-                    prompt: str | list[int] | None = None, kv_params: dict | None = None, detail: dict | None = None,
-                    started: float | None = None):
+    async def _call(
+        self,
+        node: Any,
+        graph_inputs: dict[str, Any],
+        upstream: tuple,
+        stream: bool,
+        *,
+        prompt: str | list[int] | None = None,
+        kv_params: dict | None = None,
+        detail: dict | None = None,
+        started: float | None = None,
+    ):
         import time
 
         t0 = time.perf_counter()
@@ -292,8 +313,9 @@ class LLMWorker:
             result: dict[str, Any] = {}
             sent = False
             try:
-                async for delta in self.llm.deltas(prompt, node.expected.output_tokens, node.temperature, result,
-                                                   kv_transfer_params=kv_params):
+                async for delta in self.llm.deltas(
+                    prompt, node.expected.output_tokens, node.temperature, result, kv_transfer_params=kv_params
+                ):
                     if stream:
                         sent = True
                         yield {"delta": delta}
@@ -329,10 +351,17 @@ class LLMWorker:
         except Exception as exc:  # noqa: BLE001
             raise NodeError(node.name, f"prefill: {type(exc).__name__}: {exc}") from exc
         kv_ready_at = time.time()
-        handoff: dict[str, Any] = {"handle": handle, "prompt_ids": ids, "truncated_tokens": truncated,
-                                   "prefill_started_at": started, "prefill_service_ms": (time.perf_counter() - t0) * 1e3,
-                                   "kv_ready_at": kv_ready_at, "prefill_pid": os.getpid(), "ttft_prefill_ms": result.get("ttft_ms")}
-        if on_cpu_connector:
+        handoff: dict[str, Any] = {
+            "handle": handle,
+            "prompt_ids": ids,
+            "truncated_tokens": truncated,
+            "prefill_started_at": started,
+            "prefill_service_ms": (time.perf_counter() - t0) * 1e3,
+            "kv_ready_at": kv_ready_at,
+            "prefill_pid": os.getpid(),
+            "ttft_prefill_ms": result.get("ttft_ms"),
+        }
+        if self.llm.kv_dir is not None:
             folder = handle_dir(self.llm.kv_dir, handle)
             try:
                 files = {f.name: f.read_bytes() for f in sorted(folder.iterdir()) if f.is_file()}
@@ -343,7 +372,9 @@ class LLMWorker:
 
                 shutil.rmtree(folder, ignore_errors=True)
             handoff["kv"] = files
-            handoff["kv_bytes"] = sum(safetensors_payload_bytes(b) for n, b in files.items() if n.endswith(".safetensors"))
+            handoff["kv_bytes"] = sum(
+                safetensors_payload_bytes(b) for n, b in files.items() if n.endswith(".safetensors")
+            )
         else:
             handoff["kv_transfer_params"] = result.get("kv_transfer_params")
             handoff["kv_bytes"] = None
@@ -358,7 +389,10 @@ class LLMWorker:
 
         received_at = time.time()
         if "kv" not in handoff:  # GPU connectors: the engines move the blocks themselves
-            return handoff.get("kv_transfer_params"), {"kv_bytes": None, "handoff_ms": (received_at - handoff["sent_at"]) * 1e3}
+            return handoff.get("kv_transfer_params"), {
+                "kv_bytes": None,
+                "handoff_ms": (received_at - handoff["sent_at"]) * 1e3,
+            }
         if self.llm.kv_dir is None:
             raise ValueError("this engine has no KV connector: the plan did not make it a decode engine")
         folder = handle_dir(self.llm.kv_dir, handoff["handle"])
@@ -373,16 +407,29 @@ class LLMWorker:
         want = transferable_tokens(len(handoff["prompt_ids"]), block_size)
         manifest = read_manifest(folder) or {}
         if int(manifest.get("num_tokens", 0)) != want:  # refuse rather than silently recompute the prefill here
-            raise ValueError(f"KV hand-off {handoff['handle']} carries {manifest.get('num_tokens', 0)} tokens of KV; "
-                             f"the {len(handoff['prompt_ids'])}-token prompt needs {want} (block size {block_size})")
-        detail = {"kv_bytes": handoff["kv_bytes"], "kv_tokens": want, "kv_files": len(handoff["kv"]),
-                  "transfer_measured_ms": (written_at - handoff["kv_ready_at"]) * 1e3}
+            raise ValueError(
+                f"KV hand-off {handoff['handle']} carries {manifest.get('num_tokens', 0)} tokens of KV; "
+                f"the {len(handoff['prompt_ids'])}-token prompt needs {want} (block size {block_size})"
+            )
+        detail = {
+            "kv_bytes": handoff["kv_bytes"],
+            "kv_tokens": want,
+            "kv_files": len(handoff["kv"]),
+            "transfer_measured_ms": (written_at - handoff["kv_ready_at"]) * 1e3,
+        }
         return {HANDLE_KEY: handoff["handle"], OP_KEY: "load"}, detail
 
     def _decode_detail(self, handoff: dict[str, Any], transfer: dict) -> dict[str, Any]:
-        return {"prefill": {"service_ms": handoff["prefill_service_ms"], "started_at": handoff["prefill_started_at"],
-                            "finished_at": handoff["kv_ready_at"], "pid": handoff["prefill_pid"]},
-                "kv_transfer": transfer, "prompt_tokens_prefilled": len(handoff["prompt_ids"])}
+        return {
+            "prefill": {
+                "service_ms": handoff["prefill_service_ms"],
+                "started_at": handoff["prefill_started_at"],
+                "finished_at": handoff["kv_ready_at"],
+                "pid": handoff["prefill_pid"],
+            },
+            "kv_transfer": transfer,
+            "prompt_tokens_prefilled": len(handoff["prompt_ids"]),
+        }
 
     async def decode(self, name: str, handoff: dict[str, Any]) -> dict[str, dict]:
         final: dict[str, Any] = {}
@@ -405,8 +452,16 @@ class LLMWorker:
         except (OSError, ValueError) as exc:
             raise NodeError(node.name, f"decode: {exc}") from exc
         try:
-            async for item in self._call(node, {}, (), stream, prompt=list(handoff["prompt_ids"]), kv_params=kv_params,
-                                         detail=self._decode_detail(handoff, transfer), started=started):
+            async for item in self._call(
+                node,
+                {},
+                (),
+                stream,
+                prompt=list(handoff["prompt_ids"]),
+                kv_params=kv_params,
+                detail=self._decode_detail(handoff, transfer),
+                started=started,
+            ):
                 yield item
         finally:
             if self.llm.kv_dir is not None:

@@ -9,14 +9,14 @@ whose actor died — Ray restarts the actor), and cancel everything in flight wh
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from compiler.spec import AgentGraph, LLMNode, VectorSearchNode
 from planner.plan import Plan
@@ -83,7 +83,12 @@ class RunResult:
 
 
 _JSON_TYPES: dict[str, tuple[type, ...]] = {
-    "string": (str,), "number": (int, float), "integer": (int,), "boolean": (bool,), "object": (dict,), "array": (list,),
+    "string": (str,),
+    "number": (int, float),
+    "integer": (int,),
+    "boolean": (bool,),
+    "object": (dict,),
+    "array": (list,),
 }
 
 
@@ -99,8 +104,9 @@ def check_inputs(graph: AgentGraph, inputs: dict[str, Any]) -> dict[str, Any]:
                 problems.append(f"missing input {name!r} ({spec.type})")
             continue
         value = inputs[name]
-        ok = isinstance(value, _JSON_TYPES[spec.type]) and not (spec.type in ("number", "integer")
-                                                                   and isinstance(value, bool))
+        ok = isinstance(value, _JSON_TYPES[spec.type]) and not (
+            spec.type in ("number", "integer") and isinstance(value, bool)
+        )
         if not ok:
             problems.append(f"input {name!r} must be {spec.type}, got {type(value).__name__}")
         elif spec.max_chars is not None and isinstance(value, str) and len(value) > spec.max_chars:
@@ -131,8 +137,13 @@ def ensure_ray(address: str | None = None, devices: list[str] | None = None) -> 
     resources = {f"device:{d}": 1000.0 for d in (devices or ["local-cpu"])}
     # workers import user callables ('pkg.mod:fn') the way `python -m` would: from the current directory
     path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=os.cpu_count() or 1, include_dashboard=False, log_to_driver=False, resources=resources,
-             runtime_env={"env_vars": {"PYTHONPATH": path}})
+    ray.init(
+        num_cpus=os.cpu_count() or 1,
+        include_dashboard=False,
+        log_to_driver=False,
+        resources=resources,
+        runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )
 
 
 class GraphRunner:
@@ -145,8 +156,15 @@ class GraphRunner:
     blocks, Ray moves them to the decode replica's node, and the decode engine injects them.
     """
 
-    def __init__(self, graph: AgentGraph, plan: Plan, *, data_dir: Path = DEFAULT_DATA_DIR, model_dir: Path | None = None,
-                 index_dirs: tuple[Path, ...] = ()):
+    def __init__(
+        self,
+        graph: AgentGraph,
+        plan: Plan,
+        *,
+        data_dir: Path = DEFAULT_DATA_DIR,
+        model_dir: Path | None = None,
+        index_dirs: tuple[Path, ...] = (),
+    ):
         if not plan.feasible:
             raise ValueError(f"plan for {plan.graph!r} is infeasible: {plan.reason}")
         self.graph, self.plan, self.data_dir = graph, plan, Path(data_dir)
@@ -200,7 +218,8 @@ class GraphRunner:
                 env[k] = str(max(int(v), int(env.get(k, 0)))) if str(v).isdigit() else str(v)
         options = actor_options(pool.device, pool.device_class, {**payload[0][1], "env": env}, llm=pool.llm)
         cls = ray.remote(LLMWorker if pool.llm else HostWorker).options(**options, max_concurrency=64)
-        weights = self._weights(self._nodes[pool.nodes[0]], pool.device) if pool.llm else None
+        first = self._nodes[pool.nodes[0]]
+        weights = self._weights(first, pool.device) if pool.llm and isinstance(first, LLMNode) else None
         return cls, payload, weights
 
     def _start_pools(self, ray: Any) -> None:
@@ -230,10 +249,15 @@ class GraphRunner:
         unit = pings[waiting[0]]
         free = ray.available_resources()
         self.shutdown()
-        raise RunError(unit.id, unit.device, (
-            f"worker not ready within {timeout_s:g} s: either it cannot be placed (does the Ray cluster have a "
-            f"node with resource 'device:{unit.device}' and free CPU/GPU?) or its constructor is still loading; "
-            f"available now: {({k: round(v, 3) for k, v in sorted(free.items()) if not k.startswith('node:')})}"))
+        raise RunError(
+            unit.id,
+            unit.device,
+            (
+                f"worker not ready within {timeout_s:g} s: either it cannot be placed (does the Ray cluster have a "
+                f"node with resource 'device:{unit.device}' and free CPU/GPU?) or its constructor is still loading; "
+                f"available now: { ({k: round(v, 3) for k, v in sorted(free.items()) if not k.startswith('node:')}) }"
+            ),
+        )
 
     def _note_substitutions(self) -> None:
         """Say in the run record when a worker serves another model than the spec names (never silently)."""
@@ -242,8 +266,10 @@ class GraphRunner:
         for rows in ray.get([p.actors[0].info.remote() for p in self.pools.values()]):
             for info in rows:
                 if info.get("kind") == "embed" and info.get("substituted"):
-                    note = (f"{info['name']}: embedding model {info['model_requested']} is served as "
-                            f"{info['model_served']} (the packaged CPU model)")
+                    note = (
+                        f"{info['name']}: embedding model {info['model_requested']} is served as "
+                        f"{info['model_served']} (the packaged CPU model)"
+                    )
                     if note not in self.notes:
                         self.notes.append(note)
 
@@ -251,15 +277,21 @@ class GraphRunner:
         """Checkpoint an LLM node serves: ``model_dir`` when given (every LLM node serves it, and the
         run's notes say so), else ``<data_dir>/models/<catalog model>`` (a Hugging Face-format folder)."""
         if self.model_dir is not None:
-            note = (f"{node.name}: catalog model {node.model} is served with the weights in {self.model_dir} "
-                    f"(no hub access; latency and cost predictions are for {node.model})")
+            note = (
+                f"{node.name}: catalog model {node.model} is served with the weights in {self.model_dir} "
+                f"(no hub access; latency and cost predictions are for {node.model})"
+            )
             if note not in self.notes:
                 self.notes.append(note)
             return str(self.model_dir)
         path = self.data_dir / "models" / node.model
         if not (path / "config.json").is_file():
-            raise RunError(node.name, device, f"no weights for model {node.model!r} at {path}: put a Hugging Face-"
-                                              "format checkpoint there, or pass model_dir (--model-dir)")
+            raise RunError(
+                node.name,
+                device,
+                f"no weights for model {node.model!r} at {path}: put a Hugging Face-"
+                "format checkpoint there, or pass model_dir (--model-dir)",
+            )
         return str(path)
 
     def _with_index_path(self, node: VectorSearchNode, device: str, execution: dict[str, Any]) -> dict[str, Any]:
@@ -279,10 +311,16 @@ class GraphRunner:
         (only replica counts change): start or stop replicas. False (nothing changed) otherwise."""
         import ray
 
-        other = GraphRunner(self.graph, plan, data_dir=self.data_dir, model_dir=self.model_dir, index_dirs=self.index_dirs)
+        other = GraphRunner(
+            self.graph, plan, data_dir=self.data_dir, model_dir=self.model_dir, index_dirs=self.index_dirs
+        )
+
         def shape(r: GraphRunner) -> list[tuple[str, str, tuple[str, ...]]]:
             return [(p.id, p.device, tuple(p.nodes)) for p in r.layout.pools.values()]
-        if shape(other) != shape(self) or [u.pools for u in other.units.values()] != [u.pools for u in self.units.values()]:
+
+        if shape(other) != shape(self) or [u.pools for u in other.units.values()] != [
+            u.pools for u in self.units.values()
+        ]:
             return False
         for pid, pool in self.layout.pools.items():
             want = other.layout.pools[pid].replicas
@@ -319,8 +357,14 @@ class GraphRunner:
         self.pools.clear()
 
     # -- one run
-    def run(self, inputs: dict[str, Any], *, on_event: Callable[[str, str, dict], None] | None = None,
-            timeout_s: float | None = None, cancel: threading.Event | None = None) -> RunResult:
+    def run(
+        self,
+        inputs: dict[str, Any],
+        *,
+        on_event: Callable[[str, str, dict], None] | None = None,
+        timeout_s: float | None = None,
+        cancel: threading.Event | None = None,
+    ) -> RunResult:
         """Run the graph once. Every unit whose upstream units are submitted is submitted at once with
         their ObjectRefs as arguments, so Ray's core worker starts it the moment its inputs exist (no
         driver round trip per op); this loop only observes completions, retries dead workers, times
@@ -339,8 +383,10 @@ class GraphRunner:
         run_id = uuid.uuid4().hex[:12]
         emit = on_event or (lambda *_: None)
         units, unit_of, nodes, pools = self.units, self._unit_of, self._nodes, self.pools
-        unit_ups = {uid: list(dict.fromkeys(unit_of[x] for n in u.nodes for x in self._ups[n] if unit_of[x] != uid))
-                    for uid, u in units.items()}
+        unit_ups = {
+            uid: list(dict.fromkeys(unit_of[x] for n in u.nodes for x in self._ups[n] if unit_of[x] != uid))
+            for uid, u in units.items()
+        }
         unit_succs: dict[str, list[str]] = {uid: [] for uid in units}
         for uid, ups in unit_ups.items():
             for up in ups:
@@ -348,9 +394,18 @@ class GraphRunner:
         descendants: dict[str, set[str]] = {}
         for uid in reversed(list(units)):  # units are in topological order
             descendants[uid] = set(unit_succs[uid]).union(*(descendants[c] for c in unit_succs[uid]))
-        streamed = {uid for uid, u in units.items() if u.llm and (nodes[u.nodes[0]].stream or u.nodes[0] in self._sinks)
-                    } if on_event else set()
-        unit_timeout = {uid: sum(nodes[n].timeout_s * (nodes[n].retries + 1) for n in u.nodes) for uid, u in units.items()}
+        streamed = (
+            {
+                uid
+                for uid, u in units.items()
+                if u.llm and (getattr(nodes[u.nodes[0]], "stream", False) or u.nodes[0] in self._sinks)
+            }
+            if on_event
+            else set()
+        )
+        unit_timeout = {
+            uid: sum(nodes[n].timeout_s * (nodes[n].retries + 1) for n in u.nodes) for uid, u in units.items()
+        }
         available: dict[str, Any] = {}  # unit → ObjectRef of its result (submitted, maybe not finished)
         done: dict[str, dict] = {}  # node → envelope
         finished_units: set[str] = set()
@@ -404,8 +459,12 @@ class GraphRunner:
 
         def submit_ready(uids) -> None:
             for uid in units:
-                if uid in uids and uid not in submitted and uid not in finished_units and all(
-                        u in available for u in unit_ups[uid]):
+                if (
+                    uid in uids
+                    and uid not in submitted
+                    and uid not in finished_units
+                    and all(u in available for u in unit_ups[uid])
+                ):
                     submit(uid)
 
         def release(uid: str) -> tuple[list[tuple[str, int]], int]:
@@ -476,8 +535,14 @@ class GraphRunner:
                 actors = [pools[pid].actors[i] for pid, i in picks if i < len(pools[pid].actors)]
                 if attempt <= allowed and all(self._await_restart(a) for a in actors):
                     withdraw(uid)
-                    emit("retry", unit.nodes[0], {"error": f"worker died: {type(exc).__name__}",
-                                                  "rerun": "from prefill" if unit.split else "whole op"})
+                    emit(
+                        "retry",
+                        unit.nodes[0],
+                        {
+                            "error": f"worker died: {type(exc).__name__}",
+                            "rerun": "from prefill" if unit.split else "whole op",
+                        },
+                    )
                     for d in [u for u in units if u in descendants[uid] and u in submitted]:
                         withdraw(d)  # their argument was the failed ref: submit them again behind the retry
                         attempts[d] -= 1  # that submission never ran; it is not an attempt
@@ -508,14 +573,25 @@ class GraphRunner:
             submit_ready(set(unit_succs[uid]))
         values = {n: e["output"] for n, e in done.items()}
         outputs = {k: render(t, graph_inputs, values) for k, t in self.graph.spec.outputs.items()} or {
-            s: values[s] for s in self._sinks}
+            s: values[s] for s in self._sinks
+        }
         e2e_ms = (time.perf_counter() - t_start) * 1000.0
         emit("completed", self.graph.metadata.name, {"ms": e2e_ms, "wall_start": wall_start})
         position = {n: i for i, n in enumerate(self._order)}
         records.sort(key=lambda r: (position[r.node], r.phase != "prefill"))
-        return RunResult(run_id, self.graph.metadata.name, "succeeded", outputs, e2e_ms, self.plan.predicted_e2e_ms,
-                         records, list(self.notes), kv_transfers, sum(r.measured_cost_usd for r in records),
-                         sum(r.planned_cost_usd for r in records))
+        return RunResult(
+            run_id,
+            self.graph.metadata.name,
+            "succeeded",
+            outputs,
+            e2e_ms,
+            self.plan.predicted_e2e_ms,
+            records,
+            list(self.notes),
+            kv_transfers,
+            sum(r.measured_cost_usd for r in records),
+            sum(r.planned_cost_usd for r in records),
+        )
 
     @staticmethod
     def _await_restart(actor: Any, within_s: float = RESTART_TIMEOUT_S) -> bool:
@@ -532,8 +608,9 @@ class GraphRunner:
                 time.sleep(0.2)
         return False
 
-    def _records(self, name: str, env: dict, ready_at: float, unit: Unit, picks: list[tuple[str, int]],
-                 attempt: int) -> list[OpRecord]:
+    def _records(
+        self, name: str, env: dict, ready_at: float, unit: Unit, picks: list[tuple[str, int]], attempt: int
+    ) -> list[OpRecord]:
         """Times run from the moment the op's inputs existed (its upstream ops finished on their workers)
         to the moment it finished on its worker (wall clocks of the workers). A split LLM node has two
         records: prefill (tokenize + prefill, until its KV was ready) and decode (from the KV being
@@ -545,30 +622,63 @@ class GraphRunner:
             detail["unit"] = unit.id
         if not unit.split:
             pool = self.pools[picks[0][0]]
-            return [OpRecord(
-                node=name, kind=self._nodes[name].kind, ops=[o.name for o in ops], device=pool.device,
-                replica=picks[0][1], attempts=attempts, queue_wait_ms=max(0.0, (env["started_at"] - ready_at) * 1000.0),
-                service_ms=env["service_ms"], measured_ms=max(env["service_ms"], (env["finished_at"] - ready_at) * 1000.0),
-                predicted_ms=sum(o.predicted_latency_ms for o in ops), planned_cost_usd=self._cost_share(ops),
-                measured_cost_usd=self._measured_cost(ops, env["service_ms"], pool.device),
-                status="succeeded", detail=detail)]
+            return [
+                OpRecord(
+                    node=name,
+                    kind=self._nodes[name].kind,
+                    ops=[o.name for o in ops],
+                    device=pool.device,
+                    replica=picks[0][1],
+                    attempts=attempts,
+                    queue_wait_ms=max(0.0, (env["started_at"] - ready_at) * 1000.0),
+                    service_ms=env["service_ms"],
+                    measured_ms=max(env["service_ms"], (env["finished_at"] - ready_at) * 1000.0),
+                    predicted_ms=sum(o.predicted_latency_ms for o in ops),
+                    planned_cost_usd=self._cost_share(ops),
+                    measured_cost_usd=self._measured_cost(ops, env["service_ms"], pool.device),
+                    status="succeeded",
+                    detail=detail,
+                )
+            ]
         pre = env["detail"]["prefill"]
         pre_ops = [o for o in ops if o.kind in ("tokenize", "prefill")]
         dec_ops = [o for o in ops if o.kind not in ("tokenize", "prefill")]
         (pre_pool, pre_i), (dec_pool, dec_i) = picks
         return [
-            OpRecord(node=name, kind="llm", ops=[o.name for o in pre_ops], device=self.pools[pre_pool].device, replica=pre_i,
-                     attempts=attempts, queue_wait_ms=max(0.0, (pre["started_at"] - ready_at) * 1000.0),
-                     service_ms=pre["service_ms"], measured_ms=max(pre["service_ms"], (pre["finished_at"] - ready_at) * 1000.0),
-                     predicted_ms=sum(o.predicted_latency_ms for o in pre_ops), planned_cost_usd=self._cost_share(pre_ops),
-                     measured_cost_usd=self._measured_cost(pre_ops, pre["service_ms"], self.pools[pre_pool].device),
-                     status="succeeded", detail={"pid": pre["pid"]}, phase="prefill"),
-            OpRecord(node=name, kind="llm", ops=[o.name for o in dec_ops], device=self.pools[dec_pool].device, replica=dec_i,
-                     attempts=attempts, queue_wait_ms=max(0.0, (env["started_at"] - pre["finished_at"]) * 1000.0),
-                     service_ms=env["service_ms"], measured_ms=max(env["service_ms"], (env["finished_at"] - pre["finished_at"]) * 1000.0),
-                     predicted_ms=sum(o.predicted_latency_ms for o in dec_ops), planned_cost_usd=self._cost_share(dec_ops),
-                     measured_cost_usd=self._measured_cost(dec_ops, env["service_ms"], self.pools[dec_pool].device),
-                     status="succeeded", detail=detail, phase="decode"),
+            OpRecord(
+                node=name,
+                kind="llm",
+                ops=[o.name for o in pre_ops],
+                device=self.pools[pre_pool].device,
+                replica=pre_i,
+                attempts=attempts,
+                queue_wait_ms=max(0.0, (pre["started_at"] - ready_at) * 1000.0),
+                service_ms=pre["service_ms"],
+                measured_ms=max(pre["service_ms"], (pre["finished_at"] - ready_at) * 1000.0),
+                predicted_ms=sum(o.predicted_latency_ms for o in pre_ops),
+                planned_cost_usd=self._cost_share(pre_ops),
+                measured_cost_usd=self._measured_cost(pre_ops, pre["service_ms"], self.pools[pre_pool].device),
+                status="succeeded",
+                detail={"pid": pre["pid"]},
+                phase="prefill",
+            ),
+            OpRecord(
+                node=name,
+                kind="llm",
+                ops=[o.name for o in dec_ops],
+                device=self.pools[dec_pool].device,
+                replica=dec_i,
+                attempts=attempts,
+                queue_wait_ms=max(0.0, (env["started_at"] - pre["finished_at"]) * 1000.0),
+                service_ms=env["service_ms"],
+                measured_ms=max(env["service_ms"], (env["finished_at"] - pre["finished_at"]) * 1000.0),
+                predicted_ms=sum(o.predicted_latency_ms for o in dec_ops),
+                planned_cost_usd=self._cost_share(dec_ops),
+                measured_cost_usd=self._measured_cost(dec_ops, env["service_ms"], self.pools[dec_pool].device),
+                status="succeeded",
+                detail=detail,
+                phase="decode",
+            ),
         ]
 
     def _kv_transfer(self, name: str, env: dict, picks: list[tuple[str, int]]) -> dict[str, Any]:
@@ -579,11 +689,18 @@ class GraphRunner:
         nbytes = transfer.get("kv_bytes")
         predicted = None
         if edge is not None and nbytes is not None:
-            predicted = edge.link_fixed_ms + nbytes / (edge.link_gb_s * 1e9) * 1e3 if edge.link_gb_s else edge.transfer_ms
+            predicted = (
+                edge.link_fixed_ms + nbytes / (edge.link_gb_s * 1e9) * 1e3 if edge.link_gb_s else edge.transfer_ms
+            )
         return {
-            "node": name, "src_device": self.pools[picks[0][0]].device, "dst_device": self.pools[picks[1][0]].device,
-            "bytes": nbytes, "tokens": transfer.get("kv_tokens"), "prompt_tokens": env["detail"].get("prompt_tokens_prefilled"),
-            "measured_ms": transfer.get("transfer_measured_ms"), "predicted_ms": predicted,
+            "node": name,
+            "src_device": self.pools[picks[0][0]].device,
+            "dst_device": self.pools[picks[1][0]].device,
+            "bytes": nbytes,
+            "tokens": transfer.get("kv_tokens"),
+            "prompt_tokens": env["detail"].get("prompt_tokens_prefilled"),
+            "measured_ms": transfer.get("transfer_measured_ms"),
+            "predicted_ms": predicted,
             "planned_bytes": edge.bytes if edge is not None else None,
             "planned_ms": edge.transfer_ms if edge is not None else None,
         }

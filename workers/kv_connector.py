@@ -78,8 +78,9 @@ def safetensors_payload_bytes(blob: bytes) -> int:
     """Bytes of tensor data in a safetensors file (its size minus the JSON header)."""
     (header_len,) = struct.unpack("<Q", blob[:8])
     header = json.loads(blob[8 : 8 + header_len])
-    return sum(end - start for key, meta in header.items() if key != "__metadata__"
-               for start, end in [meta["data_offsets"]])
+    return sum(
+        end - start for key, meta in header.items() if key != "__metadata__" for start, end in [meta["data_offsets"]]
+    )
 
 
 @dataclass
@@ -141,9 +142,13 @@ class HetagentKVConnector(KVConnectorBase_V1):
                 continue
             tokens = transferable_tokens(len(new_req.prompt_token_ids or []), self._block_size)
             if new_req.req_id in self._need_load:
-                meta.requests.append(_req_meta(params[HANDLE_KEY], tokens, new_req.block_ids[0], self._block_size, False))
+                meta.requests.append(
+                    _req_meta(params[HANDLE_KEY], tokens, new_req.block_ids[0], self._block_size, False)
+                )
             elif params.get(OP_KEY) == "save" and tokens > 0:
-                meta.requests.append(_req_meta(params[HANDLE_KEY], tokens, new_req.block_ids[0], self._block_size, True))
+                meta.requests.append(
+                    _req_meta(params[HANDLE_KEY], tokens, new_req.block_ids[0], self._block_size, True)
+                )
         cached = scheduler_output.scheduled_cached_reqs
         for i, req_id in enumerate(cached.req_ids):  # a preempted load request is injected again on resume
             if req_id not in self._need_load or req_id not in cached.resumed_req_ids:
@@ -152,7 +157,9 @@ class HetagentKVConnector(KVConnectorBase_V1):
             tokens = transferable_tokens(len(request.prompt_token_ids or []), self._block_size)
             new_block_ids = cached.new_block_ids[i]
             assert new_block_ids is not None
-            meta.requests.append(_req_meta(self._params[req_id][HANDLE_KEY], tokens, new_block_ids[0], self._block_size, False))
+            meta.requests.append(
+                _req_meta(self._params[req_id][HANDLE_KEY], tokens, new_block_ids[0], self._block_size, False)
+            )
         self._need_load.clear()
         return meta
 
@@ -200,4 +207,6 @@ class HetagentKVConnector(KVConnectorBase_V1):
         for request in meta.requests:  # every layer is written: mark the handle complete
             if request.is_store:
                 folder = handle_dir(self._kv_dir, request.handle)
-                (folder / MANIFEST).write_text(json.dumps({"num_tokens": request.num_tokens, "block_size": self._block_size}))
+                (folder / MANIFEST).write_text(
+                    json.dumps({"num_tokens": request.num_tokens, "block_size": self._block_size})
+                )

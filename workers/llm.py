@@ -23,8 +23,9 @@ import shutil
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, AsyncIterator
+from typing import Any
 
 # Environment every vLLM engine process needs on this stack (see shared/reference/vllm-cpu.md).
 VLLM_ENV: dict[str, str] = {
@@ -47,8 +48,15 @@ def _shm_dir() -> str:
 
 
 # Lowered engine args that map 1:1 onto vLLM's AsyncEngineArgs.
-_PASSED_ARGS = ("dtype", "max_model_len", "max_num_seqs", "tensor_parallel_size", "seed",
-                "gpu_memory_utilization", "kv_transfer_config")
+_PASSED_ARGS = (
+    "dtype",
+    "max_model_len",
+    "max_num_seqs",
+    "tensor_parallel_size",
+    "seed",
+    "gpu_memory_utilization",
+    "kv_transfer_config",
+)
 
 
 def vllm_available() -> bool:
@@ -86,7 +94,9 @@ class LLMEngine:
         kwargs: dict[str, Any] = {k: engine_args[k] for k in _PASSED_ARGS if engine_args.get(k) is not None}
         self.ignored_args = sorted(k for k in engine_args if k not in kwargs and k not in ("model", "enforce_eager"))
         # CUDA graphs / torch.compile are off: CPU start-up 3 s instead of ~30 s, identical outputs.
-        self.overridden_args = {"enforce_eager": True} if engine_args.get("enforce_eager") is False else {}
+        self.overridden_args: dict[str, Any] = (
+            {"enforce_eager": True} if engine_args.get("enforce_eager") is False else {}
+        )
         if Path(model_dir).name != self.model_requested:
             # a stand-in checkpoint (e.g. the offline tiny model): serve it in its own dtype
             if "dtype" in kwargs:
@@ -144,30 +154,53 @@ class LLMEngine:
         if len(ids) <= limit:
             return ids, 0
         bos = getattr(self._tokenizer, "bos_token_id", None)
-        keep_bos = bos is not None and ids and ids[0] == bos
-        cut = ([bos] + ids[len(ids) - (limit - 1):]) if keep_bos else ids[len(ids) - limit:]
+        if bos is not None and ids and ids[0] == bos:
+            cut = [int(bos), *ids[len(ids) - (limit - 1) :]]
+        else:
+            cut = ids[len(ids) - limit :]
         return cut, len(ids) - len(cut)
 
     def _params(self, max_tokens: int, temperature: float, kv_transfer_params: dict | None = None):
         from vllm.sampling_params import RequestOutputKind, SamplingParams
 
         extra = {"kv_transfer_params": kv_transfer_params} if kv_transfer_params else None
-        return SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=0,
-                              output_kind=RequestOutputKind.DELTA, extra_args=extra)
+        return SamplingParams(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            seed=0,
+            output_kind=RequestOutputKind.DELTA,
+            extra_args=extra,
+        )
 
     def prompt_ids(self, prompt: str, max_tokens: int) -> tuple[list[int], int]:
         """Token ids the engine would serve for ``prompt`` (cut to fit), and the tokens dropped."""
         return self._prompt_ids(prompt, max_tokens)
 
-    async def deltas(self, prompt: str | list[int], max_tokens: int, temperature: float, result: dict[str, Any],
-                     request_id: str | None = None, kv_transfer_params: dict | None = None) -> AsyncIterator[str]:
+    async def deltas(
+        self,
+        prompt: str | list[int],
+        max_tokens: int,
+        temperature: float,
+        result: dict[str, Any],
+        request_id: str | None = None,
+        kv_transfer_params: dict | None = None,
+    ) -> AsyncIterator[str]:
         """Yield text deltas; fill ``result`` with the request's totals as it goes. ``prompt`` may be
         token ids already cut to fit (a split request's decode side serves exactly the prefill's ids)."""
         ids, truncated = (list(prompt), 0) if isinstance(prompt, list) else self._prompt_ids(prompt, max_tokens)
         rid = request_id or uuid.uuid4().hex
-        result.update(request_id=rid, prompt_tokens=len(ids), truncated_tokens=truncated,
-                      model_requested=self.model_requested, model_served=self.model_served,
-                      output_tokens=0, token_ids=[], text="", finish_reason=None, ttft_ms=None)
+        result.update(
+            request_id=rid,
+            prompt_tokens=len(ids),
+            truncated_tokens=truncated,
+            model_requested=self.model_requested,
+            model_served=self.model_served,
+            output_tokens=0,
+            token_ids=[],
+            text="",
+            finish_reason=None,
+            ttft_ms=None,
+        )
         t0 = time.perf_counter()
         params = self._params(max_tokens, temperature, kv_transfer_params)
         async for out in self._engine.generate({"prompt_token_ids": ids}, params, rid):
@@ -185,8 +218,9 @@ class LLMEngine:
                 yield comp.text
         result["e2e_ms"] = (time.perf_counter() - t0) * 1e3
 
-    async def generate(self, prompt: str, max_tokens: int, temperature: float = 0.0,
-                       request_id: str | None = None) -> dict[str, Any]:
+    async def generate(
+        self, prompt: str, max_tokens: int, temperature: float = 0.0, request_id: str | None = None
+    ) -> dict[str, Any]:
         """One completion: text, token_ids, prompt/output token counts, ttft_ms, e2e_ms,
         finish_reason, truncated_tokens, model_requested, model_served, request_id."""
         result: dict[str, Any] = {}
@@ -194,8 +228,9 @@ class LLMEngine:
             pass
         return result
 
-    async def stream(self, prompt: str, max_tokens: int, temperature: float = 0.0,
-                     request_id: str | None = None) -> AsyncIterator[str]:
+    async def stream(
+        self, prompt: str, max_tokens: int, temperature: float = 0.0, request_id: str | None = None
+    ) -> AsyncIterator[str]:
         """Text deltas of one completion, as the engine produces them."""
         result: dict[str, Any] = {}
         async for delta in self.deltas(prompt, max_tokens, temperature, result, request_id):

@@ -83,7 +83,9 @@ class Layout:
 
 def build_layout(graph: AgentGraph, plan: Plan) -> Layout:
     """Pools and units for ``graph`` under ``plan``; raises LayoutError when the plan cannot be honoured."""
-    ops_of: dict[str, list[PlannedOp]] = {n.name: [o for o in plan.ops if o.source_node == n.name] for n in graph.spec.nodes}
+    ops_of: dict[str, list[PlannedOp]] = {
+        n.name: [o for o in plan.ops if o.source_node == n.name] for n in graph.spec.nodes
+    }
     for name, ops in ops_of.items():
         if not ops:
             raise LayoutError(f"plan has no ops for node {name!r}: was it made for another graph?")
@@ -101,8 +103,16 @@ def build_layout(graph: AgentGraph, plan: Plan) -> Layout:
             if not phase_ops:
                 continue  # embedding engines: this runtime serves embeddings as host ops
             served = list(dict.fromkeys(by_name[o].source_node for o in phase_ops))
-            pools[cfg["name"]] = Pool(cfg["name"], cfg["device"], cfg["device_class"], True, int(cfg["replicas"]),
-                                      served, list(cfg["ops"]), cfg)
+            pools[cfg["name"]] = Pool(
+                cfg["name"],
+                cfg["device"],
+                cfg["device_class"],
+                True,
+                int(cfg["replicas"]),
+                served,
+                list(cfg["ops"]),
+                cfg,
+            )
             for o in phase_ops:
                 engine_of[o] = cfg["name"]
     units: dict[str, Unit] = {}
@@ -117,11 +127,15 @@ def build_layout(graph: AgentGraph, plan: Plan) -> Layout:
                 continue
             if phase.device_class == "cpu":
                 raise LayoutError(
-                    f"{text.name}: planned on {text.device}, but its engine ({phase.name}) runs on {phase.device}; a vLLM "
-                    "engine tokenizes and detokenizes in its own process, so this plan cannot be run as planned "
-                    "(plans from this hetagent keep them together)")
-            notes.append(f"{text.name}: planned on {text.device}; runs in the {phase.device} engine's process "
-                         "(vLLM tokenizes and detokenizes in the engine)")
+                    f"{text.name}: planned on {text.device}, but its engine ({phase.name}) runs on "
+                    f"{phase.device}; a vLLM engine tokenizes and detokenizes in its own process, "
+                    "so this plan cannot be run as planned "
+                    "(plans from this hetagent keep them together)"
+                )
+            notes.append(
+                f"{text.name}: planned on {text.device}; runs in the {phase.device} engine's process "
+                "(vLLM tokenizes and detokenizes in the engine)"
+            )
         pre, dec = engine_of[phases["prefill"].name], engine_of[phases["decode"].name]
         units[node.name] = Unit(node.name, [node.name], [pre] if pre == dec else [pre, dec], True)
     _add_host_segments(graph, plan, ops_of, nodes, pools, units)
@@ -134,8 +148,14 @@ def node_device(ops: list[PlannedOp]) -> tuple[str, str, dict[str, Any], int]:
     return main.device, main.device_class, main.execution, max(1, max(o.replicas for o in ops))
 
 
-def _add_host_segments(graph: AgentGraph, plan: Plan, ops_of: dict[str, list[PlannedOp]], nodes: dict[str, Any],
-                       pools: dict[str, Pool], units: dict[str, Unit]) -> None:
+def _add_host_segments(
+    graph: AgentGraph,
+    plan: Plan,
+    ops_of: dict[str, list[PlannedOp]],
+    nodes: dict[str, Any],
+    pools: dict[str, Pool],
+    units: dict[str, Unit],
+) -> None:
     """Host nodes greedily fused, in topological order, into convex per-device segments: a node joins
     (and merges) the segments of its upstream nodes on its device when the union stays convex."""
     order = graph.topological_order()
@@ -158,13 +178,17 @@ def _add_host_segments(graph: AgentGraph, plan: Plan, ops_of: dict[str, list[Pla
         if fusable(name):
             for u in ups[name]:
                 k = seg_of.get(u)
-                if k is not None and k not in candidates and placement[u][0] == device and all(
-                        fusable(m) for m in segments[k]):
+                if (
+                    k is not None
+                    and k not in candidates
+                    and placement[u][0] == device
+                    and all(fusable(m) for m in segments[k])
+                ):
                     candidates.append(k)
         choice = None
         for group in ([candidates] if len(candidates) > 1 else []) + [[k] for k in candidates]:
-            members = {m for k in group for m in segments[k]} | {name}
-            if is_convex(members, descendants):
+            union = {m for k in group for m in segments[k]} | {name}
+            if is_convex(union, descendants):
                 choice = group
                 break
         if choice is None:
@@ -181,8 +205,16 @@ def _add_host_segments(graph: AgentGraph, plan: Plan, ops_of: dict[str, list[Pla
         members.sort(key=order.index)
         uid = "+".join(members)
         device, device_class, execution, _ = placement[members[0]]
-        pools[uid] = Pool(uid, device, device_class, False, max(placement[m][3] for m in members), members,
-                          [o.name for m in members for o in ops_of[m]], execution)
+        pools[uid] = Pool(
+            uid,
+            device,
+            device_class,
+            False,
+            max(placement[m][3] for m in members),
+            members,
+            [o.name for m in members for o in ops_of[m]],
+            execution,
+        )
         units[uid] = Unit(uid, members, [uid], False)
 
 
@@ -206,7 +238,9 @@ def is_convex(members: set[str], descendants: dict[str, set[str]]) -> bool:
 def _topological(graph: AgentGraph, units: dict[str, Unit]) -> dict[str, Unit]:
     order = graph.topological_order()
     unit_of = {n: uid for uid, u in units.items() for n in u.nodes}
-    ups = {uid: {unit_of[x] for n in u.nodes for x in graph.upstream(graph.node(n))} - {uid} for uid, u in units.items()}
+    ups = {
+        uid: {unit_of[x] for n in u.nodes for x in graph.upstream(graph.node(n))} - {uid} for uid, u in units.items()
+    }
     ordered: list[str] = []
     while len(ordered) < len(units):  # Kahn; ties by the first node's position in the graph order
         ready = [uid for uid in units if uid not in ordered and ups[uid] <= set(ordered)]

@@ -154,20 +154,27 @@ def _read_topics(path: Path) -> dict[str, str]:
     raise RuntimeError(f"{path} has no topics dict")
 
 
+def _corpus_files() -> tuple[list[Path], Path, Path]:
+    markdown = [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))] if p.is_file()]
+    return markdown, ROOT / "examples" / "graphs" / "indexes" / "product-docs.jsonl", _topics_path()
+
+
+_MEMO: dict[str, object] = {}  # the last corpus read, keyed by its files' paths, sizes and mtimes
+
+
 def corpus_sources() -> list[CorpusSource]:
     """The English training corpus, in a fixed order (see the module docstring)."""
+    markdown, jsonl, topics = _corpus_files()
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in [*markdown, jsonl, topics] if p.is_file())
+    if _MEMO.get("key") == key:
+        return list(_MEMO["sources"])
     sources = []
-    for path in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]:
-        if path.is_file():
-            raw = path.read_text(encoding="utf-8")
-            sources.append(
-                CorpusSource(str(path.relative_to(ROOT)), str(path), path.stat().st_size, _markdown_prose(raw))
-            )
-    jsonl = ROOT / "examples" / "graphs" / "indexes" / "product-docs.jsonl"
+    for path in markdown:
+        raw = path.read_text(encoding="utf-8")
+        sources.append(CorpusSource(str(path.relative_to(ROOT)), str(path), path.stat().st_size, _markdown_prose(raw)))
     if jsonl.is_file():
         texts = [json.loads(line)["text"] for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
         sources.append(CorpusSource(str(jsonl.relative_to(ROOT)), str(jsonl), jsonl.stat().st_size, "\n\n".join(texts)))
-    topics = _topics_path()
     if topics.is_file():
         docs = _read_topics(topics)
         text = "\n\n".join(p for p in (_prose(docs[k]) for k in sorted(docs)) if p)
@@ -178,6 +185,7 @@ def corpus_sources() -> list[CorpusSource]:
             "too little English text to train the tiny model on "
             f"(found {[s.name for s in sources]}; pydoc_data/topics.py expected at {topics})"
         )
+    _MEMO.update(key=key, sources=tuple(sources))
     return sources
 
 

@@ -28,9 +28,8 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy
 
-# lint runs before the tests once every file is clean; until then `make lint` runs it alone
-# test: $(STAMP) tools lint
-test: $(STAMP) tools
+# lint and types run before the tests: a finding fails `make test`
+test: $(STAMP) tools lint
 	$(PY) -m pytest -q
 
 bench: $(STAMP)

@@ -104,10 +104,10 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
     from costmodels.catalog import load_catalog
+    from costmodels.tiny_model import build_tiny_model, tiny_model_cache_dir
     from orchestrator.cluster import down, up
     from tests.support.plans import draft_writer_plans, phase_devices
     from workers.executor import GraphRunner, ensure_ray
-    from workers.tiny_model import build_tiny_model, tiny_model_cache_dir
 
     catalog = load_catalog()
     graph, low, split = draft_writer_plans(catalog, output_tokens=args.output_tokens)

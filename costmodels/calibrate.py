@@ -11,7 +11,7 @@ What is measured (``calibrate_cpu``):
    larger than any L3; bytes read + bytes written over the median time.
 3. **Loopback network** — a TCP stream over 127.0.0.1 between two threads (what two local worker
    processes would get); used as ``network_gb_s``.
-4. **A real model** — the tiny Llama (``workers.tiny_model``) run with transformers, batch 1: the
+4. **A real model** — the tiny Llama (``costmodels.tiny_model``) run with transformers, batch 1: the
    prefill of P tokens and D decode steps with a KV cache, median timings. The roofline of the same
    work (``costmodels.work.prefill_work`` / ``decode_step_work`` on a ``ModelSpec`` built from the
    model's config) with the measured peaks gives the predicted time; ``efficiency.fixed_overhead_ms``
@@ -331,10 +331,10 @@ def calibrate_cpu(
     """Measure this machine and return ``(DeviceType, raw measurements)``.
 
     ``quick`` uses smaller problems and fewer repeats (a few seconds; for tests). ``model_dir`` is
-    the tiny Llama to time; it is built with ``workers.tiny_model`` if absent (default
+    the tiny Llama to time; it is built with ``costmodels.tiny_model`` if absent (default
     ``default_tiny_model_dir()``). See the module docstring for the method and the choice of peak.
     """
-    from workers.tiny_model import build_tiny_model, default_tiny_model_dir
+    from costmodels.tiny_model import build_tiny_model, default_tiny_model_dir
 
     info = cpu_info()
     today = _dt.date.today().isoformat()

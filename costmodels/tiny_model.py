@@ -2,7 +2,7 @@
 
 Tests, calibration and the local cluster's workers need a real transformer that loads with
 ``transformers`` (and vLLM's CPU backend) without touching a model hub. This module builds one
-from scratch, on this machine: 59 s wall measured for ``python -m workers.tiny_model`` on a
+from scratch, on this machine: 59 s wall measured for ``python -m costmodels.tiny_model`` on a
 2-vCPU machine (44 s of it the training loop), 88 s while other jobs kept both cores busy.
 
 * **Corpus** (English prose only; every source ships with the project or with Python itself):
@@ -44,7 +44,7 @@ The recipe hash (``recipe_hash()``) covers the corpus text, the hyper-parameters
 and the torch/tokenizers/transformers versions; a model folder built by another recipe (an older
 random-init build, or a build before the docs changed) is rebuilt.
 
-``python -m workers.tiny_model DIR`` builds it into DIR (default: ``default_tiny_model_dir()``).
+``python -m costmodels.tiny_model DIR`` builds it into DIR (default: ``default_tiny_model_dir()``).
 """
 
 from __future__ import annotations
@@ -61,12 +61,14 @@ import sys
 import sysconfig
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 TINY_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 REPORT_FILE = "training_report.json"
-MAX_POSITION = 512
+MAX_POSITION = 4096  # RoPE has no learned positions: the context costs no weights; RAG prompts fit
 RECIPE_VERSION = 2  # 1 was the random-init model; bump on any change to how the model is built
 
 # training hyper-parameters (all part of the recipe hash)
@@ -150,7 +152,8 @@ def _read_topics(path: Path) -> dict[str, str]:
     """The ``topics`` dict of pydoc_data/topics.py, parsed (not imported)."""
     for node in ast.parse(path.read_text(encoding="utf-8")).body:
         if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "topics" for t in node.targets):
-            return ast.literal_eval(node.value)
+            topics: dict[str, str] = ast.literal_eval(node.value)
+            return topics
     raise RuntimeError(f"{path} has no topics dict")
 
 
@@ -159,7 +162,7 @@ def _corpus_files() -> tuple[list[Path], Path, Path]:
     return markdown, ROOT / "examples" / "graphs" / "indexes" / "product-docs.jsonl", _topics_path()
 
 
-_MEMO: dict[str, object] = {}  # the last corpus read, keyed by its files' paths, sizes and mtimes
+_MEMO: dict[str, Any] = {}  # the last corpus read, keyed by its files' paths, sizes and mtimes
 
 
 def corpus_sources() -> list[CorpusSource]:
@@ -254,9 +257,10 @@ def tiny_model_cache_dir(key: str | None = None) -> Path:
     return cache_root() / f"tiny-llama-{key[:16]}" / "tiny-llama"
 
 
-def read_report(model_dir: Path) -> dict | None:
+def read_report(model_dir: Path) -> dict[str, Any] | None:
     try:
-        return json.loads((Path(model_dir) / REPORT_FILE).read_text())
+        report: dict[str, Any] = json.loads((Path(model_dir) / REPORT_FILE).read_text())
+        return report
     except (OSError, ValueError):
         return None
 
@@ -327,21 +331,25 @@ def _offline() -> None:
 
 
 @contextlib.contextmanager
-def _lock(target: Path):
+def _lock(target: Path) -> Iterator[None]:
     """An exclusive lock beside ``target`` (``.<name>.lock``), so concurrent builds train once."""
+    locker: Any = None
     try:
         import fcntl
+
+        locker = fcntl
     except ImportError:  # not POSIX: no lock, the atomic publish still keeps the folder whole
-        fcntl = None
+        pass
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         lock_path = target.parent / f".{target.name}.lock"
         lock_path.touch()
     except OSError:  # an unwritable place: build without the lock
-        fcntl = None
-    if fcntl is None:
+        locker = None
+    if locker is None:
         yield
         return
+    fcntl = locker
     with open(lock_path, "a") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
@@ -374,7 +382,7 @@ def _publish_copy(src: Path, out_dir: Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _train_tokenizer(vocab: int, texts: list[str]):
+def _train_tokenizer(vocab: int, texts: list[str]) -> Any:
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None))
@@ -401,7 +409,7 @@ def _lr(step: int, r: Recipe) -> float:
     return r.lr * (r.min_lr_fraction + (1 - r.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _train(model, stream, bos: int, r: Recipe) -> dict:
+def _train(model: Any, stream: list[int], bos: int, r: Recipe) -> dict[str, Any]:
     """Train ``model`` in place on windows of the token ``stream``; returns the loss record."""
     import torch
     import torch.nn.functional as F
@@ -496,7 +504,7 @@ def _build(out_dir: Path, r: Recipe, sources: list[CorpusSource], key: str) -> N
         eos_token_id=eos,
         pad_token_id=pad,
         tie_word_embeddings=False,
-        torch_dtype="float32",
+        torch_dtype="float32",  # type: ignore[call-arg]  # a PretrainedConfig kwarg transformers' stubs omit
     )
     threads = torch.get_num_threads()
     t1, c1 = time.perf_counter(), time.process_time()

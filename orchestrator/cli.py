@@ -283,12 +283,12 @@ def run(
 
     Vector indexes are looked up in <data-dir>/indexes, then in an ``indexes/`` folder beside the graph file."""
     from costmodels.catalog import load_cluster
+    from costmodels.tiny_model import build_tiny_model
     from orchestrator.progress import RunProgress
     from planner.pipeline import apply_model_overrides, plan_spec
     from planner.place import PlanOptions
     from planner.plan import Plan
     from workers.executor import GraphRunner, InputError, RunError, check_inputs, ensure_ray
-    from workers.tiny_model import build_tiny_model
 
     try:
         g, catalog = _load(graph)

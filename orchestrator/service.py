@@ -274,10 +274,10 @@ class Service:
                 log.exception("deployment %s failed (%s) and that could not be stored", dep_id, detail)
 
     def _start_runner(self, ctx: DeploymentContext) -> Any:
+        from costmodels.tiny_model import build_tiny_model
         from planner.pipeline import apply_model_overrides
         from planner.plan import Plan
         from workers.executor import GraphRunner, ensure_ray
-        from workers.tiny_model import build_tiny_model
 
         graph = apply_model_overrides(self._parsed(ctx.spec), self.cluster, self.catalog)
         plan = Plan.model_validate(ctx.plan)

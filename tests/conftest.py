@@ -15,7 +15,7 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def tiny_model_dir() -> Path:
-    """The offline tiny model (workers/tiny_model.py), trained at most once per machine and recipe.
+    """The offline tiny model (costmodels/tiny_model.py), trained at most once per machine and recipe.
 
     Training takes about a minute, so the build lives in the per-user cache keyed by the recipe hash
     (``~/.cache/hetagent/tiny-llama-<hash>/tiny-llama``; ``HETAGENT_CACHE_DIR`` moves it) and is shared
@@ -24,6 +24,6 @@ def tiny_model_dir() -> Path:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     pytest.importorskip("tokenizers")
-    from workers.tiny_model import build_tiny_model, tiny_model_cache_dir
+    from costmodels.tiny_model import build_tiny_model, tiny_model_cache_dir
 
     return build_tiny_model(tiny_model_cache_dir())

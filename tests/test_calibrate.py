@@ -13,7 +13,7 @@ pytest.importorskip("transformers")
 
 from costmodels.calibrate import calibrate_cpu, model_spec_from_dir, write_profile  # noqa: E402
 from costmodels.catalog import DeviceClass, load_catalog, load_device_profile, repo_configs_dir  # noqa: E402
-from workers.tiny_model import build_tiny_model, default_tiny_model_dir  # noqa: E402
+from costmodels.tiny_model import build_tiny_model, default_tiny_model_dir  # noqa: E402
 
 # The catalog entry `tiny-llama` (configs/models) that the built model must match.
 TINY_LLAMA = {
@@ -24,7 +24,7 @@ TINY_LLAMA = {
     "num_key_value_heads": 4,
     "head_dim": 32,
     "vocab_size": 1024,
-    "max_position_embeddings": 512,
+    "max_position_embeddings": 4096,
 }
 
 

@@ -35,11 +35,8 @@ ALLOWED: dict[str, tuple[str, ...]] = {
     "orchestrator": PACKAGES,
 }
 
-# (importing module, imported module) -> why it is tolerated. The one known exception:
-# calibration times the tiny model that workers/ builds; moved in a follow-up.
-KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {
-    ("costmodels.calibrate", "workers.tiny_model"): "moved in a follow-up",
-}
+# (importing module, imported module) -> why it is tolerated. None today.
+KNOWN_EXCEPTIONS: dict[tuple[str, str], str] = {}
 
 # Modules that cannot import without an optional extra: module -> (extra, reason). Where the
 # extra is installed (make test installs them all) they must import like the rest.

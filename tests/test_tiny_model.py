@@ -17,7 +17,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 pytest.importorskip("tokenizers")
 
-from workers import tiny_model as tm  # noqa: E402
+from costmodels import tiny_model as tm  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = [
@@ -189,7 +189,7 @@ def test_module_cli_builds_into_a_folder(tiny_model_dir, tmp_path):
     out = tmp_path / "cli" / "tiny-llama"
     env = {**os.environ, "HETAGENT_CACHE_DIR": str(tm.cache_root())}
     proc = subprocess.run(
-        [sys.executable, "-m", "workers.tiny_model", str(out)],
+        [sys.executable, "-m", "costmodels.tiny_model", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,

@@ -744,5 +744,9 @@ def runs_get(run_id: str, url: str = _URL_OPT, api_key: str | None = _KEY_OPT) -
         sys.stdout.write(json.dumps(_answer(c.get(f"/v1/runs/{run_id}")), indent=2) + "\n")
 
 
+from orchestrator.cli_costmodel import costmodel_app  # noqa: E402  (its commands import lazily)
+
+app.add_typer(costmodel_app, name="costmodel")
+
 if __name__ == "__main__":
     app()

@@ -51,6 +51,9 @@ class OpConfig:
     memory_bytes: float  # resident per replica (per device on accelerators)
     core_s_per_call: float  # CPU core-seconds per call (0 on accelerators)
     bound: str  # "compute" | "memory" | "fixed"
+    # where latency and throughput come from: "roofline", "calibrated" (a device measured by `hetagent
+    # calibrate`) or "profile:<file>" (an imported measured profile; costmodels/profiles.py sets the last two)
+    estimate_source: str = "roofline"
 
     @property
     def devices_per_replica(self) -> int:

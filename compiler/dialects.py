@@ -51,6 +51,8 @@ F64Attr = FloatAttr[Float64Type]
 I64Attr = IntegerAttr[I64]
 I128Attr = IntegerAttr[I128]
 StrList = ArrayAttr[StringAttr]
+# request-size buckets of an LLM node's traffic: [[input_tokens: i64, output_tokens: i64, share: f64], ...]
+Buckets = ArrayAttr[ArrayAttr[Attribute]]
 
 # --------------------------------------------------------------------------- types
 
@@ -222,6 +224,8 @@ class LLMOp(_AgentNodeOp):
     input_tokens = attr_def(I64Attr)
     output_tokens = attr_def(I64Attr)
     stream = opt_attr_def(UnitAttr)
+    traffic = opt_attr_def(Buckets)
+    tpot_ms = opt_attr_def(F64Attr)
 
 
 @irdl_op_definition
@@ -360,6 +364,8 @@ class PrefillOp(_GranularOp):
     dtype = opt_attr_def(StringAttr)
     input_tokens = attr_def(I64Attr)
     stream = opt_attr_def(UnitAttr)
+    traffic = opt_attr_def(Buckets)
+    tpot_ms = opt_attr_def(F64Attr)
 
     assembly_format = _GRANULAR_FORMAT_VAR
 
@@ -400,6 +406,8 @@ class DecodeOp(_GranularOp):
     input_tokens = attr_def(I64Attr)
     output_tokens = attr_def(I64Attr)
     stream = opt_attr_def(UnitAttr)
+    traffic = opt_attr_def(Buckets)
+    tpot_ms = opt_attr_def(F64Attr)
 
     assembly_format = _GRANULAR_FORMAT_VAR
 

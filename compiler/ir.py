@@ -15,7 +15,18 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from xdsl.context import Context
-from xdsl.dialects.builtin import Builtin, FloatAttr, IntegerAttr, IntegerType, ModuleOp, StringAttr, UnitAttr, f64, i64
+from xdsl.dialects.builtin import (
+    ArrayAttr,
+    Builtin,
+    FloatAttr,
+    IntegerAttr,
+    IntegerType,
+    ModuleOp,
+    StringAttr,
+    UnitAttr,
+    f64,
+    i64,
+)
 from xdsl.ir import Attribute, Block, Operation, Region, SSAValue
 from xdsl.parser import Parser
 from xdsl.passes import ModulePass
@@ -184,6 +195,12 @@ def _node_attrs(graph: AgentGraph, node: Any, index: int, catalog: CatalogLike |
         }
         if node.stream:
             attrs["stream"] = UnitAttr()
+        if node.traffic is not None:
+            attrs["traffic"] = ArrayAttr(
+                [ArrayAttr([_i64(b.input_tokens), _i64(b.output_tokens), _f64(b.share)]) for b in node.traffic.buckets]
+            )
+            if node.traffic.tpot_ms is not None:
+                attrs["tpot_ms"] = _f64(node.traffic.tpot_ms)
     elif isinstance(node, EmbedNode):
         attrs |= {
             "model": _s(node.model),
@@ -309,7 +326,7 @@ class _DecomposeNode(RewritePattern):
             prompt = op.input_tokens.value.data
             kv = work.kv_cache_bytes(model, prompt)
             llm = _copy(op, "model", "stream")
-            typed = llm | {"dtype": _s(model.dtype)}
+            typed = llm | {"dtype": _s(model.dtype)} | _copy(op, "traffic", "tpot_ms")
             tok = TokenizeOp.create(
                 operands=list(op.operands),
                 result_types=[TokensType()],

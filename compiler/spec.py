@@ -83,6 +83,23 @@ class LLMExpected(_Strict):
     output_tokens: int = Field(ge=1, description="Expected generated tokens.")
 
 
+class TrafficBucket(_Strict):
+    input_tokens: int = Field(ge=1, description="Prompt tokens of the bucket's requests (its costing size).")
+    output_tokens: int = Field(ge=1, description="Generated tokens of the bucket's requests.")
+    share: float = Field(ge=0, le=1, description="Fraction of the node's requests in this bucket.")
+
+
+class LLMTraffic(_Strict):
+    """The node's requests as a distribution of sizes: the planner may serve each bucket on other hardware."""
+
+    buckets: list[TrafficBucket] = Field(
+        min_length=1, max_length=1000, description="Request-size buckets; shares sum to 1, sizes are distinct."
+    )
+    tpot_ms: float | None = Field(
+        None, gt=0, description="Time-per-output-token target of every request (Mélange's SLO), ms."
+    )
+
+
 class LLMNode(_NodeBase):
     kind: Literal["llm"]
     model: str = Field(description="Model catalog id.")
@@ -91,6 +108,9 @@ class LLMNode(_NodeBase):
     expected: LLMExpected
     temperature: float = Field(0.0, ge=0)
     stream: bool = Field(False, description="Stream this node's tokens to the caller.")
+    traffic: LLMTraffic | None = Field(
+        None, description="Request sizes as buckets: the planner slices the node's traffic across device types."
+    )
 
 
 class EmbedExpected(_Strict):
@@ -269,6 +289,8 @@ def validate_graph(graph: AgentGraph, catalog: Any | None = None) -> None:
                     problems.append((f"{base}.{key}", f"reference to unknown graph input {ref!r}"))
         if isinstance(node, ToolNode) and (node.url is None) == (node.function is None):
             problems.append((base, "a tool needs exactly one of 'url' or 'function'"))
+        if isinstance(node, LLMNode) and node.traffic is not None:
+            problems += _traffic_problems(node.name, node.traffic, f"{base}.traffic.buckets")
         if catalog is not None:
             problems += _catalog_problems(graph, node, base, catalog)
 
@@ -284,6 +306,27 @@ def validate_graph(graph: AgentGraph, catalog: Any | None = None) -> None:
             problems.append(("spec.nodes", "dependency cycle: " + " -> ".join(reversed(cycle))))
     if problems:
         raise SpecError(problems)
+
+
+TRAFFIC_SHARE_TOL = 1e-6
+
+
+def _traffic_problems(name: str, traffic: LLMTraffic, where: str) -> list[tuple[str, str]]:
+    out: list[tuple[str, str]] = []
+    total = sum(b.share for b in traffic.buckets)
+    if abs(total - 1.0) > TRAFFIC_SHARE_TOL:
+        out.append((where, f"node {name!r}: bucket shares sum to {total:.6g}, not 1"))
+    seen: dict[tuple[int, int], int] = {}
+    for j, b in enumerate(traffic.buckets):
+        first = seen.setdefault((b.input_tokens, b.output_tokens), j)
+        if first != j:
+            out.append(
+                (
+                    f"{where}[{j}]",
+                    f"node {name!r}: bucket ({b.input_tokens}, {b.output_tokens}) tokens repeats bucket {first}",
+                )
+            )
+    return out
 
 
 def _catalog_problems(graph: AgentGraph, node: Any, base: str, catalog: Any) -> list[tuple[str, str]]:

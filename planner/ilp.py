@@ -39,6 +39,15 @@ Notation (after SkyPilot's optimizer and Mélange's GPU-mix ILP)::
                     CPU tier: a vLLM engine tokenizes and detokenizes in its own process, so the runtime
                     can only honour plans that keep them together)
 
+Request-size slicing (planner/slicing.py has the full notation): the prefill p_n and decode q_n of an LLM node n
+whose spec gives a traffic distribution have no x; instead
+
+    s_k ∈ [0, 1]     fraction of size bucket b (share π_b) served by option k: an engine on device type d_k that
+                     sustains μ_k requests/s per device;  Σ_{k ∈ K_b} s_k = 1;  u_k ∈ {0,1} ≥ s_k (in use)
+    v_nd ∈ {0,1}     n uses type d (v_nd ≥ u_k); it replaces y_od for o ∈ {p_n, q_n} in the transfer constraints
+    Σ_{o, c: d(c)=d} tp_c R_oc x_oc + Σ_{n, k: d_k=d} λ π_b s_k / (ρ μ_k) ≤ a_d,  a_d ∈ ℤ   (devices are shared)
+    L_{p_n} ≥ Lp_k u_k,  L_{q_n} ≥ Lq_k u_k;  the TTFT's decode term is F_n ≥ (Lq_k / out_b) u_k
+
 Memory fit on accelerators is enforced when C_o is built (a configuration exists only if weights
 and the KV cache of its batch fit in tp_c devices). There is no latency tie-break in the objective:
 it made CBC 3–6× slower on 200–1,000-op graphs; a plan meets its SLA but need not be the fastest
@@ -54,7 +63,18 @@ from typing import TYPE_CHECKING
 
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DevicePool, DeviceType, device_usd_per_h
 from costmodels.granular import GranularGraph, GranularOp
-from costmodels.roofline import HOST_PROCESS_BYTES, OpConfig, nic_transfer_ms, op_configs, replicas_needed, transfer_ms
+from costmodels.profiles import ProfileStore, estimated_configs
+from costmodels.roofline import HOST_PROCESS_BYTES, OpConfig, nic_transfer_ms, replicas_needed, transfer_ms
+from planner.slicing import (
+    SliceChoice,
+    SlicedNode,
+    add_slicing,
+    read_slices,
+    slice_devices_needed,
+    sliced_devices,
+    sliced_nodes,
+    whole,
+)
 
 if TYPE_CHECKING:
     import pulp  # imported where used at run time, so that `import planner` stays light
@@ -89,6 +109,8 @@ class PlacementProblem:
     ttft_ms: float | None
     max_utilisation: float
     ttft_ops: tuple[str, str] | None  # (prefill, decode) of the final LLM
+    sliced: dict[str, SlicedNode] = field(default_factory=dict)  # request-size slicing (planner/slicing.py)
+    profiles: ProfileStore | None = None  # measured profiles that override the roofline
 
 
 @dataclass
@@ -103,6 +125,7 @@ class Assignment:
     status: str = "Optimal"
     gap: float | None = None
     extra: dict[str, float] = field(default_factory=dict)
+    slices: dict[str, list[SliceChoice]] = field(default_factory=dict)  # sliced node → its solved slices
 
 
 def shared_weight_bytes(op: GranularOp) -> float:
@@ -160,6 +183,7 @@ def build_problem(
     ttft_ms: float | None = None,
     max_utilisation: float = 0.8,
     allow: Callable[[GranularOp, Tier], bool] | None = None,
+    profiles: ProfileStore | None = None,
 ) -> PlacementProblem:
     if rate_per_s <= 0:
         raise PlanningError(f"rate must be positive, got {rate_per_s}")
@@ -169,7 +193,12 @@ def build_problem(
     if sla <= 0:
         raise PlanningError(f"SLA must be positive, got {sla} ms")
     configs: dict[str, list[OpConfig]] = {}
+    sliced = sliced_nodes(graph, catalog, tiers, store=profiles, allow=allow)
+    sliced_ops = {o for sn in sliced.values() for o in (sn.prefill, sn.decode)}
     for op in graph.ops:
+        if op.name in sliced_ops:
+            configs[op.name] = []  # served by slices (planner/slicing.py), not by one configuration
+            continue
         candidates = []
         considered = []
         for tier in tiers.values():
@@ -180,7 +209,7 @@ def build_problem(
             if allow and not allow(op, tier):
                 continue
             considered.append(tier.device.name)
-            candidates += op_configs(op, tier.device, catalog, per_node=tier.per_node)
+            candidates += estimated_configs(op, tier.device, catalog, per_node=tier.per_node, store=profiles)
         if not candidates:
             why = (
                 "it needs a CPU tier"
@@ -196,7 +225,9 @@ def build_problem(
     if ttft is not None and ttft_ops is None:
         raise PlanningError(f"a TTFT target of {ttft:g} ms needs an LLM (prefill → decode) in graph {graph.name!r}")
     configs = _prune_dominated(graph, configs, tiers, rate_per_s, max_utilisation, keep=set(ttft_ops or ()))
-    return PlacementProblem(graph, tiers, configs, rate_per_s, sla, ttft, max_utilisation, ttft_ops)
+    return PlacementProblem(
+        graph, tiers, configs, rate_per_s, sla, ttft, max_utilisation, ttft_ops, sliced=sliced, profiles=profiles
+    )
 
 
 def _prune_dominated(
@@ -352,23 +383,30 @@ def solve(
         for oi, op in enumerate(ops)
         for ci in range(len(p.configs[op.name]))
     }
-    # Accelerator counts are integral whenever x is (Σ tp·R·x), so only CPU sockets need integer a_d.
+    # Accelerator counts are integral whenever x is (Σ tp·R·x), so only CPU sockets need integer a_d —
+    # and device types that fractional request slices share (planner/slicing.py).
+    slice_devs = sliced_devices(p)
     alloc = {
         d: pulp.LpVariable(
             f"a_{di}",
             lowBound=0,
             upBound=t.inventory if t.inventory is not None else UNBOUNDED_DEVICES,
-            cat="Integer" if t.is_cpu else "Continuous",
+            cat="Integer" if t.is_cpu or d in slice_devs else "Continuous",
         )
         for di, (d, t) in enumerate(p.tiers.items())
     }
     finish = {op.name: pulp.LpVariable(f"f_{oi}", lowBound=0) for oi, op in enumerate(ops)}
     lat = {op.name: pulp.LpVariable(f"l_{oi}", lowBound=0) for oi, op in enumerate(ops)}
+    sliced = add_slicing(prob, p, lam, lat, finish)
 
     def on(op_name: str, d: str) -> pulp.LpAffineExpression:
+        if op_name in sliced.node_of:
+            return sliced.on(op_name, d)
         return pulp.lpSum(x[op_name, ci] for ci, c in enumerate(p.configs[op_name]) if c.device == d)
 
     for op in ops:
+        if op.name in sliced.node_of:
+            continue  # add_slicing bounds its latency
         cs = p.configs[op.name]
         prob += pulp.lpSum(x[op.name, ci] for ci in range(len(cs))) == 1
         prob += lat[op.name] == pulp.lpSum(c.latency_ms * x[op.name, ci] for ci, c in enumerate(cs))
@@ -382,8 +420,8 @@ def solve(
     transfer = {}
     for ei, e in enumerate(p.graph.edges):
         t_e = 0
-        devs_u = {c.device for c in p.configs[e.src]}
-        devs_v = {c.device for c in p.configs[e.dst]}
+        devs_u = {c.device for c in p.configs[e.src]} | sliced.devices_of(e.src)
+        devs_v = {c.device for c in p.configs[e.dst]} | sliced.devices_of(e.dst)
         if e.bytes > 0 and (len(devs_u | devs_v) > 1):
             t_e = pulp.LpVariable(f"t_{ei}", lowBound=0)
             for d in devs_u | devs_v:
@@ -407,6 +445,7 @@ def solve(
             finish[pre]
             + transfer.get((pre, dec), 0)
             + pulp.lpSum(c.latency_ms / out_tokens * x[dec, ci] for ci, c in enumerate(p.configs[dec]))
+            + sliced.first_token(dec)
         )
         if enforce_sla and p.ttft_ms is not None:
             prob += ttft_expr <= p.ttft_ms * (1 + SLA_REL_TOL)
@@ -414,7 +453,7 @@ def solve(
     weights: dict[tuple[str, str], pulp.LpVariable] = {}
     for d, tier in p.tiers.items():
         members = [(op.name, ci, c) for op in ops for ci, c in enumerate(p.configs[op.name]) if c.device == d]
-        if not members:
+        if not members and d not in sliced.devices:
             prob += alloc[d] == 0
             continue
         if tier.is_cpu:
@@ -441,7 +480,10 @@ def solve(
                 <= 0.9 * tier.device.memory_bytes * alloc[d]
             )
         else:
-            prob += pulp.lpSum(c.tensor_parallel * reps[o, ci] * x[o, ci] for o, ci, c in members) <= alloc[d]
+            prob += (
+                pulp.lpSum(c.tensor_parallel * reps[o, ci] * x[o, ci] for o, ci, c in members) + sliced.load(d)
+                <= alloc[d]
+            )
 
     cost = pulp.lpSum(t.usd_per_h * alloc[d] for d, t in p.tiers.items())
     if objective == "cost":
@@ -463,17 +505,37 @@ def solve(
     chosen: dict[str, OpConfig] = {}
     replicas: dict[str, int] = {}
     for op in ops:
+        if op.name in sliced.node_of:
+            continue  # read below, from the slices
         values = [x[op.name, ci].varValue for ci in range(len(p.configs[op.name]))]
         picked = [ci for ci, v in enumerate(values) if v is not None and v > 0.5]
         if len(picked) != 1 or any(v is not None and 1e-4 < v < 1 - 1e-4 for v in values):
             return None  # a time limit left no integral incumbent
         chosen[op.name] = p.configs[op.name][picked[0]]
         replicas[op.name] = reps[op.name, picked[0]]
+    slices = read_slices(sliced)
+    slice_load = slice_devices_needed(slices, lam, p.max_utilisation)
     allocated = {d: int(round(v.varValue or 0)) for d, v in alloc.items()}
     # the exact requirement: rounding of continuous accelerator counts must not undercount
     for d, tier in p.tiers.items():
         if not tier.is_cpu:
-            allocated[d] = sum(c.tensor_parallel * replicas[o] for o, c in chosen.items() if c.device == d)
+            allocated[d] = whole(
+                sum(c.tensor_parallel * replicas[o] for o, c in chosen.items() if c.device == d)
+                + slice_load.get(d, 0.0)
+            )
+    if slices:
+        from planner.slicing import with_representatives
+
+        rep_config, rep_replicas = with_representatives(p, slices, lam)
+        chosen |= rep_config
+        replicas |= rep_replicas
     return Assignment(
-        chosen, replicas, allocated, solver, elapsed, "Optimal" if proven else "TimeLimit", gap if proven else None
+        chosen,
+        replicas,
+        allocated,
+        solver,
+        elapsed,
+        "Optimal" if proven else "TimeLimit",
+        gap if proven else None,
+        slices=slices,
     )

@@ -2,8 +2,8 @@
 
 Tests, calibration and the local cluster's workers need a real transformer that loads with
 ``transformers`` (and vLLM's CPU backend) without touching a model hub. This module builds one
-from scratch, on this machine: 59 s wall measured for ``python -m costmodels.tiny_model`` on a
-2-vCPU machine (44 s of it the training loop), 88 s while other jobs kept both cores busy.
+from scratch, on this machine: ``python -m costmodels.tiny_model`` on a 2-vCPU machine took 95 s wall
+while other jobs kept both cores busy (70 s of CPU in the training loop; see ``training_report.json``).
 
 * **Corpus** (English prose only; every source ships with the project or with Python itself):
 
@@ -16,23 +16,30 @@ from scratch, on this machine: 59 s wall measured for ``python -m costmodels.tin
   Markdown and reStructuredText are reduced to prose paragraphs: fenced code, tables and headings are
   dropped, a paragraph's lines are joined, and a paragraph is kept only when at least 75 % of its
   whitespace-separated tokens are plain words (so grammar productions and code samples go). About
-  400 KB of text remain (~55 KB of it the project's), ~130k tokens.
-* **Tokenizer**: byte-level BPE, vocab 1024, special tokens ``<s>`` ``</s>`` ``<pad>``, trained on
+  400 KB of text remain (~55 KB of it the project's), ~150k tokens at vocab 2048.
+* **Tokenizer**: byte-level BPE, vocab 2048, special tokens ``<s>`` ``</s>`` ``<pad>``, trained on
   that corpus; ``<s>`` is prepended to every encoded text; a minimal ``role: content`` chat template.
 * **Model**: ``LlamaForCausalLM`` with the architecture of the catalog entry ``tiny-llama``:
-  hidden 128, intermediate 256, 2 layers, 4 heads, 4 kv heads, head_dim 32, vocab 1024,
-  max_position 512, untied embeddings, fp32 (590,464 parameters, ~2.4 MB of safetensors).
-* **Training**: a plain PyTorch loop, next-token cross-entropy, AdamW (lr 2e-3, betas 0.9/0.95,
-  20 warm-up steps, cosine decay to 10 %, weight decay 0.01 on matrices, grad-norm clip 1.0),
-  ``STEPS`` = 360 steps of ``BATCH`` = 8 windows of ``SEQ_LEN`` = 128 tokens (``<s>`` + 127
-  tokens of one stream: every source followed by ``</s>``, the project's own sources repeated
-  ``PROJECT_REPEATS`` = 3 times so they make up about a third of the stream; window
-  starts drawn from a seeded generator). Everything runs inside ``torch.random.fork_rng`` with a
-  fixed seed and a fixed intra-op thread count, ``TRAIN_THREADS`` = 1 (on a shared 2-core machine
-  one thread is ~3x faster than two when the other core is busy, and it makes the result
-  independent of the core count), so a build is bit-for-bit reproducible on a machine. The loss
-  falls from ~6.9 (ln 1024) to ~3.6-3.7 nats per token; greedy text is English-like words
-  ("The KV caches the ...", "the same type of the same type"), not knowledge.
+  hidden 128, intermediate 256, 2 layers, 4 heads, 4 kv heads, head_dim 32, vocab 2048,
+  max_position 4096 (RoPE), untied embeddings, fp32 (852,608 parameters, ~3.4 MB of safetensors).
+* **Training**: a plain PyTorch loop, next-token cross-entropy, AdamW (lr 2e-3, betas 0.9/0.95, 20
+  warm-up steps, cosine decay to 10 %, weight decay 0.01 on matrices, grad-norm clip 1.0),
+  ``STEPS`` = 360 steps of ``BATCH`` = 8 windows of ``SEQ_LEN`` = 128 tokens (``<s>`` + 127 tokens
+  of one stream: every source followed by ``</s>``, the project's own sources repeated
+  ``PROJECT_REPEATS`` = 3 times so they make up about a third of the stream; window starts drawn
+  from a seeded generator). From 40 % of the steps on, every other step is instead ``RAG_BATCH`` =
+  2 **RAG-shaped samples**: the prompt examples/graphs/rag_agent.yaml renders (``rag_prompt``:
+  "Context:", 4 to 16 of the example's documents one per line, "Question: ...") followed by, as
+  the scored answer, the context document the question names by its first three words ("What is KV
+  cache offloading?"). Trained on 128-token windows alone, the model answered the example's
+  ~600-1,100-token prompts with one token repeated ("AGENTAGENT..."); these samples teach it
+  positions up to ~1,300 and to answer from its context. Everything runs inside
+  ``torch.random.fork_rng`` with a fixed seed and a fixed intra-op thread count, ``TRAIN_THREADS``
+  = 1 (on a shared 2-core machine one thread is ~3x faster than two when the other core is busy,
+  and it makes the result independent of the core count), so a build is bit-for-bit reproducible
+  on a machine. The loss falls from ~7.6 (ln 2048) to ~4.3 nats per token on corpus windows;
+  greedy text is English-like words ("The KV cache of the decode step reads the attention stores
+  the KV cache"), not knowledge.
 
 ``training_report.json`` beside the weights records the recipe hash, steps, seconds, the initial and
 final loss and the corpus sources with their byte counts.
@@ -55,6 +62,7 @@ import hashlib
 import json
 import math
 import os
+import random
 import re
 import shutil
 import sys
@@ -69,9 +77,10 @@ from typing import Any
 TINY_MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 REPORT_FILE = "training_report.json"
 MAX_POSITION = 4096  # RoPE has no learned positions: the context costs no weights; RAG prompts fit
-RECIPE_VERSION = 2  # 1 was the random-init model; bump on any change to how the model is built
+RECIPE_VERSION = 3  # 1: random init; 2: trained on 128-token windows; 3: + RAG-shaped samples
 
 # training hyper-parameters (all part of the recipe hash)
+VOCAB = 2048  # whole common words are one token: greedy text breaks words less often than at 1024
 SEQ_LEN = 128
 BATCH = 8
 STEPS = 360
@@ -83,6 +92,11 @@ CLIP_NORM = 1.0
 TRAIN_THREADS = 1
 PROJECT_REPEATS = 3  # the project's own text appears this many times in the training stream
 PROSE_WORD_FRACTION = 0.75  # a paragraph is kept when this share of its tokens are plain words
+RAG_FROM_FRACTION = 0.4  # from this share of the steps on, every other step is a batch of RAG samples
+RAG_BATCH = 2  # RAG samples per such step
+RAG_DOCS = (4, 16)  # documents in one sample's context (inclusive range): 300 to 1,200 tokens
+RAG_QUESTIONS = ("What is {}?", "How does {} work?", "Tell me about {}.", "Explain {}.")
+RAG_CORPUS = "examples/graphs/indexes/product-docs.jsonl"
 
 ROOT = Path(__file__).resolve().parents[1]
 CHAT_TEMPLATE = (
@@ -197,7 +211,7 @@ def corpus_sources() -> list[CorpusSource]:
 
 @dataclass(frozen=True)
 class Recipe:
-    vocab: int = 1024
+    vocab: int = VOCAB
     hidden: int = 128
     layers: int = 2
     heads: int = 4
@@ -212,6 +226,10 @@ class Recipe:
     clip_norm: float = CLIP_NORM
     threads: int = TRAIN_THREADS
     project_repeats: int = PROJECT_REPEATS
+    rag_from_fraction: float = RAG_FROM_FRACTION
+    rag_batch: int = RAG_BATCH
+    rag_docs: tuple[int, int] = RAG_DOCS
+    rag_questions: tuple[str, ...] = RAG_QUESTIONS
 
 
 def _package_versions() -> dict[str, str]:
@@ -276,7 +294,7 @@ def _is_current(model_dir: Path, key: str) -> bool:
 def build_tiny_model(
     out_dir: Path,
     *,
-    vocab: int = 1024,
+    vocab: int = VOCAB,
     hidden: int = 128,
     layers: int = 2,
     heads: int = 4,
@@ -409,16 +427,41 @@ def _lr(step: int, r: Recipe) -> float:
     return r.lr * (r.min_lr_fraction + (1 - r.min_lr_fraction) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def _train(model: Any, stream: list[int], bos: int, r: Recipe) -> dict[str, Any]:
-    """Train ``model`` in place on windows of the token ``stream``; returns the loss record."""
+def rag_documents(sources: list[CorpusSource]) -> list[str]:
+    """The RAG example's documents (one paragraph each), as the corpus holds them."""
+    for s in sources:
+        if s.name == RAG_CORPUS:
+            return [d for d in s.text.split("\n\n") if d.strip()]
+    return []
+
+
+def rag_prompt(context_docs: list[str], question: str) -> str:
+    """The prompt examples/graphs/rag_agent.yaml renders: its retrieved documents, one per line."""
+    return "Context:\n" + "\n".join(context_docs) + f"\nQuestion: {question}\n"
+
+
+def _rag_sample(docs: list[str], rng: random.Random, r: Recipe) -> tuple[str, str]:
+    """A RAG-shaped training sample: a prompt over a few documents and, as its answer, the one
+    document the question names by its first three words (so the model learns to answer from context)."""
+    context = rng.sample(docs, min(len(docs), rng.randint(*r.rag_docs)))
+    answer = rng.choice(context)
+    topic = " ".join(re.sub(r"[^\w\s/-]", "", answer).split()[:3])
+    return rag_prompt(context, rng.choice(r.rag_questions).format(topic)), answer
+
+
+def _train(model: Any, stream: list[int], rag_docs: list[str], tok: Any, r: Recipe) -> dict[str, Any]:
+    """Train ``model`` in place on windows of the token ``stream`` and, late in training, on
+    RAG-shaped samples of ``rag_docs``; returns the loss record."""
     import torch
     import torch.nn.functional as F
 
+    bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
     data = torch.tensor(stream, dtype=torch.long)
     n = r.seq_len - 1  # each window: <s> + n corpus tokens as input, the next n + 1 ... as targets
     if len(data) <= n + 1:
         raise RuntimeError("training corpus shorter than one window")
     gen = torch.Generator().manual_seed(r.seed + 1)
+    rng = random.Random(r.seed + 2)
     decay = [p for name, p in model.named_parameters() if p.ndim >= 2]
     no_decay = [p for name, p in model.named_parameters() if p.ndim < 2]
     opt = torch.optim.AdamW(
@@ -429,27 +472,46 @@ def _train(model: Any, stream: list[int], bos: int, r: Recipe) -> dict[str, Any]
     )
     offsets = torch.arange(n + 1)
     bos_col = torch.full((r.batch, 1), bos, dtype=torch.long)
-    losses = []
+    rag_from = int(r.steps * r.rag_from_fraction)
+    losses, tokens_seen, rag_samples = [], 0, 0
     model.train()
     for step in range(r.steps):
-        starts = torch.randint(0, len(data) - n - 1, (r.batch,), generator=gen)
-        win = data[starts[:, None] + offsets]  # (batch, n + 1)
-        x = torch.cat([bos_col, win[:, :-1]], dim=1)  # <s> t0 .. t(n-1)
-        y = win  # predict t0 after <s>, ..., t(n) after t(n-1)
+        if rag_docs and step >= rag_from and step % 2 == 0:
+            rows = []
+            for _ in range(r.rag_batch):
+                prompt, answer = _rag_sample(rag_docs, rng, r)
+                rows.append([bos, *tok.encode(prompt, add_special_tokens=False).ids])
+                rows[-1] += [*tok.encode(answer, add_special_tokens=False).ids, eos]
+            width = max(map(len, rows)) - 1
+            x = torch.zeros((len(rows), width), dtype=torch.long)
+            y = torch.full((len(rows), width), -100, dtype=torch.long)  # padding is not scored
+            for i, ids in enumerate(rows):
+                t = torch.tensor(ids)
+                x[i, : len(ids) - 1], y[i, : len(ids) - 1] = t[:-1], t[1:]
+            tokens_seen += sum(len(ids) - 1 for ids in rows)
+            rag_samples += len(rows)
+        else:
+            starts = torch.randint(0, len(data) - n - 1, (r.batch,), generator=gen)
+            win = data[starts[:, None] + offsets]  # (batch, n + 1)
+            x = torch.cat([bos_col, win[:, :-1]], dim=1)  # <s> t0 .. t(n-1)
+            y = win  # predict t0 after <s>, ..., t(n) after t(n-1)
+            tokens_seen += r.batch * r.seq_len
         for g in opt.param_groups:
             g["lr"] = _lr(step, r)
         logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1), ignore_index=-100)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), r.clip_norm)
         opt.step()
         losses.append(loss.item())
     model.eval()
-    tail = losses[-min(20, len(losses)) :]
+    tail = [loss for i, loss in enumerate(losses) if i < rag_from or i % 2][-20:]  # corpus windows only
     return {
         "initial_loss": losses[0],
-        "final_loss": sum(tail) / len(tail),  # mean of the last 20 steps
+        "final_loss": sum(tail) / len(tail),  # mean of the last 20 corpus-window steps
+        "tokens_seen": tokens_seen,
+        "rag_samples": rag_samples,
         "loss_curve": [[i, round(losses[i], 4)] for i in range(0, len(losses), 10)]
         + [[len(losses) - 1, round(losses[-1], 4)]],
     }
@@ -513,7 +575,7 @@ def _build(out_dir: Path, r: Recipe, sources: list[CorpusSource], key: str) -> N
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(r.seed)
             model = LlamaForCausalLM(cfg)
-            record = _train(model, stream, bos, r)
+            record = _train(model, stream, rag_documents(sources), tok, r)
     finally:
         torch.set_num_threads(threads)
     t_train, c_train = time.perf_counter() - t1, time.process_time() - c1
@@ -525,7 +587,6 @@ def _build(out_dir: Path, r: Recipe, sources: list[CorpusSource], key: str) -> N
         "recipe": asdict(r),
         "packages": _package_versions(),
         "steps": r.steps,
-        "tokens_seen": r.steps * r.batch * r.seq_len,
         "corpus_tokens": len(stream),
         **{k: v for k, v in record.items() if k != "loss_curve"},
         "seconds": {

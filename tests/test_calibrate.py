@@ -23,7 +23,7 @@ TINY_LLAMA = {
     "num_attention_heads": 4,
     "num_key_value_heads": 4,
     "head_dim": 32,
-    "vocab_size": 1024,
+    "vocab_size": 2048,
     "max_position_embeddings": 4096,
 }
 

@@ -77,10 +77,10 @@ def _english_scores(texts: list[str], vocabulary) -> dict:
     }
 
 
-def _reads_as_english(scores: dict) -> bool:
+def _reads_as_english(scores: dict, n_texts: int = len(PROMPTS)) -> bool:
     return (
-        scores["words"] >= 5 * len(PROMPTS)
-        and scores["distinct"] >= 2 * len(PROMPTS)  # words, not one word repeated
+        scores["words"] >= 5 * n_texts
+        and scores["distinct"] >= 2 * n_texts  # words, not one word repeated
         and scores["known"] >= MIN_KNOWN
         and scores["known_pairs"] >= MIN_KNOWN_PAIRS
     )
@@ -97,10 +97,16 @@ def _load(model_dir: Path):
 def test_training_report(tiny_model_dir):
     report = json.loads((tiny_model_dir / tm.REPORT_FILE).read_text())
     assert report["recipe_hash"] == tm.recipe_hash()
-    assert report["steps"] == tm.STEPS and report["tokens_seen"] == tm.STEPS * tm.BATCH * tm.SEQ_LEN
-    # the first batch is scored by a random model: about ln(1024) = 6.93 nats per token
-    assert 6.5 < report["initial_loss"] < 7.5
-    assert report["final_loss"] < 4.0 and report["final_loss"] < 0.6 * report["initial_loss"]
+    assert report["steps"] == tm.STEPS
+    # from step 144 (40 % of 360) on, the even steps are RAG steps of 2 samples each: 108 steps
+    rag_steps = 108
+    assert report["rag_samples"] == rag_steps * 2
+    # corpus windows are 8 x 128 tokens; a RAG sample is 300 to 1,300 tokens
+    corpus_tokens_seen = (tm.STEPS - rag_steps) * tm.BATCH * tm.SEQ_LEN
+    assert corpus_tokens_seen + 216 * 300 < report["tokens_seen"] < corpus_tokens_seen + 216 * 1300
+    # the first batch is scored by a random model: about ln(2048) = 7.62 nats per token
+    assert 7.1 < report["initial_loss"] < 8.1
+    assert report["final_loss"] < 0.6 * report["initial_loss"]
     names = [s["name"] for s in report["sources"]]
     assert "README.md" in names and "examples/graphs/indexes/product-docs.jsonl" in names
     assert any(n.startswith("docs/") for n in names)
@@ -130,6 +136,61 @@ def test_greedy_output_reads_as_english_words(tiny_model_dir, corpus_vocabulary)
         r_scores = _english_scores(untrained, corpus_vocabulary)
         print(f"random (seed {seed}):", r_scores, untrained)
         assert not _reads_as_english(r_scores), (r_scores, untrained)
+
+
+RAG_QUESTIONS = [  # phrased unlike the training samples' "What is <first three words>?"
+    "What is KV cache offloading?",
+    "Why is decode memory-bound?",
+    "How do I report a billing problem?",
+    "Which tier runs the embedding model?",
+]
+
+
+def _rag_prompts(n_docs: int) -> list[str]:
+    """The answer prompts of examples/graphs/rag_agent.yaml, rendered by the runtime's own template
+    and redaction code over ``n_docs`` documents of its index (a seeded draw, not a FAISS ranking)."""
+    import random
+
+    from compiler.spec import load_graph
+    from costmodels.catalog import load_catalog
+    from workers.templates import render
+    from workers.transforms import redact_pii
+
+    graph = load_graph(ROOT / "examples" / "graphs" / "rag_agent.yaml", load_catalog())
+    template = next(n for n in graph.spec.nodes if n.name == "answer").prompt
+    index = ROOT / "examples" / "graphs" / "indexes" / "product-docs.jsonl"
+    docs = [json.loads(line) for line in index.read_text().splitlines() if line.strip()]
+    rng = random.Random(n_docs)
+    prompts = []
+    for q in RAG_QUESTIONS:
+        hits = rng.sample(docs, n_docs)
+        prompts.append(render(template, {"question": q}, {"redact": redact_pii(hits)}))
+    return prompts
+
+
+def test_training_rag_samples_have_the_example_prompt_shape():
+    prompt = _rag_prompts(2)[0]
+    context, question = prompt.removeprefix("Context:\n").rsplit("\nQuestion: ", 1)
+    assert tm.rag_prompt(context.split("\n"), question.removesuffix("\n")) == prompt
+
+
+@pytest.mark.parametrize("n_docs", [8, 16])  # the example's top_k, and twice it (~900 tokens)
+def test_greedy_answer_to_a_rag_prompt_reads_as_english(tiny_model_dir, corpus_vocabulary, n_docs):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model, tok = _load(tiny_model_dir)
+    prompts = _rag_prompts(n_docs)
+    assert min(len(tok(p)["input_ids"]) for p in prompts) > 40 * n_docs  # the long prompts it must handle
+    answers = [_greedy(model, tok, p) for p in prompts]
+    scores = _english_scores(answers, corpus_vocabulary)
+    print("trained:", scores, answers)
+    assert _reads_as_english(scores, len(prompts)), (scores, answers)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        random_model = AutoModelForCausalLM.from_config(model.config).eval()
+    r_scores = _english_scores([_greedy(random_model, tok, p) for p in prompts], corpus_vocabulary)
+    assert not _reads_as_english(r_scores, len(prompts)), r_scores
 
 
 def test_build_is_deterministic(tmp_path):

@@ -25,13 +25,14 @@ if TYPE_CHECKING:
         load_cluster as load_cluster,
         profiles_dir as profiles_dir,
     )
+    from costmodels.check import check_rows as check_rows, load_profile_rows as load_profile_rows
+    from costmodels.fit import fit_efficiency as fit_efficiency
     from costmodels.granular import (
         GranularEdge as GranularEdge,
         GranularGraph as GranularGraph,
         GranularOp as GranularOp,
     )
     from costmodels.link_calibration import apply_link_fit as apply_link_fit, measure_link as measure_link
-    from costmodels.measured import compare_a100_vidur as compare_a100_vidur
     from costmodels.online import (
         Observation as Observation,
         observations_from_records as observations_from_records,
@@ -61,7 +62,9 @@ _EXPORTS: dict[str, str] = {
     "Observation": "costmodels.online",
     "observations_from_records": "costmodels.online",
     "refit": "costmodels.online",
-    "compare_a100_vidur": "costmodels.measured",
+    "load_profile_rows": "costmodels.check",
+    "check_rows": "costmodels.check",
+    "fit_efficiency": "costmodels.fit",
 }
 __all__ = list(_EXPORTS)
 

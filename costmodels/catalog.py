@@ -37,10 +37,44 @@ class _Strict(BaseModel):
 
 
 class Efficiency(_Strict):
-    """Fraction of peak a real kernel reaches; calibrated from measurements."""
+    """Fraction of peak a real kernel reaches, and the shape of the roofline; calibrated from measurements.
+
+    Dimensionless fractions of the datasheet peaks, so a fit on one device carries over to another through that
+    device's own peaks (docs/costmodel.md has the equations)."""
 
     compute: float = Field(0.6, gt=0, le=1, description="Achieved / peak FLOP/s for large GEMMs.")
-    memory: float = Field(0.75, gt=0, le=1, description="Achieved / peak memory bandwidth for streaming reads.")
+    memory: float = Field(
+        0.75,
+        gt=0,
+        le=1,
+        description="Achieved / peak memory bandwidth for streaming reads (GEMM weights, element-wise kernels).",
+    )
+    attention_compute: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Achieved / peak FLOP/s of attention kernels (prefill: causal QK^T and AV, 2·P²·d_q FLOPs a "
+        "layer); flash-attention kernels reach far less than GEMMs. None: the same as `compute`.",
+    )
+    attention_memory: float | None = Field(
+        None,
+        gt=0,
+        le=1,
+        description="Achieved / peak memory bandwidth of attention kernels reading the KV cache (decode). "
+        "None: the same as `memory`.",
+    )
+    ridge_exponent: float | None = Field(
+        None,
+        ge=1,
+        description="p of the smooth roofline (t_compute^p + t_memory^p)^(1/p) of each kernel group: near the "
+        "ridge point a kernel reaches neither roof. None: the hard max (p = infinity).",
+    )
+    kernel_overhead_us: float = Field(
+        0.0,
+        ge=0,
+        description="Fixed time of one kernel, microseconds (the floor a tiny kernel takes from launch to finish), "
+        "times the kernels a step runs (costmodels/work.py counts them).",
+    )
     link: float = Field(0.8, gt=0, le=1, description="Achieved / peak link bandwidth for bulk transfers.")
     fixed_overhead_ms: float = Field(
         0.0, ge=0, description="Per-kernel-step overhead (launch, scheduling) added to every roofline estimate."

@@ -3,14 +3,18 @@
 For one op on one device type the model enumerates *configurations* — batch size and tensor-
 parallel degree — and for each gives the latency of one call, the calls/s one replica sustains,
 its memory footprint and what it occupies (whole devices on accelerators; core-seconds on a
-time-shared CPU socket). A step takes
+time-shared CPU socket). A step is a sum over its kernel groups g (costmodels/work.py: GEMMs,
+attention, element-wise), each on a smooth roofline, plus a fixed time per kernel:
 
-    t = max(FLOPs / (peak · eff_compute · tp), bytes / (bandwidth · eff_memory · tp))
-        + tensor-parallel all-reduce time + fixed_overhead_ms
+    t = Σ_g ((F_g / (peak · e_c,g · tp))^p + (B_g / (bandwidth · e_m,g · tp))^p)^(1/p)
+        + kernels · kernel_overhead_us + tensor-parallel all-reduce time + fixed_overhead_ms
 
-Prefill is one step over the prompt (compute-bound); decode is ``output_tokens`` steps at the
-mean context (memory-bound: weights once per step plus every sequence's KV). Efficiency factors
-and the fixed overhead come from the catalog and are calibrated against measurements.
+e_c,g / e_m,g are the GEMM efficiencies (``compute``, ``memory``) or the attention ones
+(``attention_compute``, ``attention_memory``); p (``ridge_exponent``) rounds the corner at the ridge
+point, where a kernel reaches neither roof (p → ∞ is the classic max). Prefill is one step over the
+prompt; decode is ``output_tokens`` steps at the mean context (weights once per step plus every
+sequence's KV). Every parameter is per device in the catalog, fitted from measurements by
+``hetagent costmodel check --fit`` (docs/costmodel.md).
 """
 
 from __future__ import annotations
@@ -68,17 +72,48 @@ def _allreduce_s(device: DeviceType, tp: int, tokens: float, hidden: int, dtype_
     return 2 * layers * payload / (device.intra_node_link_gb_s * 1e9 * device.efficiency.link)
 
 
-def roofline_step_s(
+def smooth_max(a: float, b: float, p: float | None) -> float:
+    """(a^p + b^p)^(1/p) for non-negative a, b: the roofline's max with a rounded corner (p None: max)."""
+    m = max(a, b)
+    if p is None or m <= 0.0:
+        return m
+    return float(m * ((a / m) ** p + (b / m) ** p) ** (1.0 / p))
+
+
+def roofline_parts_s(
     work: W.Work, device: DeviceType, dtype: str, *, tp: int = 1, cores: int | None = None
-) -> tuple[float, str]:
-    """Seconds for one step of ``work`` on ``tp`` devices (or ``cores`` of a CPU socket)."""
+) -> dict[str, float]:
+    """Seconds of one step of ``work`` by part: each kernel kind (costmodels/work.py), ``kernels`` (the fixed time
+    per kernel), ``fixed`` (per step), and the pure ``compute`` / ``memory`` times (the two roofs, summed over
+    groups; not part of the total)."""
     share = float(tp)
     if device.device_class is DeviceClass.cpu and cores is not None and device.cores:
         share = min(cores, device.cores) / device.cores
-    compute_s = work.flops / (device.peak_flops(dtype) * device.efficiency.compute * share)
-    memory_s = work.bytes_moved / (device.memory_bandwidth_gb_s * 1e9 * device.efficiency.memory * share)
-    bound = "compute" if compute_s >= memory_s else "memory"
-    return max(compute_s, memory_s) + device.efficiency.fixed_overhead_ms / 1000.0, bound
+    eff = device.efficiency
+    flops_per_s = device.peak_flops(dtype) * share
+    bytes_per_s = device.memory_bandwidth_gb_s * 1e9 * share
+    parts = {kind: 0.0 for kind in W.KERNEL_KINDS}
+    parts.update(kernels=0.0, fixed=eff.fixed_overhead_ms / 1000.0, compute=0.0, memory=0.0)
+    for g in work.groups or (W.KernelGroup("gemm", work.flops, work.bytes_moved),):
+        if g.kind == "attention":
+            e_c, e_m = eff.attention_compute or eff.compute, eff.attention_memory or eff.memory
+        else:
+            e_c, e_m = eff.compute, eff.memory
+        compute_s, memory_s = g.flops / (flops_per_s * e_c), g.bytes_moved / (bytes_per_s * e_m)
+        parts[g.kind] += smooth_max(compute_s, memory_s, eff.ridge_exponent)
+        parts["kernels"] += g.kernels * eff.kernel_overhead_us * 1e-6
+        parts["compute"] += compute_s
+        parts["memory"] += memory_s
+    return parts
+
+
+def roofline_step_s(
+    work: W.Work, device: DeviceType, dtype: str, *, tp: int = 1, cores: int | None = None
+) -> tuple[float, str]:
+    """Seconds for one step of ``work`` on ``tp`` devices (or ``cores`` of a CPU socket), and which roof binds."""
+    parts = roofline_parts_s(work, device, dtype, tp=tp, cores=cores)
+    total = sum(parts[k] for k in (*W.KERNEL_KINDS, "kernels", "fixed"))
+    return total, "compute" if parts["compute"] >= parts["memory"] else "memory"
 
 
 def nic_transfer_ms(nbytes: float, device: DeviceType) -> float:

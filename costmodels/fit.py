@@ -75,6 +75,11 @@ def _fields_for(rows: Sequence[ProfileRow]) -> tuple[str, ...]:
     return tuple(fields)
 
 
+def _rounded(value: float) -> float:
+    """SIGNIFICANT_DIGITS digits, and 0 for what the optimiser left a rounding error above its lower bound of 0."""
+    return 0.0 if abs(value) < 1e-9 else float(f"{value:.{SIGNIFICANT_DIGITS}g}")
+
+
 def fit_efficiency(rows: Sequence[ProfileRow], device: DeviceType) -> EfficiencyFit:
     """Least-squares fit of ``device``'s efficiency to ``rows`` (all of that device)."""
     from scipy.optimize import least_squares
@@ -103,7 +108,7 @@ def fit_efficiency(rows: Sequence[ProfileRow], device: DeviceType) -> Efficiency
         if best is None or result.cost < best.cost:
             best = result
     assert best is not None  # STARTS is not empty
-    values = {f: float(f"{v:.{SIGNIFICANT_DIGITS}g}") for f, v in zip(fields, best.x, strict=True)}
+    values = {f: _rounded(v) for f, v in zip(fields, best.x, strict=True)}
     efficiency = Efficiency.model_validate({**base.model_dump(), **values})
     final = residuals(np.array([values[f] for f in fields]))
     return EfficiencyFit(

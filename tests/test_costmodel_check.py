@@ -236,3 +236,29 @@ def test_cli_measures_this_cpu(tmp_path):
     assert doc["devices"]["local-cpu"]["prefill"]["n"] == 2 and doc["devices"]["local-cpu"]["decode"]["n"] == 2
     assert (tmp_path / "local-cpu-steps.csv").read_text().startswith("# command: hetagent costmodel check")
     assert png.read_bytes()[:8] == PNG_MAGIC
+
+
+def test_imported_json_profiles_are_checked(tmp_path, catalog):
+    """A step-latency profile of `hetagent costmodel import` (costmodels/profiles.py) is read like the CSV: a
+    Vidur import ("kernel-only" in its notes) as layer sums, any other as whole steps with embedding and LM head."""
+    from costmodels.profiles import ProfileFile, StepRow, write_profile_file
+
+    step = StepRow(
+        device="a100-80g",
+        model="llama-3.1-8b-instruct",
+        phase="prefill",
+        tensor_parallel=1,
+        batch=1,
+        tokens=4096,
+        latency_ms=304.304,
+    )
+    kernels = ProfileFile(kind="step-latency", command="test", source="test", notes="Vidur kernel-only", steps=[step])
+    whole = ProfileFile(kind="step-latency", command="test", source="test", notes="served steps", steps=[step])
+    write_profile_file(kernels, tmp_path / "kernels" / "vidur.json")
+    write_profile_file(whole, tmp_path / "whole" / "served.json")
+    (layers,) = check_rows(load_profile_rows(tmp_path / "kernels", catalog), catalog)
+    (served,) = check_rows(load_profile_rows(tmp_path / "whole", catalog), catalog)
+    assert (layers.row.scope, served.row.scope) == ("step", "full")
+    # the same step as the CSV's Llama-3-8B P=4096 row (within 15%), and the LM head and embedding cost extra
+    assert 0.85 <= layers.ratio <= 1.15
+    assert served.predicted_ms > layers.predicted_ms

@@ -108,6 +108,10 @@ def import_vidur(
     """Step latencies of every mapped (SKU, model) under ``root``: prefill at batch 1 over the profiled prompt
     lengths, decode over the profiled (batch, context) points, at every tensor-parallel degree both files have."""
     root = Path(root)
+    if root.is_file():
+        return _import_vidur_derived(
+            root, catalog, devices=devices, models=models, skip=set(skip_models), command=command
+        )
     skus = {p.name for p in root.iterdir() if p.is_dir()} if root.is_dir() else set()
     if not skus:
         raise ProfileError(f"{root}: no <sku>/<model>/mlp.csv folders (Vidur's data/profiling/compute layout)")
@@ -163,6 +167,46 @@ def import_vidur(
         source=str(root),
         notes="Vidur kernel-only step latencies: layers x (sum of per-layer operator medians + attention median); "
         "no LM head, launch gaps or sampling. " + "; ".join(notes),
+        steps=steps,
+    )
+
+
+def _import_vidur_derived(
+    path: Path, catalog: Catalog, *, devices: dict[str, str], models: dict[str, str], skip: set[str], command: str
+) -> ProfileFile:
+    """Step rows of a table already derived from Vidur (configs/profiles/a100_vidur_derived.csv: sku, model,
+    phase, tp, prompt_len, batch, ctx_len, total_ms)."""
+    rows = _read_csv(path)
+    need = {"sku", "model", "phase", "tp", "prompt_len", "batch", "ctx_len", "total_ms"}
+    if not rows or not need <= set(rows[0]):
+        raise ProfileError(f"{path}: expected a derived Vidur table with columns {', '.join(sorted(need))}")
+    _check_mapping("SKU", devices, {r["sku"] for r in rows}, set(), str(path))
+    _check_mapping("model", models, {r["model"] for r in rows}, skip, str(path))
+    steps = []
+    for i, r in enumerate(rows, start=2):
+        if r["model"] in skip:
+            continue
+        if not r["total_ms"]:
+            raise ProfileError(f"{path}:{i}: {r['model']} {r['phase']} has no total_ms (skip the model)")
+        device, model = catalog.device(devices[r["sku"]]).name, catalog.model(models[r["model"]]).name
+        prefill = r["phase"] == "prefill"
+        steps.append(
+            StepRow(
+                device=device,
+                model=model,
+                phase="prefill" if prefill else "decode",
+                tensor_parallel=int(r["tp"]),
+                batch=int(r["batch"]),
+                tokens=int(r["prompt_len"] if prefill else r["ctx_len"]),
+                latency_ms=float(r["total_ms"]),
+            )
+        )
+    return ProfileFile(
+        kind="step-latency",
+        command=command,
+        source=str(path),
+        notes="Step latencies of a derived Vidur table (total_ms: kernel-only sums; no LM head, launch gaps or "
+        f"sampling). Mapped: {', '.join(f'{k}->{v}' for k, v in sorted(models.items()))}.",
         steps=steps,
     )
 

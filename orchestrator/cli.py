@@ -129,6 +129,9 @@ def plan(
     baselines: bool = typer.Option(True, help="Also plan homogeneous fleets and the greedy-fastest heuristic."),
     format: Format = typer.Option(Format.table, "--format", help="table or json."),  # noqa: A002
     output: Path | None = typer.Option(None, "--output", "-o", help="Also write the plan JSON here."),
+    profiles: Path | None = typer.Option(
+        None, help="Measured profiles (hetagent costmodel import): they override the roofline where they cover."
+    ),
 ) -> None:
     """Place every granular op on the cheapest tier that meets the SLA; compare with baselines."""
     from costmodels.catalog import load_cluster
@@ -149,6 +152,7 @@ def plan(
                 solver=solver.value,
                 time_limit_s=time_limit_s,
                 baselines=baselines,
+                profiles_dir=profiles,
             ),
             catalog,
         )
@@ -178,7 +182,7 @@ def print_plan(p) -> None:  # p: planner.plan.Plan
         out.print("binding: " + "; ".join(p.binding_constraints), highlight=False)
     else:
         t = Table(title=title, title_justify="left")
-        for col in ("op", "kind", "device", "replicas", "batch", "TP", "latency ms", "util", "bound"):
+        for col in ("op", "kind", "device", "replicas", "batch", "TP", "latency ms", "util", "bound", "estimate"):
             t.add_column(col, justify="right" if col in ("replicas", "batch", "TP", "latency ms", "util") else "left")
         for o in p.ops:
             t.add_row(
@@ -191,8 +195,27 @@ def print_plan(p) -> None:  # p: planner.plan.Plan
                 f"{o.predicted_latency_ms:.2f}",
                 f"{o.utilisation:.0%}",
                 o.bound,
+                o.estimate_source,
             )
         out.print(t)
+        sliced = [o for o in p.ops if o.slices and o.kind == "decode"]
+        if sliced:
+            st = Table(title="request-size slices (node: in/out tokens → device)", title_justify="left")
+            for col in ("node", "in", "out", "share", "device", "of bucket", "devices", "estimate"):
+                st.add_column(col)
+            for o in sliced:
+                for s in o.slices:
+                    st.add_row(
+                        o.source_node,
+                        str(s.input_tokens),
+                        str(s.output_tokens),
+                        f"{s.bucket_share:.2%}",
+                        s.device,
+                        f"{s.fraction:.0%}",
+                        f"{s.devices:.3f}",
+                        s.estimate_source,
+                    )
+            out.print(st)
         cross = [e for e in p.edges if e.transfer_ms > 0]
         if cross:
             et = Table(title="cross-device transfers", title_justify="left")

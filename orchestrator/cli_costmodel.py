@@ -14,6 +14,95 @@ costmodel_app = typer.Typer(
 )
 
 
+def _pairs(values: list[str], what: str) -> dict[str, str]:
+    """NAME=ID options as a mapping; a malformed or repeated NAME is an error."""
+    out: dict[str, str] = {}
+    for v in values:
+        name, sep, ident = v.partition("=")
+        if not sep or not name or not ident:
+            raise typer.BadParameter(f"{what} {v!r}: expected NAME=CATALOG_ID")
+        if name in out:
+            raise typer.BadParameter(f"{what} {name!r} mapped twice")
+        out[name] = ident
+    return out
+
+
+def _ints(text: str | None) -> list[int]:
+    return [int(t) for t in text.split(",")] if text else []
+
+
+@costmodel_app.command("import")
+def import_profile(
+    vidur: Path | None = typer.Option(
+        None, help="Vidur profiles: a <sku>/<model>/mlp.csv tree (+ attention rows), or a derived step table (CSV)."
+    ),
+    melange: Path | None = typer.Option(None, help="A Mélange solver input (JSON: gpu_info, workload_distribution)."),
+    output: Path = typer.Option(..., "--output", "-o", help="Profiles directory to write the profile into."),
+    device: list[str] = typer.Option(
+        [], "--device", help="SOURCE_NAME=CATALOG_ID for every GPU (Mélange) or SKU folder (Vidur) of the source."
+    ),
+    model: list[str] = typer.Option(
+        [], "--model", help="Vidur: MODEL_DIR=CATALOG_ID for every model. Mélange: the catalog id of its one model."
+    ),
+    skip: list[str] = typer.Option([], "--skip", help="Vidur: a model folder to leave out."),
+    buckets: Path | None = typer.Option(
+        None, help="Mélange: bucket sizes from a buckets.csv (axis, index, …, representative_tokens)."
+    ),
+    input_tokens: str | None = typer.Option(None, help="Mélange: prompt tokens of each tputs row, e.g. 25,100,250."),
+    output_tokens: str | None = typer.Option(None, help="Mélange: generated tokens of each tputs column."),
+    tpot_ms: float | None = typer.Option(None, help="Mélange: the TPOT SLO its tputs hold under, ms."),
+    case: str | None = typer.Option(None, help="Mélange: which input of a file that holds several."),
+    name: str | None = typer.Option(None, help="File name in the profiles directory (default: from the source)."),
+) -> None:
+    """Import measured profiles: they override the roofline wherever they cover (hetagent plan --profiles DIR)."""
+    import sys
+
+    from costmodels.catalog import load_catalog
+    from costmodels.profile_import import import_melange, import_vidur, melange_bucket_edges
+    from costmodels.profiles import write_profile_file
+    from orchestrator.cli import _fail, _user_errors
+
+    if (vidur is None) == (melange is None):
+        _fail("give exactly one of --vidur DIR and --melange FILE")
+    command = "hetagent " + " ".join(sys.argv[1:])
+    try:
+        catalog = load_catalog()
+        if vidur is not None:
+            profile = import_vidur(
+                vidur,
+                catalog,
+                devices=_pairs(device, "--device"),
+                models=_pairs(model, "--model"),
+                skip_models=set(skip),
+                command=command,
+            )
+            default = f"vidur-{vidur.stem}.json"
+        else:
+            assert melange is not None  # one of the two, checked above
+            if len(model) != 1 or "=" in model[0]:
+                _fail("--melange needs exactly one --model CATALOG_ID (Mélange's input does not name its model)")
+            ins, outs = melange_bucket_edges(buckets) if buckets else (_ints(input_tokens), _ints(output_tokens))
+            if not ins or not outs:
+                _fail("--melange needs the bucket sizes: --buckets FILE, or --input-tokens and --output-tokens")
+            profile = import_melange(
+                melange,
+                catalog,
+                model=model[0],
+                devices=_pairs(device, "--device"),
+                input_tokens=ins,
+                output_tokens=outs,
+                tpot_slo_ms=tpot_ms,
+                case=case,
+                command=command,
+            )
+            default = f"melange-{melange.stem}{'-' + case if case else ''}.json"
+    except (*_user_errors(), ValueError) as exc:
+        _fail(str(exc))
+    path = write_profile_file(profile, output / (name or default))
+    rows = len(profile.steps) + len(profile.rates)
+    typer.echo(f"wrote {path}: {rows} {profile.kind} rows")
+
+
 class CheckFormat(str, Enum):
     table = "table"
     json = "json"

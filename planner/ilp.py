@@ -45,7 +45,8 @@ whose spec gives a traffic distribution have no x; instead
     s_k ∈ [0, 1]     fraction of size bucket b (share π_b) served by option k: an engine on device type d_k that
                      sustains μ_k requests/s per device;  Σ_{k ∈ K_b} s_k = 1;  u_k ∈ {0,1} ≥ s_k (in use)
     v_nd ∈ {0,1}     n uses type d (v_nd ≥ u_k); it replaces y_od for o ∈ {p_n, q_n} in the transfer constraints
-    Σ_{o, c: d(c)=d} tp_c R_oc x_oc + Σ_{n, k: d_k=d} λ π_b s_k / (ρ μ_k) ≤ a_d,  a_d ∈ ℤ   (devices are shared)
+    e_ndt ∈ ℤ≥0      engines of n on type d of t devices each:  Σ_{k: d_k=d, tp_k=t} λ π_b s_k / (ρ μ_k) ≤ t e_ndt
+    Σ_{o, c: d(c)=d} tp_c R_oc x_oc + Σ_{n, t} t e_ndt ≤ a_d      (a node's buckets share its engines)
     L_{p_n} ≥ Lp_k u_k,  L_{q_n} ≥ Lq_k u_k;  the TTFT's decode term is F_n ≥ (Lq_k / out_b) u_k
 
 Memory fit on accelerators is enforced when C_o is built (a configuration exists only if weights
@@ -69,8 +70,9 @@ from planner.slicing import (
     SliceChoice,
     SlicedNode,
     add_slicing,
+    latency_can_bind,
     read_slices,
-    slice_devices_needed,
+    slice_devices_allocated,
     sliced_devices,
     sliced_nodes,
     whole,
@@ -397,7 +399,8 @@ def solve(
     }
     finish = {op.name: pulp.LpVariable(f"f_{oi}", lowBound=0) for oi, op in enumerate(ops)}
     lat = {op.name: pulp.LpVariable(f"l_{oi}", lowBound=0) for oi, op in enumerate(ops)}
-    sliced = add_slicing(prob, p, lam, lat, finish)
+    exact = objective == "latency" or (enforce_sla and latency_can_bind(p))
+    sliced = add_slicing(prob, p, lam, lat, finish, exact_latency=exact)
 
     def on(op_name: str, d: str) -> pulp.LpAffineExpression:
         if op_name in sliced.node_of:
@@ -514,7 +517,7 @@ def solve(
         chosen[op.name] = p.configs[op.name][picked[0]]
         replicas[op.name] = reps[op.name, picked[0]]
     slices = read_slices(sliced)
-    slice_load = slice_devices_needed(slices, lam, p.max_utilisation)
+    slice_load = slice_devices_allocated(slices, lam, p.max_utilisation)
     allocated = {d: int(round(v.varValue or 0)) for d, v in alloc.items()}
     # the exact requirement: rounding of continuous accelerator counts must not undercount
     for d, tier in p.tiers.items():

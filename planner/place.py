@@ -11,9 +11,11 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 from costmodels.catalog import Catalog, CatalogError, ClusterInventory, DeviceClass, DeviceType
 from costmodels.granular import GranularGraph, GranularOp
+from costmodels.profiles import ProfileStore, load_profiles
 from costmodels.roofline import binding_link, transfer_ms
 from planner.ilp import (
     Assignment,
@@ -26,7 +28,16 @@ from planner.ilp import (
     resolve_solver,
     solve,
 )
-from planner.plan import Baseline, DeviceUsage, Plan, PlannedEdge, PlannedOp
+from planner.plan import Baseline, DeviceUsage, Plan, PlannedEdge, PlannedOp, PlannedSlice
+from planner.slicing import (
+    SliceChoice,
+    engines,
+    fastest_slices,
+    first_token_ms,
+    slice_devices_allocated,
+    slice_devices_needed,
+    with_representatives,
+)
 
 BINDING_SLACK = 0.02  # a latency target within 2% of the prediction counts as binding
 
@@ -41,6 +52,7 @@ class PlanOptions:
     time_limit_s: float = 60.0
     gap: float = 5e-3
     baselines: bool = True
+    profiles_dir: Path | None = None  # measured profiles (hetagent costmodel import) that override the roofline
 
 
 # ----------------------------------------------------------------------------- metrics of an assignment
@@ -49,9 +61,17 @@ class PlanOptions:
 def finish_times(
     graph: GranularGraph, a: Assignment, tiers: dict[str, Tier]
 ) -> tuple[dict[str, float], dict[tuple[str, str], float]]:
-    """Earliest finish time of every op (ms) and transfer time of every edge, in topological order."""
+    """Earliest finish time of every op (ms) and transfer time of every edge, in topological order.
+
+    A sliced op sits on every device type of its slices: an edge costs its slowest pair (none inside one node)."""
+
+    def devices(op: str) -> set[str]:
+        return {c.option.device for c in a.slices.get(graph.op(op).source_node, [])} or {a.config[op].device}
+
     xfer = {
-        (e.src, e.dst): transfer_ms(e.bytes, tiers[a.config[e.src].device].device, tiers[a.config[e.dst].device].device)
+        (e.src, e.dst): 0.0
+        if graph.op(e.src).source_node == graph.op(e.dst).source_node and graph.op(e.src).source_node in a.slices
+        else max(transfer_ms(e.bytes, tiers[s].device, tiers[d].device) for s in devices(e.src) for d in devices(e.dst))
         for e in graph.edges
     }
     finish: dict[str, float] = {}
@@ -82,7 +102,13 @@ def ttft_of(
     if not p.ttft_ops:
         return None
     pre, dec = p.ttft_ops
-    return finish[pre] + xfer.get((pre, dec), 0.0) + a.config[dec].latency_ms / max(p.graph.op(dec).output_tokens, 1)
+    node = p.graph.op(dec).source_node
+    first = (
+        first_token_ms(a.slices[node])
+        if node in a.slices
+        else a.config[dec].latency_ms / max(p.graph.op(dec).output_tokens, 1)
+    )
+    return finish[pre] + xfer.get((pre, dec), 0.0) + first
 
 
 def tco_usd_per_h(a: Assignment, tiers: dict[str, Tier]) -> float:
@@ -102,11 +128,12 @@ def _device_usage(p: PlacementProblem, a: Assignment) -> list[DeviceUsage]:
         n = a.allocated.get(d, 0)
         if n == 0:
             continue
-        members = [(o, c) for o, c in a.config.items() if c.device == d]
+        members = [(o, c) for o, c in a.config.items() if c.device == d and p.graph.op(o).source_node not in a.slices]
         if tier.is_cpu:
             busy = sum(p.rate_per_s * c.core_s_per_call for _, c in members) / ((tier.device.cores or 1) * n)
         else:
             busy = sum(p.rate_per_s / c.throughput_per_replica * c.tensor_parallel for _, c in members) / n
+            busy += slice_devices_needed(a.slices, p.rate_per_s, 1.0).get(d, 0.0) / n
         out.append(
             DeviceUsage(
                 device=d,
@@ -128,6 +155,14 @@ def _planned_ops(p: PlacementProblem, a: Assignment) -> list[PlannedOp]:
         c = a.config[op.name]
         r = a.replicas[op.name]
         tier = p.tiers[c.device]
+        chosen = a.slices.get(op.source_node, []) if op.kind in ("prefill", "decode") else []
+        slices = [_planned_slice(ch, op.kind, p.rate_per_s, p.max_utilisation) for ch in chosen]
+        devices = r * c.devices_per_replica
+        utilisation = p.rate_per_s / (r * c.throughput_per_replica)
+        if chosen:  # the node's engines serve whole requests: they count once, on the decode op
+            held = sum(n * t for (_, t), n in engines(chosen, p.rate_per_s, p.max_utilisation).items())
+            devices = held if op.kind == "decode" else 0
+            utilisation = sum(s.devices for s in slices) * p.max_utilisation / held
         out.append(
             PlannedOp(
                 name=op.name,
@@ -140,15 +175,36 @@ def _planned_ops(p: PlacementProblem, a: Assignment) -> list[PlannedOp]:
                 batch=c.batch,
                 tensor_parallel=c.tensor_parallel,
                 cores_per_replica=c.cores_per_replica,
-                devices_allocated=r * c.devices_per_replica,
+                devices_allocated=devices,
                 predicted_latency_ms=round(c.latency_ms, 4),
                 throughput_per_replica=c.throughput_per_replica,
-                utilisation=round(p.rate_per_s / (r * c.throughput_per_replica), 4),
+                utilisation=round(utilisation, 4),
                 memory_bytes_per_replica=c.memory_bytes,
                 bound=c.bound,
+                estimate_source=c.estimate_source,
+                slices=slices,
             )
         )
     return out
+
+
+def _planned_slice(ch: SliceChoice, kind: str, rate: float, cap: float) -> PlannedSlice:
+    k = ch.option
+    return PlannedSlice(
+        input_tokens=ch.bucket.input_tokens,
+        output_tokens=ch.bucket.output_tokens,
+        bucket_share=ch.bucket.share,
+        fraction=min(ch.fraction, 1.0),
+        device=k.device,
+        tensor_parallel=k.tensor_parallel,
+        batch=k.batch,
+        requests_per_s=ch.requests_per_s(rate),
+        rate_per_device=k.rate_per_device,
+        devices=ch.devices(rate, cap),
+        latency_ms=round(k.prefill_ms if kind == "prefill" else k.decode_ms, 4),
+        tpot_slo_ms=k.tpot_slo_ms,
+        estimate_source=k.prefill_source if kind == "prefill" else k.decode_source,
+    )
 
 
 def _binding(p: PlacementProblem, a: Assignment, e2e: float, ttft: float | None, opts: PlanOptions) -> list[str]:
@@ -330,6 +386,7 @@ def homogeneous_baseline(
     device_name: str,
     opts: PlanOptions,
     reference_tco: float | None,
+    store: ProfileStore | None = None,
 ) -> Baseline:
     """Best plan on an unbounded fleet of one device type (host ops on the cluster's CPU tiers)."""
     dev = catalog.device(device_name)
@@ -352,6 +409,7 @@ def homogeneous_baseline(
             ttft_ms=opts.ttft_ms,
             max_utilisation=opts.max_utilisation,
             allow=_homogeneous_allow(device_name, cpu_names),
+            profiles=store,
         )
     except (PlanningError, CatalogError) as exc:
         return Baseline(name=name, feasible=False, reason=str(exc))
@@ -387,9 +445,11 @@ def greedy_fastest_baseline(p: PlacementProblem, reference_tco: float | None) ->
     """Every op on its lowest-latency configuration in the cluster; replicas to carry the rate."""
     from costmodels.roofline import replicas_needed
 
-    config = {o: min(cs, key=lambda c: (c.latency_ms, c.tensor_parallel)) for o, cs in p.configs.items()}
+    config = {o: min(cs, key=lambda c: (c.latency_ms, c.tensor_parallel)) for o, cs in p.configs.items() if cs}
     replicas = {o: replicas_needed(p.rate_per_s, c, p.max_utilisation) for o, c in config.items()}
-    allocated: dict[str, int] = {}
+    slices = fastest_slices(p)
+    slice_need = slice_devices_allocated(slices, p.rate_per_s, p.max_utilisation)
+    allocated: dict[str, int] = dict(slice_need)
     for d, tier in p.tiers.items():
         members = [(o, c) for o, c in config.items() if c.device == d]
         if not members:
@@ -403,8 +463,12 @@ def greedy_fastest_baseline(p: PlacementProblem, reference_tco: float | None) ->
                 math.ceil(mem_need / (0.9 * tier.device.memory_bytes)),
             )
         else:
-            allocated[d] = sum(c.tensor_parallel * replicas[o] for o, c in members)
-    a = Assignment(config, replicas, allocated, solver="greedy")
+            allocated[d] = sum(c.tensor_parallel * replicas[o] for o, c in members) + slice_need.get(d, 0)
+    if slices:
+        rep_config, rep_replicas = with_representatives(p, slices, p.rate_per_s)
+        config |= rep_config
+        replicas |= rep_replicas
+    a = Assignment(config, replicas, allocated, solver="greedy", slices=slices)
     finish, _ = finish_times(p.graph, a, p.tiers)
     problems = []
     if max(finish.values()) > p.sla_ms:
@@ -424,6 +488,7 @@ def place_graph(graph: GranularGraph, catalog: Catalog, cluster: ClusterInventor
     """Plan ``graph`` on ``cluster``: the minimum-TCO placement meeting the SLA, or why none exists."""
     t0 = time.perf_counter()
     tiers = cluster_tiers(cluster, catalog)
+    store = load_profiles(opts.profiles_dir, catalog) if opts.profiles_dir is not None else None
     p = build_problem(
         graph,
         catalog,
@@ -432,6 +497,7 @@ def place_graph(graph: GranularGraph, catalog: Catalog, cluster: ClusterInventor
         sla_ms=opts.sla_ms,
         ttft_ms=opts.ttft_ms,
         max_utilisation=opts.max_utilisation,
+        profiles=store,
     )
     a = solve(p, solver=opts.solver, time_limit_s=opts.time_limit_s, gap=opts.gap)
     if a is None:
@@ -445,7 +511,7 @@ def place_graph(graph: GranularGraph, catalog: Catalog, cluster: ClusterInventor
         reference = plan.tco_usd_per_hour
     if opts.baselines:
         plan.baselines = [greedy_fastest_baseline(p, reference)] + [
-            homogeneous_baseline(graph, catalog, cluster, d, opts, reference)
+            homogeneous_baseline(graph, catalog, cluster, d, opts, reference, store)
             for d in sorted(catalog.hardware)
             if _is_fleet_candidate(catalog, cluster, d)
         ]

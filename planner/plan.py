@@ -17,6 +17,28 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PlannedSlice(_Strict):
+    """A share of a sliced LLM node's requests of one size, served on one device type (planner/slicing.py)."""
+
+    input_tokens: int = Field(ge=1, description="Prompt tokens of the bucket's requests.")
+    output_tokens: int = Field(ge=1, description="Generated tokens of the bucket's requests.")
+    bucket_share: float = Field(ge=0, le=1, description="The bucket's share of the node's requests (spec).")
+    fraction: float = Field(gt=0, le=1, description="Fraction of the bucket's requests this slice serves.")
+    device: str = Field(description="Hardware catalog id the slice's engines run on.")
+    tensor_parallel: int = Field(ge=1, description="Devices per engine.")
+    batch: int | None = Field(
+        None, ge=1, description="Decode batch of the engine (None: a request-rate profile, whose batching is its own)."
+    )
+    requests_per_s: float = Field(ge=0, description="Requests/s the slice receives: rate × bucket_share × fraction.")
+    rate_per_device: float = Field(gt=0, description="Requests/s of this size one device sustains (μ).")
+    devices: float = Field(ge=0, description="Devices the slice occupies: requests_per_s ÷ (max_utilisation × μ).")
+    latency_ms: float = Field(ge=0, description="This op's time for one request of the bucket (prefill or decode).")
+    tpot_slo_ms: float | None = Field(None, description="TPOT SLO of the request-rate profile the rate comes from.")
+    estimate_source: str = Field(
+        description="Where this slice's numbers come from: profile:<file>, calibrated, roofline."
+    )
+
+
 class PlannedOp(_Strict):
     name: str = Field(description="Granular op id, '<node>.<kind>'.")
     kind: str = Field(
@@ -37,7 +59,20 @@ class PlannedOp(_Strict):
     throughput_per_replica: float = Field(gt=0, description="Calls/s one replica sustains.")
     utilisation: float = Field(ge=0, description="Offered load / pool capacity.")
     memory_bytes_per_replica: float = Field(ge=0)
-    bound: str = Field(description="What limits the op on this device: compute, memory or fixed (external).")
+    bound: str = Field(
+        description="What limits the op on this device: compute, memory or fixed (external); sliced: see slices."
+    )
+    estimate_source: str = Field(
+        "roofline",
+        description="Where the op's latency and throughput come from: 'profile:<file>' (an imported measured "
+        "profile), 'calibrated' (a device measured by hetagent calibrate) or 'roofline'; 'mixed' for a sliced op "
+        "whose slices differ.",
+    )
+    slices: list[PlannedSlice] = Field(
+        default_factory=list,
+        description="Request-size slices of an LLM node with a traffic distribution (empty: not sliced). The "
+        "node's prefill and decode list the same slices; its engines serve whole requests and count on the decode op.",
+    )
     execution: dict[str, Any] = Field(
         default_factory=dict, description="Lowered execution config (engine args, threads…)."
     )

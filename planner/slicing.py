@@ -17,17 +17,20 @@ Notation (extends planner/ilp.py's; one sliced LLM node n with prefill p_n and d
                      (v_nd stands in for y_od = Σ_c x_oc of ilp.py for o ∈ {p_n, q_n} in the transfer
                       constraints: several device types may be 1 at once, so t_uv bounds the slowest)
 
-    Device counts (replaces Σ tp_c R_oc x_oc for p_n and q_n; devices are shared, load is fractional)
-         Σ_{o, c: d(c)=d} tp_c R_oc x_oc + Σ_n Σ_{k: d_k=d} λ π_b s_k / (ρ μ_k) ≤ a_d,   a_d ∈ ℤ≥0
-                                                                              ∀d with an option
+    e_ndt ∈ ℤ≥0      engines of n on device type d with t devices each (t = tp_k of the options in the group):
+                     the buckets of one node share its engines, so load is fractional and engines whole
+         Σ_{k: d_k=d, tp_k=t} λ π_b s_k / (ρ μ_k) ≤ t · e_ndt                     ∀(n, d, t)
+    Device counts (replaces Σ tp_c R_oc x_oc for p_n and q_n)
+         Σ_{o, c: d(c)=d} tp_c R_oc x_oc + Σ_{n, t} t · e_ndt ≤ a_d               ∀d
     Latency (the critical path sees the slowest size in use)
          L_{p_n} ≥ Lp_k u_k,  L_{q_n} ≥ Lq_k u_k   ∀k;   f_o ≥ L_o  for o ∈ {p_n, q_n}
          TTFT (n the final LLM):  f_{p_n} + t_{p_n q_n} + F_n ≤ TTFT,   F_n ≥ (Lq_k / out_b) u_k   ∀k
 
-Mélange's ``slice_factor`` cuts each bucket into equal slices that each go whole to one GPU type; the
-continuous s_k relax that (any split), so with Mélange's μ, ρ = 1 and no binding latency target this plan
-costs no more than Mélange's. Latency bounds are sound upper bounds: max over (b, k) in use of each phase
-separately, which is ≥ the max of their sums. Only accelerators are offered (CPU tiers time-share cores and
+Mélange's ``slice_factor`` cuts each bucket into equal slices that each go whole to one GPU type, and its
+integer count per GPU type is e_nd1 here (one model, one-GPU engines); the continuous s_k relax the slices
+(any split), so with Mélange's μ, ρ = 1 and no binding latency target this plan costs no more than Mélange's.
+Latency bounds are sound upper bounds: max over (b, k) in use of each phase separately, which is ≥ the max of
+their sums. Only accelerators are offered (CPU tiers time-share cores and
 hold one engine per model, which slicing does not model).
 """
 
@@ -42,7 +45,7 @@ from costmodels.catalog import Catalog
 from costmodels.granular import GranularGraph, GranularOp
 from costmodels.profiles import ProfileStore
 from costmodels.request_options import RequestOption, request_options
-from costmodels.roofline import OpConfig
+from costmodels.roofline import OpConfig, transfer_ms
 
 if TYPE_CHECKING:
     import pulp
@@ -169,7 +172,7 @@ class SliceVars:
     first: dict[str, pulp.LpVariable] = field(default_factory=dict)  # decode op → first-token bound F_n
     node_of: dict[str, str] = field(default_factory=dict)  # prefill/decode op → its node
     devices: set[str] = field(default_factory=set)
-    loads: dict[str, list[tuple[float, pulp.LpVariable]]] = field(default_factory=dict)
+    engines: dict[tuple[str, str, int], pulp.LpVariable] = field(default_factory=dict)  # (n, d, t) → e_ndt
 
     @property
     def ops(self) -> set[str]:
@@ -184,12 +187,65 @@ class SliceVars:
         return {d for (m, d) in self.v if m == n} if n else set()
 
     def load(self, d: str) -> pulp.LpAffineExpression:
+        """Σ_{n,t} t · e_ndt: the devices the slices' engines hold on d."""
         import pulp
 
-        return pulp.lpSum(coef * s for coef, s in self.loads.get(d, []))
+        return pulp.lpSum(t * e for (_, dev, t), e in self.engines.items() if dev == d)
 
     def first_token(self, dec: str) -> pulp.LpVariable | int:
         return self.first.get(dec, 0)
+
+
+def latency_can_bind(p: PlacementProblem) -> bool:
+    """Whether some placement could miss a latency target: False when the slowest choice of every op, the
+    slowest transfer on every edge and the slowest slice of every sliced node still meet the SLA and TTFT."""
+    sliced_of = {o: n for n, sn in p.sliced.items() for o in (sn.prefill, sn.decode)}
+
+    def worst_ms(o: str) -> float:
+        if o in sliced_of:
+            sn = p.sliced[sliced_of[o]]
+            return max(k.prefill_ms if o == sn.prefill else k.decode_ms for opts in sn.options for k in opts)
+        return max(c.latency_ms for c in p.configs[o])
+
+    def devices(o: str) -> set[str]:
+        if o in sliced_of:
+            return {k.device for opts in p.sliced[sliced_of[o]].options for k in opts}
+        return {c.device for c in p.configs[o]}
+
+    finish: dict[str, float] = {}
+    xfer: dict[tuple[str, str], float] = {}
+    for op in p.graph.topological():
+        start = 0.0
+        for e in p.graph.predecessors(op.name):
+            same_node = e.src in sliced_of and sliced_of[e.src] == sliced_of.get(e.dst)
+            xfer[e.src, e.dst] = (
+                0.0
+                if same_node
+                else max(
+                    (
+                        transfer_ms(e.bytes, p.tiers[a].device, p.tiers[b].device)
+                        for a in devices(e.src)
+                        for b in devices(e.dst)
+                    ),
+                    default=0.0,
+                )
+            )
+            start = max(start, finish[e.src] + xfer[e.src, e.dst])
+        finish[op.name] = start + worst_ms(op.name)
+    if max(finish.values(), default=0.0) > p.sla_ms:
+        return True
+    if p.ttft_ms is not None and p.ttft_ops:
+        pre, dec = p.ttft_ops
+        if dec in sliced_of:
+            sn = p.sliced[sliced_of[dec]]
+            first = max(
+                k.decode_ms / b.output_tokens for b, opts in zip(sn.buckets, sn.options, strict=True) for k in opts
+            )
+        else:
+            first = max(c.latency_ms for c in p.configs[dec]) / max(p.graph.op(dec).output_tokens, 1)
+        if finish[pre] + xfer.get((pre, dec), 0.0) + first > p.ttft_ms:
+            return True
+    return False
 
 
 def add_slicing(
@@ -198,11 +254,17 @@ def add_slicing(
     lam: float,
     lat: dict[str, pulp.LpVariable],
     finish: dict[str, pulp.LpVariable],
+    *,
+    exact_latency: bool = True,
 ) -> SliceVars:
-    """Add every sliced node's variables and constraints (see the module docstring) to ``prob``."""
+    """Add every sliced node's variables and constraints (see the module docstring) to ``prob``.
+
+    ``exact_latency=False`` (no latency target can bind: ``latency_can_bind``) leaves out u and v: the
+    latencies are then bounded by the slowest option of each node, which the targets allow anyway."""
     import pulp
 
     sv = SliceVars(p.sliced)
+    groups: dict[tuple[str, str, int], list[pulp.LpAffineExpression]] = {}
     for ni, (n, sn) in enumerate(p.sliced.items()):
         sv.node_of[sn.prefill] = n
         sv.node_of[sn.decode] = n
@@ -214,20 +276,30 @@ def add_slicing(
             fractions = []
             for ki, k in enumerate(opts):
                 s = pulp.LpVariable(f"ss_{ni}_{bi}_{ki}", lowBound=0, upBound=1)
-                u = pulp.LpVariable(f"su_{ni}_{bi}_{ki}", cat="Binary")
                 sv.s[n, bi, ki] = s
                 fractions.append(s)
-                prob += s <= u
+                u: pulp.LpVariable | int = 1
+                if exact_latency:
+                    u = pulp.LpVariable(f"su_{ni}_{bi}_{ki}", cat="Binary")
+                    prob += s <= u
                 prob += lat[sn.prefill] >= k.prefill_ms * u
                 prob += lat[sn.decode] >= k.decode_ms * u
                 prob += first >= k.decode_ms / b.output_tokens * u
                 key = (n, k.device)
                 if key not in sv.v:
                     sv.v[key] = pulp.LpVariable(f"sv_{ni}_{len(sv.v)}", cat="Binary")
-                prob += sv.v[key] >= u
-                sv.loads.setdefault(k.device, []).append((lam * b.share / (p.max_utilisation * k.rate_per_device), s))
+                    if not exact_latency:
+                        prob += sv.v[key] == 1  # transfers as if every device type were in use
+                if exact_latency:
+                    prob += sv.v[key] >= u
+                load = lam * b.share / (p.max_utilisation * k.rate_per_device) * s
+                groups.setdefault((n, k.device, k.tensor_parallel), []).append(load)
                 sv.devices.add(k.device)
             prob += pulp.lpSum(fractions) == 1
+    for gi, ((n, d, t), loads) in enumerate(groups.items()):
+        e = pulp.LpVariable(f"se_{gi}", lowBound=0, cat="Integer")
+        sv.engines[n, d, t] = e
+        prob += pulp.lpSum(loads) <= t * e
     return sv
 
 
@@ -247,7 +319,7 @@ def read_slices(sv: SliceVars) -> dict[str, list[SliceChoice]]:
 
 
 def slice_devices_needed(slices: dict[str, list[SliceChoice]], rate: float, cap: float) -> dict[str, float]:
-    """Fractional devices per type that the slices occupy."""
+    """Fractional devices per type that the slices occupy (busy devices when ``cap`` is 1)."""
     need: dict[str, float] = {}
     for chosen in slices.values():
         for c in chosen:
@@ -255,20 +327,27 @@ def slice_devices_needed(slices: dict[str, list[SliceChoice]], rate: float, cap:
     return need
 
 
+def slice_devices_allocated(slices: dict[str, list[SliceChoice]], rate: float, cap: float) -> dict[str, int]:
+    """Whole devices per type the slices' engines hold: Σ over nodes and engine sizes t of t · ⌈load / t⌉."""
+    out: dict[str, int] = {}
+    for chosen in slices.values():
+        for (d, t), n in engines(chosen, rate, cap).items():
+            out[d] = out.get(d, 0) + n * t
+    return out
+
+
 def whole(devices: float) -> int:
     """Devices to allocate for a fractional requirement (solver noise below LOAD_TOL is not a device)."""
     return max(0, math.ceil(devices - LOAD_TOL))
 
 
-def engines(chosen: list[SliceChoice], rate: float, cap: float) -> dict[str, int]:
-    """Engines per device type a node's slices need (its load there in devices ÷ tensor parallelism)."""
-    load: dict[str, float] = {}
-    tp: dict[str, int] = {}
+def engines(chosen: list[SliceChoice], rate: float, cap: float) -> dict[tuple[str, int], int]:
+    """Engines a node's slices need per (device type, devices per engine): ⌈load in devices / t⌉."""
+    load: dict[tuple[str, int], float] = {}
     for c in chosen:
-        d = c.option.device
-        load[d] = load.get(d, 0.0) + c.devices(rate, cap)
-        tp[d] = max(tp.get(d, 1), c.option.tensor_parallel)
-    return {d: max(1, whole(v / tp[d])) for d, v in load.items()}
+        key = (c.option.device, c.option.tensor_parallel)
+        load[key] = load.get(key, 0.0) + c.devices(rate, cap)
+    return {key: max(1, whole(v / key[1])) for key, v in load.items()}
 
 
 def representative_config(sn: SlicedNode, op: str, chosen: list[SliceChoice], rate: float, cap: float) -> OpConfig:

@@ -220,7 +220,8 @@ class _Layers:
         return run
 
     def attention_block(self, phase: str, batch: int, tokens: int) -> tuple[Callable[[], object], int]:
-        """Attention of one layer, over as many KV copies as ``_copies`` says; returns (block, copies)."""
+        """Attention of one layer, run over several KV copies (on CUDA enough to exceed the L2 cache, so no copy
+        is read from cache); returns (block, copies)."""
         import torch
         import torch.nn.functional as F
 

@@ -151,7 +151,7 @@ def import_vidur(
                     StepRow(
                         device=device,
                         model=model_id,
-                        phase=phase,  # type: ignore[arg-type]  # "prefill" | "decode" by construction
+                        phase="prefill" if phase == "prefill" else "decode",
                         tensor_parallel=tp,
                         batch=batch,
                         tokens=chunk if phase == "prefill" else kv,

@@ -30,7 +30,6 @@ from costmodels.catalog import Catalog, CatalogError, DeviceClass, DeviceType
 from costmodels.granular import GranularOp
 from costmodels.roofline import MIN_LATENCY_S, OpConfig, op_configs
 
-PROFILE_FORMAT = "hetagent-profile/v1"
 ROOFLINE = "roofline"
 CALIBRATED = "calibrated"
 _CALIBRATION_MARK = "measured by hetagent calibrate"
@@ -70,7 +69,7 @@ class RateRow(_Strict):
 class ProfileFile(_Strict):
     """One imported source: what ``hetagent costmodel import`` writes, one file per source."""
 
-    format: Literal["hetagent-profile/v1"] = Field(PROFILE_FORMAT, description="Format version.")
+    format: Literal["hetagent-profile/v1"] = Field("hetagent-profile/v1", description="Format version.")
     kind: Literal["step-latency", "request-rate"]
     command: str = Field(description="The command that wrote the file.")
     source: str = Field(description="What was imported (path, and its provenance where known).")
@@ -178,13 +177,15 @@ class ProfileStore:
         self._steps: dict[tuple[str, str, str, int], tuple[Grid, str]] = {}
         self._rates: dict[tuple[str, str], dict[float, tuple[Grid, str]]] = {}
         step_pts: dict[tuple[str, str, str, int], dict[tuple[float, float], float]] = {}
+        rows: list[StepRow | RateRow]
         rate_pts: dict[tuple[str, str, float], dict[tuple[float, float], float]] = {}
         owner: dict[tuple[object, ...], str] = {}
         for name, f in sorted(files.items()):
-            for row in [*f.steps, *f.rates]:
+            rows = [*f.steps, *f.rates]
+            for row in rows:
                 _check_ids(catalog, name, row.device, row.model)
             for s in f.steps:
-                skey = (s.device, s.model, s.phase, s.tensor_parallel)
+                skey: tuple[str, str, str, int] = (s.device, s.model, s.phase, s.tensor_parallel)
                 _claim(owner, skey, name)
                 step_pts.setdefault(skey, {})[float(s.batch), float(s.tokens)] = s.latency_ms
             for r in f.rates:

@@ -128,8 +128,8 @@ def check_plan(
     for op in graph.ops:
         po = planned[op.name]
         if po.slices:
-            per_node = {d: p.per_node for d, p in pools.items()}
-            latency[op.name], problems = _check_slices(plan, graph, po, catalog, per_node, profiles)
+            per_node_of = {d: p.per_node for d, p in pools.items()}
+            latency[op.name], problems = _check_slices(plan, graph, po, catalog, per_node_of, profiles)
             bad += problems
             continue
         if op.params.get("traffic") and op.kind in ("prefill", "decode"):

@@ -30,8 +30,10 @@ Mélange's ``slice_factor`` cuts each bucket into equal slices that each go whol
 integer count per GPU type is e_nd1 here (one model, one-GPU engines); the continuous s_k relax the slices
 (any split), so with Mélange's μ, ρ = 1 and no binding latency target this plan costs no more than Mélange's.
 Latency bounds are sound upper bounds: max over (b, k) in use of each phase separately, which is ≥ the max of
-their sums. Only accelerators are offered (CPU tiers time-share cores and
-hold one engine per model, which slicing does not model).
+their sums. When no latency target can bind — the slowest choice of every op and slice still meets the SLA and
+TTFT (``latency_can_bind``) — u and v are left out (the latencies are bounded by the slowest options, v_nd = 1):
+the model is then Mélange's, continuous in s, and solves in a fraction of a second. Only accelerators are
+offered (CPU tiers time-share cores and hold one engine per model, which slicing does not model).
 """
 
 from __future__ import annotations

@@ -323,3 +323,14 @@ def test_the_distribution_reaches_the_granular_ops():
         op = granular.op(f"chat.{kind}")
         assert op.params["traffic"] == [[100, 50, 0.25], [1000, 200, 0.75]] and op.params["tpot_ms"] == 40.0
     assert "traffic" not in granular.op("chat.tokenize").params
+
+
+def test_the_runtime_refuses_a_plan_sliced_across_device_types(tmp_path):
+    from workers.units import LayoutError, build_layout
+
+    plan, *_ = _plan_melange_file(
+        TINY, None, {"Small": "a10g", "Big": "a100-80g"}, ([100, 2000], [100]), 100.0, tmp_path
+    )
+    graph = parse_graph(_spec([(100, 100, 0.8), (2000, 100, 0.2)]), CAT)
+    with pytest.raises(LayoutError, match=r"chat: the plan slices its requests by size across a100-80g, a10g"):
+        build_layout(graph, plan)

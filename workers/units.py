@@ -89,6 +89,13 @@ def build_layout(graph: AgentGraph, plan: Plan) -> Layout:
     for name, ops in ops_of.items():
         if not ops:
             raise LayoutError(f"plan has no ops for node {name!r}: was it made for another graph?")
+        sliced_on = sorted({s.device for o in ops for s in o.slices})
+        if len(sliced_on) > 1:  # serving every size on one type would not be the plan
+            raise LayoutError(
+                f"{name}: the plan slices its requests by size across {', '.join(sliced_on)}; this runtime "
+                "does not route requests by size, so it refuses the plan (plan the node without `traffic` "
+                "buckets, or on one device type, to run it)"
+            )
     nodes = {n.name: n for n in graph.spec.nodes}
     notes: list[str] = []
     pools: dict[str, Pool] = {}

@@ -1,0 +1,228 @@
+"""The discrete-event simulator against queueing theory, the cost model's batching, and itself (seeds).
+
+The queueing checks are statistical but deterministic: a fixed seed and 200,000 calls at utilisation 0.5,
+where the sample mean's relative standard error is about 1% (M/M/1) — the 5% band is several errors wide
+for this seed, and any seed would pass it with high probability.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from costmodels import work as W
+from costmodels.catalog import load_catalog, load_cluster
+from costmodels.granular import GranularGraph, GranularOp
+from costmodels.roofline import roofline_step_s
+from planner.plan import Plan, PlannedOp
+from simulator import SimOptions, SimulationError, arrival_times, simulate
+from simulator.arrivals import ArrivalError
+
+ROOT = Path(__file__).resolve().parents[1]
+DEEP = ROOT / "examples/graphs/deep_research.yaml"
+
+
+def _plan(ops: list[PlannedOp], graph: str = "g") -> Plan:
+    return Plan(
+        graph=graph,
+        cluster="hand-built",
+        feasible=True,
+        sla_ms=1000.0,
+        rate_per_s=1.0,
+        max_utilisation=0.8,
+        solver="hand",
+        solve_seconds=0.0,
+        ops=ops,
+    )
+
+
+def _planned(name: str, kind: str, device: str, cls: str, latency_ms: float, tput: float, batch: int = 1, **kw):
+    return PlannedOp(
+        name=name,
+        kind=kind,
+        source_node=name.split(".")[0],
+        device=device,
+        device_class=cls,
+        replicas=1,
+        batch=batch,
+        tensor_parallel=1,
+        cores_per_replica=0,
+        devices_allocated=0,
+        predicted_latency_ms=latency_ms,
+        throughput_per_replica=tput,
+        utilisation=0.0,
+        memory_bytes_per_replica=0.0,
+        bound="fixed",
+        **kw,
+    )
+
+
+def _one_transform(service_ms: float) -> tuple[Plan, GranularGraph]:
+    op = GranularOp(name="t.transform", kind="transform", source_node="t", fixed_latency_ms=service_ms)
+    graph = GranularGraph("g", 1000.0, None, (op,), ())
+    plan = _plan([_planned("t.transform", "transform", "xeon-8592", "cpu", service_ms, 1000.0 / service_ms)])
+    return plan, graph
+
+
+@pytest.mark.parametrize(
+    ("service", "theory"),
+    [
+        # M/M/1: Wq = ρ / (μ − λ);  M/D/1 (Pollaczek–Khinchine): Wq = ρ / (2μ(1 − ρ))
+        ("exponential", lambda lam, mu: (lam / mu) / (mu - lam)),
+        ("deterministic", lambda lam, mu: (lam / mu) / (2 * mu * (1 - lam / mu))),
+    ],
+)
+def test_single_server_mean_wait_matches_queueing_theory(service, theory):
+    catalog = load_catalog()
+    plan, graph = _one_transform(10.0)  # μ = 100 calls/s
+    lam = 50.0  # ρ = 0.5
+    arrivals = arrival_times("poisson", lam, 4000.0, seed=3)  # ~200,000 calls
+    r = simulate(plan, graph, catalog, arrivals, SimOptions(seed=3, host_service=service))
+    expected_ms = theory(lam, 100.0) * 1000.0
+    got = r.ops["t.transform"].mean_wait_ms
+    assert got == pytest.approx(expected_ms, rel=0.05), (service, got, expected_ms)
+    # a run of this graph is its one call: e2e = wait + service, in the mean
+    assert r.mean_ms == pytest.approx(got + 10.0, rel=0.01)
+    assert r.ops["t.transform"].utilisation == pytest.approx(0.5, rel=0.03)
+
+
+def _decode_only(batch: int, prompt: int, out: int) -> tuple[Plan, GranularGraph, float]:
+    """A graph of one decode op on a B200 at ``batch``; returns the plan and the cost model's step sum."""
+    catalog = load_catalog()
+    model, device = catalog.model("llama-3.1-8b-instruct"), catalog.device("b200")
+    op = GranularOp(
+        name="gen.decode", kind="decode", source_node="gen", model=model.name, input_tokens=prompt, output_tokens=out
+    )
+    graph = GranularGraph("g", 1e9, None, (op,), ())
+
+    def step(ctx: float) -> float:
+        return roofline_step_s(W.decode_step_work(model, ctx, batch), device, model.dtype)[0]
+
+    # one full generation of a batch that joined together: the context grows from P to P + N − 1
+    generation_s = sum(step(prompt + k) for k in range(out))
+    latency_ms = step(prompt + out / 2) * out * 1000.0  # the planner's latency: N steps at the mean context
+    plan = _plan([_planned("gen.decode", "decode", "b200", "gpu", latency_ms, batch / latency_ms * 1000, batch)])
+    return plan, graph, generation_s
+
+
+def test_continuous_batching_throughput_matches_the_cost_model():
+    catalog = load_catalog()
+    prompt, out, requests = 512, 128, 640
+    measured, predicted = {}, {}
+    for batch in (1, 32):
+        plan, graph, generation_s = _decode_only(batch, prompt, out)
+        r = simulate(plan, graph, catalog, [0.0] * requests, SimOptions(size_sigma=0))
+        assert r.completed == requests
+        measured[batch] = requests / r.horizon_s
+        predicted[batch] = batch / generation_s  # B sequences every generation, back to back at saturation
+        assert measured[batch] == pytest.approx(predicted[batch], rel=0.02), batch
+        assert r.ops["gen.decode"].mean_batch == pytest.approx(batch, rel=0.01)
+    gain = measured[32] / measured[1]
+    assert gain == pytest.approx(predicted[32] / predicted[1], rel=0.02)
+    assert gain > 5  # memory-bound decode: 32 sequences share each step's weight reads
+
+
+@pytest.fixture(scope="module")
+def deep_plan(tmp_path_factory):
+    from compiler.ir import compile_graph
+    from compiler.spec import load_graph
+    from planner.pipeline import apply_model_overrides, plan_spec
+    from planner.place import PlanOptions
+
+    catalog = load_catalog()
+    spec = load_graph(DEEP, catalog)
+    cluster = load_cluster("homogeneous_b200", catalog)
+    plan = plan_spec(spec, cluster, PlanOptions(rate_per_s=5, baselines=False), catalog)
+    assert plan.feasible
+    _, graph = compile_graph(apply_model_overrides(spec, cluster, catalog), catalog)
+    path = tmp_path_factory.mktemp("sim") / "plan.json"
+    path.write_text(plan.model_dump_json())
+    return plan, graph, path
+
+
+def test_same_seed_same_result_other_seed_differs(deep_plan):
+    plan, graph, _ = deep_plan
+    catalog = load_catalog()
+
+    def once(seed: int) -> dict:
+        times = arrival_times("bursty:2", 5.0, 60.0, seed)
+        return simulate(plan, graph, catalog, times, SimOptions(seed=seed)).model_dump()
+
+    a, b, c = once(7), once(7), once(8)
+    assert a == b
+    assert a["runs"] > 200 and a["completed"] == a["runs"]
+    assert (a["runs"], a["p50_ms"], a["p99_ms"]) != (c["runs"], c["p50_ms"], c["p99_ms"])
+
+
+def test_request_sizes_are_drawn_per_run(deep_plan):
+    """Log-normal sizes spread the e2e latency; the expected sizes alone at a low rate barely do."""
+    plan, graph, _ = deep_plan
+    catalog = load_catalog()
+    times = [i * 2.0 for i in range(100)]  # 0.5 runs/s: nearly no queueing
+    fixed = simulate(plan, graph, catalog, times, SimOptions(size_sigma=0))
+    drawn = simulate(plan, graph, catalog, times, SimOptions(size_sigma=0.5))
+    assert fixed.p99_ms - fixed.p50_ms < 0.05 * fixed.p50_ms
+    assert drawn.p99_ms - drawn.p50_ms > 0.2 * drawn.p50_ms
+
+
+def test_arrival_processes():
+    poisson = arrival_times("poisson", 10.0, 1000.0, seed=1)
+    assert len(poisson) == pytest.approx(10_000, rel=0.03)
+    gaps = [b - a for a, b in zip(poisson, poisson[1:], strict=False)]
+    bursty = arrival_times("bursty:3", 10.0, 1000.0, seed=1)
+    bgaps = [b - a for a, b in zip(bursty, bursty[1:], strict=False)]
+
+    def cv(xs):
+        m = sum(xs) / len(xs)
+        return (sum((x - m) ** 2 for x in xs) / len(xs)) ** 0.5 / m
+
+    assert cv(gaps) == pytest.approx(1.0, rel=0.05)
+    assert cv(bgaps) == pytest.approx(3.0, rel=0.15)
+    for bad in ("uniform", "bursty:x", "bursty:0", "bursty:-1"):
+        with pytest.raises(ArrivalError):
+            arrival_times(bad, 10.0, 10.0, seed=1)
+
+
+def test_trace_arrivals(tmp_path):
+    trace = tmp_path / "t.csv"
+    trace.write_text("t_s\n0.5\n0.1\n3\n20\n")
+    assert arrival_times(str(trace), 1.0, 10.0, seed=0) == [0.1, 0.5, 3.0]
+    trace.write_text("0.1\nsoon\n")
+    with pytest.raises(ArrivalError, match="not a time"):
+        arrival_times(str(trace), 1.0, 10.0, seed=0)
+
+
+def test_plan_and_graph_must_match(deep_plan):
+    plan, _, _ = deep_plan
+    _, other = _one_transform(1.0)
+    with pytest.raises(SimulationError, match="does not match"):
+        simulate(plan, other, load_catalog(), [0.0])
+
+
+def test_cli_json(deep_plan):
+    from orchestrator.cli import app
+
+    _, _, path = deep_plan
+    runner = CliRunner()
+    args = ["simulate", str(path), "--graph", str(DEEP), "--rate", "5", "--duration", "30", "--seed", "7"]
+    result = runner.invoke(app, [*args, "--format", "json"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc["completed"] == doc["runs"] > 50
+    assert 0 < doc["p50_ms"] <= doc["p95_ms"] <= doc["p99_ms"]
+    assert 0 <= doc["attainment"] <= 1 and doc["sla_ms"] == 8000 and doc["sla_percentile"] == 50
+    assert doc["usd_per_1k_runs"] > 0
+    assert set(doc["ops"]) == {o.name for o in deep_plan[0].ops}
+    assert all(0 <= o["utilisation"] <= 1 for o in doc["ops"].values())
+    again = runner.invoke(app, [*args, "--format", "json"])
+    assert json.loads(again.stdout) == doc
+    table = runner.invoke(app, args)
+    assert table.exit_code == 0 and "SLA 8000 ms at p50" in table.stdout
+
+    wrong = runner.invoke(app, ["simulate", str(path), "--graph", str(ROOT / "examples/graphs/rag_agent.yaml")])
+    assert wrong.exit_code == 2 and "plan for graph 'deep-research'" in wrong.output
+    bad = runner.invoke(app, [*args, "--arrivals", "bursty:nope"])
+    assert bad.exit_code == 2 and "bursty:CV" in bad.output

@@ -89,6 +89,7 @@ class OpStats(BaseModel):
     max_queue: int
     mean_wait_ms: float = Field(description="Mean time a call waited before service.")
     mean_batch: float | None = Field(None, description="LLM ops: mean sequences per step.")
+    steps: int | None = Field(None, description="LLM ops: engine steps run (prefill chunks, decode tokens).")
     replica_utilisation: list[float]
     replica_mean_queue: list[float]
 
@@ -186,8 +187,9 @@ class _Simulation:
             ]
             n_pred = sum(1 for e in graph.edges if e.dst == o.name)
             self.ops.append(_Op(o, planned[o.name], [], succ, n_pred))
-        for i, rec in enumerate(self.ops):
-            rec.replicas = [self._replica(i, rec) for _ in range(rec.planned.replicas)]
+        for rec in self.ops:
+            step = self._step_fn(rec.op, rec.planned) if rec.op.kind in ("prefill", "decode") else None
+            rec.replicas = [self._replica(rec, step) for _ in range(rec.planned.replicas)]
         self.ttft_op = self._ttft_op()
         self.sources = [i for i, rec in enumerate(self.ops) if rec.n_pred == 0]
 
@@ -203,12 +205,12 @@ class _Simulation:
     def _device(self, name: str) -> DeviceType:
         return self.catalog.device(name)
 
-    def _replica(self, i: int, rec: _Op) -> Replica:
+    def _replica(self, rec: _Op, step: StepTimes | None) -> Replica:
+        """One replica of ``rec``'s pool; an engine's ``step`` times are shared by the pool (one memo)."""
         op, p = rec.op, rec.planned
         pool = self.cores.get(p.device) if p.device_class == "cpu" else None
         common: dict[str, Any] = dict(heap=self.heap, tick=self.tick, done=self.op_done, cores=pool)
-        if op.kind in ("prefill", "decode"):
-            step = self._step_fn(op, p)
+        if step is not None:
             cores = float(p.cores_per_replica) if pool is not None else 0.0
             if op.kind == "prefill":
                 budget = int(p.execution.get("engine_args", {}).get("max_num_batched_tokens") or 0)
@@ -243,7 +245,7 @@ class _Simulation:
             cores_per_call=per_call if pool is not None else 0.0,
         )
 
-    def _step_fn(self, op: GranularOp, p: PlannedOp) -> Callable[[int, float], float]:
+    def _step_fn(self, op: GranularOp, p: PlannedOp) -> StepTimes:
         """Seconds of one engine step at (sequences, tokens): the roofline at the batch formed, × σ_o."""
         model = self.catalog.model(op.model or "")
         device = self._device(p.device)
@@ -411,6 +413,7 @@ class _Simulation:
             max_queue=max(r.stats.queue_max for r in rec.replicas),
             mean_wait_ms=waited / calls * 1000.0 if calls else 0.0,
             mean_batch=sum(r.stats.batch_sum for r in rec.replicas) / steps if steps else None,
+            steps=steps if rec.op.kind in ("prefill", "decode") else None,
             replica_utilisation=utils,
             replica_mean_queue=queues,
         )

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from costmodels import work as W
 from costmodels.catalog import load_catalog, load_cluster
-from costmodels.granular import GranularGraph, GranularOp
+from costmodels.granular import GranularEdge, GranularGraph, GranularOp
 from costmodels.roofline import roofline_step_s
 from planner.plan import Plan, PlannedOp
 from simulator import SimOptions, SimulationError, arrival_times, simulate
@@ -226,3 +226,102 @@ def test_cli_json(deep_plan):
     assert wrong.exit_code == 2 and "plan for graph 'deep-research'" in wrong.output
     bad = runner.invoke(app, [*args, "--arrivals", "bursty:nope"])
     assert bad.exit_code == 2 and "bursty:CV" in bad.output
+
+
+def _prefill_decode(link_gb_s: float, fixed_ms: float, budget: int | None = None):
+    """prefill (B200) → KV over a link → decode (H100 SXM), one sequence at a time; fixed sizes."""
+    from planner.plan import PlannedEdge
+
+    catalog = load_catalog()
+    model = catalog.model("llama-3.1-8b-instruct")
+    pre_dev, dec_dev = catalog.device("b200"), catalog.device("h100-sxm")
+    prompt, out = 3000, 64
+    kv_bytes = model.kv_bytes_per_token * prompt
+    pre = GranularOp("gen.prefill", "prefill", "gen", model=model.name, input_tokens=prompt, output_tokens=out)
+    dec = GranularOp("gen.decode", "decode", "gen", model=model.name, input_tokens=prompt, output_tokens=out)
+    graph = GranularGraph("g", 1e9, None, (pre, dec), (GranularEdge("gen.prefill", "gen.decode", kv_bytes),))
+
+    def pre_s(tokens: int) -> float:
+        return roofline_step_s(W.prefill_work(model, tokens, 1), pre_dev, model.dtype)[0]
+
+    def dec_s(ctx: float) -> float:
+        return roofline_step_s(W.decode_step_work(model, ctx, 1), dec_dev, model.dtype)[0]
+
+    execution = {"engine_args": {"max_num_batched_tokens": budget}} if budget else {}
+    pre_ms, dec_ms = pre_s(prompt) * 1000, dec_s(prompt + out / 2) * out * 1000
+    plan = _plan(
+        [
+            _planned("gen.prefill", "prefill", "b200", "gpu", pre_ms, 1000 / pre_ms, execution=execution),
+            _planned("gen.decode", "decode", "h100-sxm", "gpu", dec_ms, 1000 / dec_ms),
+        ]
+    )
+    transfer_ms = fixed_ms + kv_bytes / (link_gb_s * 1e9) * 1000
+    plan.edges = [
+        PlannedEdge(
+            src="gen.prefill",
+            dst="gen.decode",
+            bytes=kv_bytes,
+            transfer_ms=transfer_ms,
+            src_device="b200",
+            dst_device="h100-sxm",
+            link_gb_s=link_gb_s,
+            link_fixed_ms=fixed_ms,
+        )
+    ]
+    return plan, graph, pre_s, dec_s, prompt, out, transfer_ms
+
+
+def test_kv_transfer_and_ttft_on_a_split_llm():
+    plan, graph, pre_s, dec_s, prompt, out, transfer_ms = _prefill_decode(link_gb_s=2.0, fixed_ms=5.0)
+    r = simulate(plan, graph, load_catalog(), [0.0], SimOptions(size_sigma=0))
+    prefill_ms = pre_s(prompt) * 1000
+    decode_ms = sum(dec_s(prompt + k) for k in range(out)) * 1000
+    assert transfer_ms > 100  # 375 MiB of KV over 2 GB/s: the link matters here
+    assert r.p50_ms == pytest.approx(prefill_ms + transfer_ms + decode_ms, rel=0.01)
+    # the first token: prefill, the hand-off and one decode step at the prompt's context
+    assert r.ttft_p50_ms == pytest.approx(prefill_ms + transfer_ms + dec_s(prompt) * 1000, rel=0.01)
+
+
+def test_chunked_prefill_splits_a_prompt_over_the_token_budget():
+    catalog = load_catalog()
+    whole, graph, pre_s, _, prompt, _, _ = _prefill_decode(2.0, 5.0)
+    chunked, *_ = _prefill_decode(2.0, 5.0, budget=1024)
+    requests = 10
+    a = simulate(whole, graph, catalog, [0.0] * requests, SimOptions(size_sigma=0))
+    b = simulate(chunked, graph, catalog, [0.0] * requests, SimOptions(size_sigma=0))
+    chunks = [1024, 1024, prompt - 2048]
+    assert a.ops["gen.prefill"].mean_batch == 1 and b.ops["gen.prefill"].mean_batch == 1
+    assert (a.ops["gen.prefill"].steps, b.ops["gen.prefill"].steps) == (requests, 3 * requests)
+    assert b.ops["gen.decode"].steps == a.ops["gen.decode"].steps == requests * 64
+    # one step per prompt unchunked, three chunks under a 1,024-token budget
+    whole_s, chunked_s = requests * pre_s(prompt), requests * sum(pre_s(c) for c in chunks)
+    busy_a = a.ops["gen.prefill"].utilisation * a.horizon_s
+    busy_b = b.ops["gen.prefill"].utilisation * b.horizon_s
+    assert busy_a == pytest.approx(whole_s, rel=0.01)
+    assert busy_b == pytest.approx(chunked_s, rel=0.02)
+
+
+def test_host_ops_time_share_the_cpu_cores():
+    """Two 1-core, 100 ms calls at once: 100 ms on a 2-core socket, 200 ms when they share one core."""
+    from planner.plan import DeviceUsage
+
+    ops = tuple(GranularOp(f"t{i}.transform", "transform", f"t{i}", fixed_latency_ms=100.0) for i in (1, 2))
+    graph = GranularGraph("g", 1e9, None, ops, ())
+    e2e = {}
+    for cores in (1, 2):
+        plan = _plan([_planned(o.name, "transform", "xeon-8592", "cpu", 100.0, 10.0) for o in ops])
+        for o in plan.ops:
+            o.cores_per_replica = 1
+        plan.devices = [
+            DeviceUsage(
+                device="xeon-8592",
+                device_class="cpu",
+                allocated=1,
+                busy_fraction=0.0,
+                usd_per_hour_per_device=1.0,
+                cores=cores,
+                usd_per_hour=1.0,
+            )
+        ]
+        e2e[cores] = simulate(plan, graph, load_catalog(), [0.0]).p50_ms
+    assert e2e == {1: pytest.approx(200.0), 2: pytest.approx(100.0)}

@@ -23,7 +23,7 @@ Model (the planner's notation, planner/ilp.py; what the plan fixes is read from 
                  (context of a sequence = P + tokens generated so far); a sequence leaves after N steps
     σ_o          the plan's latency ÷ the roofline's at the plan's batch and expected sizes: carries what the
                  plan's estimate has beyond the bare roofline (tensor-parallel all-reduce, a calibrated or
-                 profiled device); 1 for sliced ops (their slices differ)
+                 profiled device)
     CPU cores    every CPU device type has a pool of cores × sockets allocated; a host call holds its k_c/l_c
                  cores per slot (a tool: TOOL_CPU_S_PER_CALL / l_c), a CPU engine step its cores_per_replica;
                  a service starting while the pool is oversubscribed is stretched by demand ÷ capacity
@@ -33,8 +33,10 @@ Model (the planner's notation, planner/ilp.py; what the plan fixes is read from 
 
 Prefill and decode run in their own pools as the plan sizes them (its prefill and decode replicas), also when
 the lowering puts both in one engine: steps mixing prompt chunks and decode tokens are not modelled, nor KV
-preemption (the plan's batch is sized so its KV fits). Arrivals stop at the duration; the runs in flight are
-drained, and utilisation and queue length are averaged over [0, last completion].
+preemption (the plan's batch is sized so its KV fits). Plans that slice a node's requests by size
+(planner/slicing.py) are refused: their engines serve whole requests of chosen sizes on several device types.
+Arrivals stop at the duration; the runs in flight are drained, and utilisation and queue length are averaged
+over [0, last completion]. $ per 1,000 runs: the plan's TCO $/h × that time ÷ the runs completed.
 """
 
 from __future__ import annotations
@@ -167,6 +169,11 @@ class _Simulation:
                 f"plan {plan.graph!r} does not match graph {graph.name!r}: ops only in the plan "
                 f"{sorted(set(planned) - names)}, only in the graph {sorted(names - set(planned))}"
             )
+        sliced = sorted(o.name for o in plan.ops if o.slices)
+        if sliced:  # their engines serve whole requests of some sizes on several types: not modelled yet
+            raise SimulationError(
+                f"plan {plan.graph!r} slices requests by size ({', '.join(sliced)}): not simulated yet"
+            )
         self.plan, self.graph, self.catalog, self.opts = plan, graph, catalog, opts
         self.heap: list[Event] = []
         self.tick = itertools.count().__next__
@@ -270,7 +277,7 @@ class _Simulation:
             expected = raw(p.batch, ctx) * op.output_tokens
             grid = 32.0
         scale = 1.0
-        if not p.slices and expected > 0 and p.predicted_latency_ms > 0:
+        if expected > 0 and p.predicted_latency_ms > 0:
             scale = p.predicted_latency_ms / 1000.0 / expected
         return StepTimes(lambda n, tokens: raw(n, tokens) * scale, grid)
 

@@ -325,3 +325,26 @@ def test_host_ops_time_share_the_cpu_cores():
         ]
         e2e[cores] = simulate(plan, graph, load_catalog(), [0.0]).p50_ms
     assert e2e == {1: pytest.approx(200.0), 2: pytest.approx(100.0)}
+
+
+def test_sliced_plans_are_refused_clearly():
+    from planner.plan import PlannedSlice
+
+    plan, graph, *_ = _prefill_decode(2.0, 5.0)
+    piece = PlannedSlice(
+        input_tokens=3000,
+        output_tokens=64,
+        bucket_share=1.0,
+        fraction=1.0,
+        device="b200",
+        tensor_parallel=1,
+        batch=1,
+        requests_per_s=1.0,
+        rate_per_device=2.0,
+        devices=0.6,
+        latency_ms=30.0,
+        estimate_source="roofline",
+    )
+    plan.ops[1].slices = [piece]
+    with pytest.raises(SimulationError, match="slices requests by size"):
+        simulate(plan, graph, load_catalog(), [0.0])

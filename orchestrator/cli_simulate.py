@@ -18,7 +18,9 @@ class SimFormat(str, Enum):
 def simulate(
     plan_json: Path = typer.Argument(..., help="A plan written by `hetagent plan --format json` (or -o)."),
     graph: Path = typer.Option(..., "--graph", help="The agent graph spec the plan was made for (YAML or JSON)."),
-    rate: float = typer.Option(1.0, help="Arrival rate, graph runs per second (poisson, bursty)."),
+    rate: float | None = typer.Option(
+        None, help="Arrival rate, graph runs per second (poisson, bursty; default: the plan's rate)."
+    ),
     duration: float = typer.Option(600.0, help="Seconds of arrivals; the runs in flight then drain."),
     arrivals: str = typer.Option("poisson", help="poisson, bursty:CV (gamma gaps of that CV) or a trace CSV."),
     seed: int = typer.Option(7, help="Seed of every random stream: the same seed gives the same result."),
@@ -48,7 +50,7 @@ def simulate(
             _fail(f"{plan_json} is a plan for graph {plan.graph!r}, but {graph} is {spec.metadata.name!r}")
         served = apply_model_overrides(spec, load_cluster(plan.cluster, catalog), catalog)
         _, granular = compile_graph(served, catalog)
-        times = arrival_times(arrivals, rate, duration, seed)
+        times = arrival_times(arrivals, plan.rate_per_s if rate is None else rate, duration, seed)
         opts = SimOptions(seed=seed, size_sigma=size_sigma, sla_percentile=spec.spec.sla.percentile)
         result = run_simulation(plan, granular, catalog, times, opts)
     except (*_user_errors(), ArrivalError, SimulationError, ValidationError) as exc:

@@ -351,6 +351,8 @@ class _Simulation:
     # ------------------------------------------------------------------ run and report
 
     def run(self, arrivals: Sequence[float]) -> SimResult:
+        if not arrivals:
+            raise SimulationError("no runs arrive: raise the rate or the duration")
         runs = []
         preds = [rec.n_pred for rec in self.ops]
         for t in sorted(arrivals):

@@ -238,7 +238,7 @@ class DecodeEngine(Replica):
         self._enqueue(task, now)
         if not self.stepping:
             self._step(now)
-        elif len(self.finish_heap) < self.max_num_seqs:
+        elif len(self.finish_heap) < self.max_num_seqs and self.seg_dt > 0:
             done_steps = int((now - self.seg_start) / self.seg_dt)  # the step in progress ends after it
             if done_steps + 1 < self.seg_steps:
                 self.seg_steps = done_steps + 1

@@ -226,6 +226,11 @@ def test_cli_json(deep_plan):
     assert wrong.exit_code == 2 and "plan for graph 'deep-research'" in wrong.output
     bad = runner.invoke(app, [*args, "--arrivals", "bursty:nope"])
     assert bad.exit_code == 2 and "bursty:CV" in bad.output
+    none = runner.invoke(app, ["simulate", str(path), "--graph", str(DEEP), "--rate", "0.001", "--duration", "1"])
+    assert none.exit_code == 2 and "no runs arrive" in none.output
+    # without --rate the plan's rate (5 runs/s): about 150 runs in 30 s
+    default = runner.invoke(app, ["simulate", str(path), "--graph", str(DEEP), "--duration", "30", "--format", "json"])
+    assert json.loads(default.stdout)["runs"] == pytest.approx(150, rel=0.25)
 
 
 def _prefill_decode(link_gb_s: float, fixed_ms: float, budget: int | None = None):

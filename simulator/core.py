@@ -379,7 +379,7 @@ class _Simulation:
         ops = {rec.op.name: self._op_stats(rec, horizon) for rec in self.ops}
 
         def pct(xs: list[float], q: float) -> float | None:
-            return round(percentile(xs, q), 3) if xs else None
+            return percentile(xs, q) if xs else None
 
         return SimResult(
             graph=self.plan.graph,

@@ -121,6 +121,34 @@ class Baseline(_Strict):
     reason: str | None = None
 
 
+class SimulatedIteration(_Strict):
+    """One pass of queueing-aware planning: the ILP at a utilisation cap, then the simulator on its plan."""
+
+    iteration: int = Field(ge=1, description="1 = the service-time plan at the requested cap.")
+    max_utilisation: float = Field(gt=0, le=1, description="Utilisation cap the ILP planned with.")
+    feasible: bool = Field(description="Whether the ILP found a plan at this cap.")
+    tco_usd_per_hour: float | None = Field(None, description="Planned TCO of this iteration's plan.")
+    simulated_attainment: float | None = Field(None, description="Simulated fraction of runs within the SLA.")
+    simulated_p99_ms: float | None = Field(None, description="Simulated e2e p99 latency, ms.")
+
+
+class SimulationCheck(_Strict):
+    """What the discrete-event simulator found for this plan (simulated, not planned; simulator/core.py)."""
+
+    arrivals: str = Field(description="Arrival process simulated: poisson, bursty:CV or a trace CSV.")
+    percentile: float = Field(gt=0, lt=100, description="Percentile of runs that must meet sla_ms, %.")
+    seed: int = Field(description="Seed of the simulation (arrivals, request sizes).")
+    runs: int = Field(ge=0, description="Runs simulated.")
+    simulated_p50_ms: float = Field(description="Simulated e2e median, ms.")
+    simulated_p95_ms: float = Field(description="Simulated e2e p95, ms.")
+    simulated_p99_ms: float = Field(description="Simulated e2e p99, ms.")
+    simulated_attainment: float = Field(ge=0, le=1, description="Simulated fraction of runs with e2e ≤ sla_ms.")
+    sla_met: bool = Field(description="simulated_attainment ≥ percentile / 100.")
+    iteration: int = Field(ge=1, description="The iteration of queueing-aware planning that produced this plan.")
+    max_utilisation: float = Field(gt=0, le=1, description="Utilisation cap this plan was solved with.")
+    iterations: list[SimulatedIteration] = Field(default_factory=list, description="Every iteration run, in order.")
+
+
 class Plan(_Strict):
     apiVersion: Literal["hetagent.dev/v1alpha1"] = PLAN_API_VERSION
     kind: Literal["Plan"] = "Plan"
@@ -154,6 +182,11 @@ class Plan(_Strict):
     )
     max_rate_per_s: float | None = Field(None, description="Infeasible plans: highest rate the inventory sustains.")
     reason: str | None = Field(None, description="Why the plan is infeasible.")
+    simulation: SimulationCheck | None = Field(
+        None,
+        description="Queueing-aware planning (hetagent plan --arrivals/--percentile): the simulated check of "
+        "this plan; None when the plan was not simulated.",
+    )
 
     def op(self, name: str) -> PlannedOp:
         for o in self.ops:

@@ -1,0 +1,137 @@
+"""Queueing-aware planning: accept a plan only if the simulator says it meets the SLA under the arrivals.
+
+The ILP (planner/ilp.py) sizes pools on service times: n_o ≥ λ / (ρ · μ_o). That ignores queueing, so a
+plan can meet the SLA on its predicted latencies and miss it once runs arrive in bursts. The loop
+(notation of planner/ilp.py and simulator/core.py)::
+
+    S, q         the SLA (ms) and its percentile (%): the spec's, or --sla-ms / --percentile
+    A            the arrival process (poisson, bursty:CV, a trace), λ its rate, seed s fixed
+    ρ_1          the requested utilisation cap (PlanOptions.max_utilisation)
+    iteration k  P_k = ILP(λ, S, ρ_k)                                   (planned: service times only)
+                 R_k = simulate(P_k, A, λ, s, runs = N)                 (simulated: queueing, sizes)
+                 a_k = R_k's fraction of runs with e2e ≤ S
+                 accept P_k  if a_k ≥ q / 100
+                 else ρ_{k+1} = β · min(ρ_k, max_o u_o(P_k))             (β = 0.85)
+                 u_o(P_k) = λ / (n_o μ_o), the planned utilisation of pool o: ρ_{k+1} is below the busiest
+                 pool's, so the next plan adds capacity there (a cap above every u_o would re-solve to P_k)
+    stop         at the first accepted plan, when the ILP finds no plan at ρ_{k+1}, when ρ_{k+1} < ρ_min,
+                 or after K iterations; then the plan of the best a_k is returned marked infeasible,
+                 its reason naming that attainment
+
+The cap is global (the ILP has one ρ for every pool). Lowering it only adds capacity, so the ILP's cost
+can only rise with k (up to its MIP gap). Iteration 1 with a_1 ≥ q/100 returns the service-time plan
+unchanged but for its ``simulation`` field. N runs at rate λ take N/λ simulated seconds; the simulator
+costs ~0.1 ms of CPU per run per op (bench/simulator_speed.py), so the default N keeps a check well under
+a second for the examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from compiler.spec import AgentGraph
+from costmodels.catalog import Catalog, ClusterInventory
+from planner.place import PlanOptions
+from planner.plan import Plan, SimulatedIteration, SimulationCheck
+
+SHRINK = 0.85  # β: the cap's factor per failed iteration
+MIN_UTILISATION = 0.05  # ρ_min
+MAX_ITERATIONS = 8  # K
+DEFAULT_RUNS = 2000  # N
+
+
+def plan_with_queueing(
+    graph: AgentGraph,
+    cluster: ClusterInventory,
+    opts: PlanOptions,
+    catalog: Catalog,
+    *,
+    arrivals: str = "poisson",
+    percentile: float | None = None,
+    seed: int = 7,
+    runs: int = DEFAULT_RUNS,
+    max_iterations: int = MAX_ITERATIONS,
+    shrink: float = SHRINK,
+) -> Plan:
+    """Plan, simulate, lower the utilisation cap until the simulated percentile meets the SLA (see module doc).
+
+    Bad arrivals and plans the simulator refuses raise ``PlanningError`` (the CLI's user errors)."""
+    from compiler.ir import compile_graph
+    from planner.ilp import PlanningError
+    from planner.pipeline import apply_model_overrides, plan_spec
+    from simulator.arrivals import ArrivalError, arrival_times
+    from simulator.core import SimOptions, SimulationError, simulate
+
+    q = graph.spec.sla.percentile if percentile is None else percentile
+    if not 0 < q < 100:
+        raise PlanningError(f"percentile must be in (0, 100), got {q}")
+    if runs < 1:
+        raise PlanningError(f"runs must be >= 1, got {runs}")
+    if not 0 < shrink < 1:
+        raise PlanningError(f"shrink must be in (0, 1), got {shrink}")
+    _, granular = compile_graph(apply_model_overrides(graph, cluster, catalog), catalog)
+    # the same arrivals every iteration: the plans differ, not the load
+    try:
+        times = arrival_times(arrivals, opts.rate_per_s, runs / opts.rate_per_s, seed)
+    except ArrivalError as exc:
+        raise PlanningError(str(exc)) from None
+    sim_opts = SimOptions(seed=seed, sla_percentile=q)
+
+    history: list[SimulatedIteration] = []
+    best: tuple[Plan, SimulationCheck] | None = None
+    rho = opts.max_utilisation
+    for k in range(1, max_iterations + 1):
+        plan = plan_spec(graph, cluster, replace(opts, max_utilisation=rho), catalog)
+        if not plan.feasible:
+            history.append(SimulatedIteration(iteration=k, max_utilisation=rho, feasible=False))
+            if best is None:  # the service-time ILP itself has no plan: nothing to simulate
+                return plan
+            break
+        try:
+            r = simulate(plan, granular, catalog, times, sim_opts)
+        except SimulationError as exc:  # e.g. a plan that slices requests by size
+            raise PlanningError(f"queueing-aware planning cannot simulate this plan: {exc}") from None
+        history.append(
+            SimulatedIteration(
+                iteration=k,
+                max_utilisation=rho,
+                feasible=True,
+                tco_usd_per_hour=plan.tco_usd_per_hour,
+                simulated_attainment=r.attainment,
+                simulated_p99_ms=r.p99_ms,
+            )
+        )
+        check = SimulationCheck(
+            arrivals=arrivals,
+            percentile=q,
+            seed=seed,
+            runs=r.runs,
+            simulated_p50_ms=r.p50_ms,
+            simulated_p95_ms=r.p95_ms,
+            simulated_p99_ms=r.p99_ms,
+            simulated_attainment=r.attainment,
+            sla_met=r.sla_met,
+            iteration=k,
+            max_utilisation=rho,
+        )
+        if best is None or r.attainment > best[1].simulated_attainment:
+            best = (plan, check)
+        if r.sla_met:
+            break
+        # below the busiest pool's planned utilisation, so that at least that pool grows
+        rho = shrink * min(rho, max((o.utilisation for o in plan.ops), default=rho))
+        if rho < MIN_UTILISATION:
+            break
+    assert best is not None  # the loop ran at least once and returned if its first plan was infeasible
+    plan, check = best
+    plan.simulation = check.model_copy(update={"iterations": history})
+    if not check.sla_met:
+        plan.feasible = False
+        plan.reason = (
+            f"queueing-aware planning: no plan met the {plan.sla_ms:g} ms SLA at p{q:g} under {arrivals} arrivals "
+            f"at {opts.rate_per_s:g} runs/s in {len(history)} iterations (utilisation cap {opts.max_utilisation:g} "
+            f"down to {history[-1].max_utilisation:.3g}); best simulated attainment {check.simulated_attainment:.1%} "
+            f"(iteration {check.iteration}, cap {check.max_utilisation:.3g}, simulated p99 "
+            f"{check.simulated_p99_ms:.0f} ms)"
+        )
+    return plan

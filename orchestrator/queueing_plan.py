@@ -7,22 +7,26 @@ plan can meet the SLA on its predicted latencies and miss it once runs arrive in
     S, q         the SLA (ms) and its percentile (%): the spec's, or --sla-ms / --percentile
     A            the arrival process (poisson, bursty:CV, a trace), λ its rate, seed s fixed
     ρ_1          the requested utilisation cap (PlanOptions.max_utilisation)
-    iteration k  P_k = ILP(λ, S, ρ_k)                                   (planned: service times only)
+    B_k          the SLA budget given to the ILP; B_1 = S
+    iteration k  P_k = ILP(λ, B_k, ρ_k)                                 (planned: service times only)
                  R_k = simulate(P_k, A, λ, s, runs = N)                 (simulated: queueing, sizes)
                  a_k = R_k's fraction of runs with e2e ≤ S
                  accept P_k  if a_k ≥ q / 100
                  else ρ_{k+1} = β · min(ρ_k, max_o u_o(P_k))             (β = 0.85)
                  u_o(P_k) = λ / (n_o μ_o), the planned utilisation of pool o: ρ_{k+1} is below the busiest
                  pool's, so the next plan adds capacity there (a cap above every u_o would re-solve to P_k)
+                 and B_{k+1} = B_k · S / p̂_k  if p̂_k > S, p̂_k the simulated e2e percentile (p50, p95 or
+                 p99: the first at or above q) — a miss from request sizes or batching, not queueing, needs
+                 faster configurations, not more replicas; if the ILP has no plan at B_{k+1}, it re-solves at S
     stop         at the first accepted plan, when the ILP finds no plan at ρ_{k+1}, when ρ_{k+1} < ρ_min,
                  or after K iterations; then the plan of the best a_k is returned marked infeasible,
                  its reason naming that attainment
 
 The cap is global (the ILP has one ρ for every pool). Lowering it only adds capacity, so the ILP's cost
 can only rise with k (up to its MIP gap). Iteration 1 with a_1 ≥ q/100 returns the service-time plan
-unchanged but for its ``simulation`` field. N runs at rate λ take N/λ simulated seconds; the simulator
-costs ~0.1 ms of CPU per run per op (bench/simulator_speed.py), so the default N keeps a check well under
-a second for the examples.
+unchanged but for its ``simulation`` field. N runs at rate λ take N/λ simulated seconds. Each iteration
+is an ILP solve plus a simulation of N runs (0.3-4 s for the examples' LLM graphs on a 2-core VM,
+bench/queueing_plan_speed.py), so `hetagent plan` runs the loop only when asked (--arrivals/--percentile).
 """
 
 from __future__ import annotations
@@ -80,13 +84,24 @@ def plan_with_queueing(
     history: list[SimulatedIteration] = []
     best: tuple[Plan, SimulationCheck] | None = None
     rho = opts.max_utilisation
+    sla: float | None = None  # S, the spec's unless given: known from the first plan
+    budget = opts.sla_ms  # B_k
     for k in range(1, max_iterations + 1):
-        plan = plan_spec(graph, cluster, replace(opts, max_utilisation=rho), catalog)
+        plan = plan_spec(graph, cluster, replace(opts, max_utilisation=rho, sla_ms=budget), catalog)
+        if not plan.feasible and sla is not None and budget != sla:
+            budget = sla  # the tightened budget is out of reach: add capacity only
+            plan = plan_spec(graph, cluster, replace(opts, max_utilisation=rho, sla_ms=budget), catalog)
         if not plan.feasible:
-            history.append(SimulatedIteration(iteration=k, max_utilisation=rho, feasible=False))
+            history.append(
+                SimulatedIteration(iteration=k, max_utilisation=rho, planned_sla_ms=plan.sla_ms, feasible=False)
+            )
             if best is None:  # the service-time ILP itself has no plan: nothing to simulate
                 return plan
             break
+        if sla is None:
+            sla = budget = plan.sla_ms
+        assert budget is not None
+        plan.sla_ms = sla  # the plan answers to S; the ILP's budget B_k is in its simulation record
         try:
             r = simulate(plan, granular, catalog, times, sim_opts)
         except SimulationError as exc:  # e.g. a plan that slices requests by size
@@ -95,6 +110,7 @@ def plan_with_queueing(
             SimulatedIteration(
                 iteration=k,
                 max_utilisation=rho,
+                planned_sla_ms=budget,
                 feasible=True,
                 tco_usd_per_hour=plan.tco_usd_per_hour,
                 simulated_attainment=r.attainment,
@@ -113,11 +129,16 @@ def plan_with_queueing(
             sla_met=r.sla_met,
             iteration=k,
             max_utilisation=rho,
+            planned_sla_ms=budget,
         )
         if best is None or r.attainment > best[1].simulated_attainment:
             best = (plan, check)
         if r.sla_met:
             break
+        # the simulated percentile's excess over S comes off the budget (sizes, batching: faster tiers)
+        p_hat = r.p50_ms if q <= 50 else r.p95_ms if q <= 95 else r.p99_ms
+        if p_hat > sla:
+            budget *= sla / p_hat
         # below the busiest pool's planned utilisation, so that at least that pool grows
         rho = shrink * min(rho, max((o.utilisation for o in plan.ops), default=rho))
         if rho < MIN_UTILISATION:

@@ -126,6 +126,7 @@ class SimulatedIteration(_Strict):
 
     iteration: int = Field(ge=1, description="1 = the service-time plan at the requested cap.")
     max_utilisation: float = Field(gt=0, le=1, description="Utilisation cap the ILP planned with.")
+    planned_sla_ms: float = Field(description="SLA budget the ILP planned with (≤ the plan's sla_ms).")
     feasible: bool = Field(description="Whether the ILP found a plan at this cap.")
     tco_usd_per_hour: float | None = Field(None, description="Planned TCO of this iteration's plan.")
     simulated_attainment: float | None = Field(None, description="Simulated fraction of runs within the SLA.")
@@ -146,6 +147,10 @@ class SimulationCheck(_Strict):
     sla_met: bool = Field(description="simulated_attainment ≥ percentile / 100.")
     iteration: int = Field(ge=1, description="The iteration of queueing-aware planning that produced this plan.")
     max_utilisation: float = Field(gt=0, le=1, description="Utilisation cap this plan was solved with.")
+    planned_sla_ms: float = Field(
+        description="SLA budget the ILP solved this plan with: sla_ms, or less where the simulated percentile "
+        "exceeded it (the plan's predicted_e2e_ms is within this budget)."
+    )
     iterations: list[SimulatedIteration] = Field(default_factory=list, description="Every iteration run, in order.")
 
 

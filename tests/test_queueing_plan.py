@@ -87,6 +87,9 @@ def test_bursty_arrivals_break_the_service_time_plan_and_the_loop_repairs_it(set
     assert s.simulated_p50_ms <= s.simulated_p95_ms <= s.simulated_p99_ms
     assert s.iteration == len(s.iterations) > 1
     assert s.max_utilisation == fixed.max_utilisation < 0.9
+    # the plan answers to the user's SLA; the ILP's budget is at most that and the prediction within it
+    assert fixed.sla_ms == 200 and fixed.predicted_e2e_ms <= s.planned_sla_ms <= 200
+    assert s.iterations[0].planned_sla_ms == 200
     assert s.iterations[0].max_utilisation == 0.9 and s.iterations[0].tco_usd_per_hour == base.tco_usd_per_hour
     assert not any(i.simulated_attainment >= 0.99 for i in s.iterations[:-1])
     assert s.iterations[-1].simulated_attainment == s.simulated_attainment

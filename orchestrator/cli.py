@@ -132,6 +132,15 @@ def plan(
     profiles: Path | None = typer.Option(
         None, help="Measured profiles (hetagent costmodel import): they override the roofline where they cover."
     ),
+    arrivals: str | None = typer.Option(
+        None,
+        help="Queueing-aware: simulate each plan under poisson, bursty:CV or a trace CSV and lower the utilisation "
+        "cap until the simulated percentile meets the SLA (default: no simulation, unless --percentile).",
+    ),
+    percentile: float | None = typer.Option(
+        None, help="Queueing-aware: percentile of runs that must meet the SLA (default: the spec's); implies a check."
+    ),
+    sim_seed: int = typer.Option(7, help="Queueing-aware: seed of the simulation."),
 ) -> None:
     """Place every granular op on the cheapest tier that meets the SLA; compare with baselines."""
     from costmodels.catalog import load_cluster
@@ -141,21 +150,24 @@ def plan(
     try:
         g, catalog = _load(graph)
         inv = load_cluster(cluster, catalog)
-        result = plan_spec(
-            g,
-            inv,
-            PlanOptions(
-                rate_per_s=rate,
-                sla_ms=sla_ms,
-                ttft_ms=ttft_ms,
-                max_utilisation=max_utilisation,
-                solver=solver.value,
-                time_limit_s=time_limit_s,
-                baselines=baselines,
-                profiles_dir=profiles,
-            ),
-            catalog,
+        opts = PlanOptions(
+            rate_per_s=rate,
+            sla_ms=sla_ms,
+            ttft_ms=ttft_ms,
+            max_utilisation=max_utilisation,
+            solver=solver.value,
+            time_limit_s=time_limit_s,
+            baselines=baselines,
+            profiles_dir=profiles,
         )
+        if arrivals is None and percentile is None:
+            result = plan_spec(g, inv, opts, catalog)
+        else:
+            from orchestrator.queueing_plan import plan_with_queueing
+
+            result = plan_with_queueing(
+                g, inv, opts, catalog, arrivals=arrivals or "poisson", percentile=percentile, seed=sim_seed
+            )
     except _user_errors() as exc:
         _fail(str(exc))
     doc = result.model_dump_json(indent=2)
@@ -244,6 +256,15 @@ def print_plan(p) -> None:  # p: planner.plan.Plan
         )
         out.print("critical path: " + " → ".join(p.critical_path), highlight=False)
         out.print("binding: " + ("; ".join(p.binding_constraints) or "none"), highlight=False)
+    if p.simulation is not None:
+        s = p.simulation
+        out.print(
+            f"simulated ({s.arrivals}, seed {s.seed}, {s.runs} runs; iteration {s.iteration} of "
+            f"{len(s.iterations)}, utilisation cap {s.max_utilisation:.3g}): p50 {s.simulated_p50_ms:.0f} ms, "
+            f"p99 {s.simulated_p99_ms:.0f} ms, {s.simulated_attainment:.1%} within {p.sla_ms:g} ms "
+            f"(p{s.percentile:g} {'met' if s.sla_met else 'MISSED'})",
+            highlight=False,
+        )
     if p.baselines:
         bt = Table(title="baselines (same workload)", title_justify="left")
         for col in ("baseline", "feasible", "TCO $/h", "× plan", "e2e ms", "devices / note"):

@@ -19,6 +19,11 @@ What is measured (``calibrate_cpu``):
    (1 prefill + D decode steps), clipped at 0, so the calibrated model predicts that generation's
    end-to-end latency exactly. For a model this small the residual is almost all framework overhead
    (Python dispatch, op launch), which is exactly what the term models.
+5. **Or the serving engine** (``hetagent calibrate --engine vllm``): instead of (4), the caller's
+   ``engine_probe`` times the real vLLM CPU engine's prefill and decode steps on the tiny model at several
+   batch sizes, prompt lengths and contexts (``workers/engine_probe.py``), and ``costmodels.engine_fit``
+   fits the efficiencies the roofline prices CPU LLM steps with (per-step overhead, GEMM and attention
+   efficiencies) to them, so the profile predicts the engine a run actually serves with.
 
 Shared machines: other processes competing for the cores make torch's OpenMP threads wait and can
 slow small kernels 10-100x, so the CPU time that other processes use is measured (``OtherLoad``); the
@@ -50,6 +55,7 @@ from typing import Any
 import yaml
 
 from costmodels.catalog import DeviceClass, DeviceType, Efficiency, ModelKind, ModelSpec
+from costmodels.engine_fit import EngineFit, EngineProbe, fit_engine_phase
 from costmodels.work import Work, decode_step_work, prefill_work
 
 MIB = 1024**2
@@ -111,10 +117,14 @@ class OtherLoad:
     """CPU time that *other* processes used while a block ran, as a fraction of all CPU time.
 
     Compares /proc/stat's busy ticks with this process's own CPU time (``time.process_time``,
-    all threads). On a shared machine a competing process makes torch's spinning OpenMP threads
-    wait for a core, and small kernels slow down by 10-100x, so calibration checks this.
-    ``fraction`` is None where /proc/stat is unreadable.
+    all threads), or with ``tree=True`` that of this process and all its descendants (an engine's
+    core process, a Ray cluster this process started). On a shared machine a competing process makes
+    torch's spinning OpenMP threads wait for a core, and small kernels slow down by 10-100x, so
+    calibration checks this. ``fraction`` is None where /proc/stat is unreadable.
     """
+
+    def __init__(self, tree: bool = False):
+        self.tree = tree
 
     def __enter__(self) -> OtherLoad:
         self.fraction: float | None = None
@@ -126,19 +136,38 @@ class OtherLoad:
         if self._t0 is None or t1 is None:
             return
         (busy0, total0, own0), (busy1, total1, own1) = self._t0, t1
-        hz = os.sysconf("SC_CLK_TCK")
         total = max(1, total1 - total0)
-        other = (busy1 - busy0) - (own1 - own0) * hz
+        other = (busy1 - busy0) - (own1 - own0)
         self.fraction = min(1.0, max(0.0, other / total))
 
-    @staticmethod
-    def _sample() -> tuple[int, int, float] | None:
+    def _sample(self) -> tuple[int, int, float] | None:
         try:
             fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
         except (OSError, ValueError, IndexError):
             return None
         idle = fields[3] + fields[4]  # idle + iowait
-        return sum(fields) - idle, sum(fields), time.process_time()
+        own = _tree_ticks() if self.tree else time.process_time() * os.sysconf("SC_CLK_TCK")
+        return sum(fields) - idle, sum(fields), own
+
+
+def _tree_ticks() -> float:
+    """User + system CPU ticks of this process and its descendants: the living ones (/proc/<pid>/stat) and those
+    it has waited for."""
+    stats: dict[int, tuple[int, int]] = {}  # pid: (parent pid, utime + stime)
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+                stats[int(d.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+            except (OSError, ValueError, IndexError):
+                continue
+    tree, grew = {os.getpid()}, True
+    while grew:
+        more = {pid for pid, (ppid, _) in stats.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    reaped = os.times().children_user + os.times().children_system  # descendants that exited and were waited for
+    return float(sum(stats[pid][1] for pid in tree if pid in stats)) + reaped * os.sysconf("SC_CLK_TCK")
 
 
 def cpu_busy_fraction(interval_s: float = 0.5) -> float | None:
@@ -326,13 +355,20 @@ def _sig(x: float, digits: int = 4) -> float:
 
 
 def calibrate_cpu(
-    *, name: str = "local-cpu", quick: bool = False, model_dir: Path | None = None
+    *,
+    name: str = "local-cpu",
+    quick: bool = False,
+    model_dir: Path | None = None,
+    engine_probe: EngineProbe | None = None,
 ) -> tuple[DeviceType, dict[str, Any]]:
     """Measure this machine and return ``(DeviceType, raw measurements)``.
 
     ``quick`` uses smaller problems and fewer repeats (a few seconds; for tests). ``model_dir`` is
     the tiny Llama to time; it is built with ``costmodels.tiny_model`` if absent (default
-    ``default_tiny_model_dir()``). See the module docstring for the method and the choice of peak.
+    ``default_tiny_model_dir()``). ``engine_probe`` (model dir, quick) times a serving engine's steps on it
+    (``workers.engine_probe.measure_engine_steps``, passed in by ``hetagent calibrate --engine vllm``: this
+    layer imports no engine); the efficiencies are then fitted to those steps (``costmodels.engine_fit``)
+    instead of timing the model with transformers. See the module docstring for the method and the choice of peak.
     """
     from costmodels.tiny_model import build_tiny_model, default_tiny_model_dir
 
@@ -383,46 +419,68 @@ def calibrate_cpu(
     loopback = max(measure_loopback(loop_mib) for _ in range(1 if quick else 3))
     raw["loopback_tcp_gb_s"] = _sig(loopback / 1e9)
 
-    # (d) the tiny model vs its roofline
+    run_load.__exit__(None, None, None)  # the model phase measures its own contention
+
+    # (d) the tiny model vs its roofline: with transformers (batch 1), or with a serving engine's steps
     mdir = build_tiny_model(Path(model_dir) if model_dir is not None else default_tiny_model_dir())
     spec = model_spec_from_dir(mdir)
     prompt, decode, model_repeats = (64, 8, 3) if quick else (128, 32, 10)
-    # Retry when another process competed for the cores; keep the least-disturbed attempt.
-    attempts: list[tuple[float, dict[str, float]]] = []
-    for _ in range(3):
-        with OtherLoad() as load:
-            timing = measure_tiny_model(mdir, prompt, decode, model_repeats)
-        attempts.append((load.fraction or 0.0, timing))
-        if (load.fraction or 0.0) < CONTENTION_LIMIT:
-            break
-    model_load, timing = min(attempts, key=lambda a: a[0])
-    peak_for_model = bf16_peak if spec.dtype == "bf16" and bf16_peak else fp32_peak
-    roof_prefill = roofline_seconds(prefill_work(spec, prompt), peak_for_model, bandwidth)
-    roof_decode = statistics.mean(
-        roofline_seconds(decode_step_work(spec, prompt + i), peak_for_model, bandwidth) for i in range(decode)
-    )
     steps = 1 + decode
-    measured_total = timing["prefill_s"] + decode * timing["decode_step_s"]
-    roofline_total = roof_prefill + decode * roof_decode
-    overhead_ms = max(0.0, (measured_total - roofline_total) / steps * 1e3)
-    raw["tiny_model"] = {
-        "model_dir": str(mdir),
-        "parameters": int(spec.parameters),
-        "prompt_tokens": prompt,
-        "decode_tokens": decode,
-        "repeats": model_repeats,
-        "prefill_ms_measured": _sig(timing["prefill_s"] * 1e3),
-        "prefill_ms_roofline": _sig(roof_prefill * 1e3),
-        "decode_step_ms_measured": _sig(timing["decode_step_s"] * 1e3),
-        "decode_step_ms_roofline": _sig(roof_decode * 1e3),
-        "prefill_overhead_ms": _sig((timing["prefill_s"] - roof_prefill) * 1e3),
-        "decode_overhead_ms": _sig((timing["decode_step_s"] - roof_decode) * 1e3),
-        "fixed_overhead_ms_fit": _sig(overhead_ms),
-        "other_processes_cpu": round(model_load, 3),
-        "attempts": len(attempts),
-    }
+    engine_fit: EngineFit | None = None
+    engine_sources: dict[str, str] = {}
+    if engine_probe is not None:
+        peaks = DeviceType(  # the measured peaks, no efficiency loss yet: what the engine's steps are fitted on
+            name=name,
+            display_name=name,
+            vendor="unknown",
+            device_class=DeviceClass.cpu,
+            peak_tflops={"fp32": _sig(fp32_peak / 1e12), **({"bf16": _sig(bf16_peak / 1e12)} if bf16_peak else {})},
+            memory_gib=info["memory_gib"],
+            memory_bandwidth_gb_s=_sig(bandwidth / 1e9),
+            intra_node_link_gb_s=_sig(bandwidth / 1e9),
+            network_gb_s=_sig(loopback / 1e9),
+            max_devices_per_node=1,
+            cores=cores,
+            tdp_w=1.0,
+            efficiency=Efficiency(compute=1.0, memory=1.0, link=1.0),
+        )
+        engine_fit, model_load, engine_sources = fit_engine_phase(engine_probe, mdir, spec, peaks, quick, raw)
+        engine_sources = {k: measured(v) for k, v in engine_sources.items()}
+    else:
+        # Retry when another process competed for the cores; keep the least-disturbed attempt.
+        attempts: list[tuple[float, dict[str, float]]] = []
+        for _ in range(3):
+            with OtherLoad() as load:
+                timing = measure_tiny_model(mdir, prompt, decode, model_repeats)
+            attempts.append((load.fraction or 0.0, timing))
+            if (load.fraction or 0.0) < CONTENTION_LIMIT:
+                break
+        model_load, timing = min(attempts, key=lambda a: a[0])
+        peak_for_model = bf16_peak if spec.dtype == "bf16" and bf16_peak else fp32_peak
+        roof_prefill = roofline_seconds(prefill_work(spec, prompt), peak_for_model, bandwidth)
+        roof_decode = statistics.mean(
+            roofline_seconds(decode_step_work(spec, prompt + i), peak_for_model, bandwidth) for i in range(decode)
+        )
+        measured_total = timing["prefill_s"] + decode * timing["decode_step_s"]
+        roofline_total = roof_prefill + decode * roof_decode
+        overhead_ms = max(0.0, (measured_total - roofline_total) / steps * 1e3)
+        raw["tiny_model"] = {
+            "model_dir": str(mdir),
+            "parameters": int(spec.parameters),
+            "prompt_tokens": prompt,
+            "decode_tokens": decode,
+            "repeats": model_repeats,
+            "prefill_ms_measured": _sig(timing["prefill_s"] * 1e3),
+            "prefill_ms_roofline": _sig(roof_prefill * 1e3),
+            "decode_step_ms_measured": _sig(timing["decode_step_s"] * 1e3),
+            "decode_step_ms_roofline": _sig(roof_decode * 1e3),
+            "prefill_overhead_ms": _sig((timing["prefill_s"] - roof_prefill) * 1e3),
+            "decode_overhead_ms": _sig((timing["decode_step_s"] - roof_decode) * 1e3),
+            "fixed_overhead_ms_fit": _sig(overhead_ms),
+            "other_processes_cpu": round(model_load, 3),
+            "attempts": len(attempts),
+        }
 
-    run_load.__exit__(None, None, None)
     raw["other_processes_cpu"] = None if run_load.fraction is None else round(run_load.fraction, 3)
     worst = max(x for x in (busy, run_load.fraction, model_load, 0.0) if x is not None)
     if worst >= CONTENTION_LIMIT:
@@ -463,12 +521,15 @@ def calibrate_cpu(
             "efficiency.compute": measured("1.0 by definition: peak_tflops is the measured GEMM rate"),
             "efficiency.memory": measured("1.0 by definition: memory_bandwidth_gb_s is the measured stream copy"),
             "efficiency.link": measured("1.0 by definition: link and network figures are measured transfers"),
-            "efficiency.fixed_overhead_ms": measured(
-                f"tiny-llama with transformers, batch 1, prefill {prompt} + {decode} decode steps, median of "
-                f"{model_repeats}; ((measured - roofline) / {steps} steps) over the generation, clipped at 0"
-            ),
         }
     )
+    if engine_fit is None:
+        sources["efficiency.fixed_overhead_ms"] = measured(
+            f"tiny-llama with transformers, batch 1, prefill {prompt} + {decode} decode steps, median of "
+            f"{model_repeats}; ((measured - roofline) / {steps} steps) over the generation, clipped at 0"
+        )
+    else:
+        sources.update(engine_sources)
     flags = ", ".join(info.get("flags", [])) or "unknown ISA"
     device = DeviceType(
         name=name,
@@ -484,7 +545,11 @@ def calibrate_cpu(
         cores=cores,
         tdp_w=_sig(cores * w_per),
         price_usd_per_h=_sig(cores * usd_per),
-        efficiency=Efficiency(compute=1.0, memory=1.0, link=1.0, fixed_overhead_ms=_sig(overhead_ms)),
+        efficiency=(
+            engine_fit.efficiency
+            if engine_fit is not None
+            else Efficiency(compute=1.0, memory=1.0, link=1.0, fixed_overhead_ms=_sig(overhead_ms))
+        ),
         sources=sources,
         notes=(
             f"Measured on this machine by hetagent calibrate ({today}; {'quick' if quick else 'full'} run; "

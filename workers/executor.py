@@ -16,13 +16,16 @@ import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from compiler.spec import AgentGraph, LLMNode, VectorSearchNode
 from planner.plan import Plan
 from workers.actors import HostWorker, LLMWorker, actor_options
 from workers.templates import render
 from workers.units import Pool, Unit, build_layout, node_device
+
+if TYPE_CHECKING:
+    from costmodels.catalog import Catalog, ModelSpec
 
 DEFAULT_DATA_DIR = Path(os.environ.get("HETAGENT_DATA_DIR", ".hetagent"))
 CANCEL_POLL_S = 0.1
@@ -59,6 +62,11 @@ class OpRecord:
     error: str | None = None
     detail: dict[str, Any] = field(default_factory=dict)
     phase: str | None = None  # "prefill" / "decode" for the two halves of a split LLM node
+    # LLM ops: the model the cost model's prediction is for. The plan's model when the worker loaded it; when it
+    # loaded a stand-in checkpoint, "<loaded> (stand-in for <plan's model>)", and ``served_prediction`` holds the
+    # prediction for the loaded model at this request's token counts (``predicted_ms`` stays the plan's)
+    predicted_for_model: str | None = None
+    served_prediction: dict[str, Any] | None = None
 
 
 @dataclass
@@ -164,11 +172,14 @@ class GraphRunner:
         data_dir: Path = DEFAULT_DATA_DIR,
         model_dir: Path | None = None,
         index_dirs: tuple[Path, ...] = (),
+        catalog: Catalog | None = None,
     ):
         if not plan.feasible:
             raise ValueError(f"plan for {plan.graph!r} is infeasible: {plan.reason}")
         self.graph, self.plan, self.data_dir = graph, plan, Path(data_dir)
         self.model_dir = model_dir
+        self._catalog = catalog
+        self._served_spec: ModelSpec | None = None  # the stand-in checkpoint's shape, read on first use
         self.index_dirs = tuple(Path(d) for d in index_dirs)
         self._ops_of = {n.name: [o for o in plan.ops if o.source_node == n.name] for n in graph.spec.nodes}
         layout = build_layout(graph, plan)
@@ -279,7 +290,8 @@ class GraphRunner:
         if self.model_dir is not None:
             note = (
                 f"{node.name}: catalog model {node.model} is served with the weights in {self.model_dir} "
-                f"(no hub access; latency and cost predictions are for {node.model})"
+                f"(no hub access; the plan's latency and cost predictions are for {node.model}; each LLM record's "
+                "served_prediction is the cost model's for the model actually loaded)"
             )
             if note not in self.notes:
                 self.notes.append(note)
@@ -312,7 +324,12 @@ class GraphRunner:
         import ray
 
         other = GraphRunner(
-            self.graph, plan, data_dir=self.data_dir, model_dir=self.model_dir, index_dirs=self.index_dirs
+            self.graph,
+            plan,
+            data_dir=self.data_dir,
+            model_dir=self.model_dir,
+            index_dirs=self.index_dirs,
+            catalog=self._catalog,
         )
 
         def shape(r: GraphRunner) -> list[tuple[str, str, tuple[str, ...]]]:
@@ -638,6 +655,7 @@ class GraphRunner:
                     measured_cost_usd=self._measured_cost(ops, env["service_ms"], pool.device),
                     status="succeeded",
                     detail=detail,
+                    **self._llm_prediction(name, env, pool.device, None),
                 )
             ]
         pre = env["detail"]["prefill"]
@@ -661,6 +679,7 @@ class GraphRunner:
                 status="succeeded",
                 detail={"pid": pre["pid"]},
                 phase="prefill",
+                **self._llm_prediction(name, env, self.pools[pre_pool].device, "prefill"),
             ),
             OpRecord(
                 node=name,
@@ -678,8 +697,61 @@ class GraphRunner:
                 status="succeeded",
                 detail=detail,
                 phase="decode",
+                **self._llm_prediction(name, env, self.pools[dec_pool].device, "decode"),
             ),
         ]
+
+    def _served_model(self) -> ModelSpec | None:
+        """The stand-in checkpoint's ``ModelSpec`` (from its config.json), or None with a note saying why not."""
+        if self._served_spec is None and self.model_dir is not None:
+            from costmodels.served import served_model_spec
+
+            try:
+                self._served_spec = served_model_spec(self.model_dir)
+            except (OSError, KeyError, ValueError) as exc:
+                note = f"no cost-model prediction for the served weights in {self.model_dir}: {exc}"
+                if note not in self.notes:
+                    self.notes.append(note)
+        return self._served_spec
+
+    def _llm_prediction(self, name: str, env: dict, device: str, phase: str | None) -> dict[str, Any]:
+        """The LLM record's ``predicted_for_model`` and, for a stand-in checkpoint, ``served_prediction``: the cost
+        model's time of this request (its real prompt and output tokens, batch 1) for the model actually loaded,
+        on the device it ran on (costmodels/served.py). The plan's ``predicted_ms`` is left as it is."""
+        node = self._nodes[name]
+        if not isinstance(node, LLMNode):
+            return {}
+        spec = self._served_model() if self.model_dir is not None else None
+        detail = env.get("detail") or {}
+        prompt, output = detail.get("prompt_tokens"), detail.get("output_tokens")
+        if spec is None or not prompt or not output:
+            return {"predicted_for_model": node.model}
+        from costmodels.catalog import CatalogError, load_catalog
+        from costmodels.served import predict_request
+
+        catalog = self._catalog or load_catalog()
+        try:
+            p = predict_request(spec, catalog.device(device), int(prompt), int(output))
+        except (CatalogError, ValueError) as exc:
+            note = f"{name}: no cost-model prediction for {spec.name} on {device}: {exc}"
+            if note not in self.notes:
+                self.notes.append(note)
+            return {"predicted_for_model": node.model}
+        ms = {"prefill": p.prefill_ms, "decode": p.decode_ms}.get(phase or "", p.total_ms)
+        return {
+            "predicted_for_model": f"{spec.name} (stand-in for {node.model})",
+            "served_prediction": {
+                "model": spec.name,
+                "stand_in_for": node.model,
+                "device": device,
+                "batch": 1,
+                "prompt_tokens": p.prompt_tokens,
+                "output_tokens": p.output_tokens,
+                "prefill_ms": p.prefill_ms,
+                "decode_ms": p.decode_ms,
+                "predicted_ms": ms,  # this record's part: prefill, decode, or both for an unsplit node
+            },
+        }
 
     def _kv_transfer(self, name: str, env: dict, picks: list[tuple[str, int]]) -> dict[str, Any]:
         """One split request's KV hand-off: bytes moved, measured time, and the cost model's time for

@@ -104,6 +104,12 @@ def roofline_parts_s(
         parts["kernels"] += g.kernels * eff.kernel_overhead_us * 1e-6
         parts["compute"] += compute_s
         parts["memory"] += memory_s
+    if eff.ridge_exponent is None and eff.attention_compute is None and eff.attention_memory is None:
+        # a profile without kernel-level parameters (hetagent calibrate's CPU profiles) was fitted to one
+        # roofline over the whole step: cost it the same way, or its fitted overhead no longer holds
+        for kind in W.KERNEL_KINDS:
+            parts[kind] = 0.0
+        parts["gemm"] = max(parts["compute"], parts["memory"])
     return parts
 
 

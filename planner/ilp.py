@@ -6,7 +6,9 @@ Notation (after SkyPilot's optimizer and Mélange's GPU-mix ILP)::
     D            device types of the cluster; D_cpu ⊆ D time-shared CPU sockets
     C_o          configurations of op o: (device d(c), batch, tensor-parallel degree tp_c), each
                  with latency l_c (ms), per-replica throughput μ_c (calls/s), memory m_c (bytes per
-                 replica) and CPU core-seconds per call k_c — all from the roofline cost model
+                 replica) and CPU core-seconds per call k_c — all from the roofline cost model; the ILP
+                 offers those some optimal plan may need (planner/configs.py)
+    D_o          the device types of C_o
     λ            arrival rate (runs/s);  ρ  utilisation cap;  S  end-to-end SLA (ms)
     N_d, P_d     inventory of device type d, and its TCO $/device-hour
     β_d          effective scale-out bandwidth of d (bytes/ms)
@@ -24,16 +26,23 @@ Notation (after SkyPilot's optimizer and Mélange's GPU-mix ILP)::
     s.t. Σ_c x_oc = 1                                              ∀o     (one configuration)
          L_o = Σ_c l_c x_oc ;  f_o ≥ L_o                            ∀o     (latency of o)
          f_v ≥ f_u + t_uv + L_v                                    ∀(u,v) ∈ E   (finish times)
-         t_uv ≥ (b_uv / β_d)(y_ud − y_vd),  t_uv ≥ (b_uv / β_d)(y_vd − y_ud)   ∀(u,v), d
+         t_uv ≥ (b_uv / β_d)(y_ud − y_vd),  t_uv ≥ (b_uv / β_d)(y_vd − y_ud)   ∀(u,v), d ∈ D_u ∩ D_v
+         t_uv ≥ Σ_{d ∈ D_u∖D_v} (b_uv / β_d) y_ud,  t_uv ≥ Σ_{d ∈ D_v∖D_u} (b_uv / β_d) y_vd   (one end
+                   alone can use d: one row, as an op sits on one type)
                    (⇒ t_uv = b_uv / min(β_du, β_dv) when the ends differ, 0 when they share a type)
-         f_o ≤ S                                                   ∀o sink (SLA)
+         f_o ≤ S                                                   ∀o     (SLA: every op finishes by its sink)
          f_p + t_pq + Σ_c (l_c / N_out) x_qc ≤ TTFT                 (prefill p, decode q of the final LLM)
          Σ_{o, c: d(c)=d} tp_c R_oc x_oc ≤ a_d                     ∀d ∉ D_cpu   (dedicated devices)
          Σ_{o, c: d(c)=d} λ k_c x_oc ≤ ρ · cores_d · a_d            ∀d ∈ D_cpu   (time-shared cores)
          Σ_m W_m z_md + Σ_{o, c: d(c)=d} (m_c − W_o) R_oc x_oc ≤ 0.9 · mem_d · a_d   ∀d ∈ D_cpu
-                   (host memory; z_md ≥ x_oc for model ops of model m: one engine per model and
+                   (host memory; z_md ≥ y_od for model ops o of model m: one engine per model and
                     CPU tier holds its weights W_m once, each replica adds its KV and process)
-         a_d ≤ N_d                                                 ∀d     (inventory)
+         a_d ≥ Σ_{c ∈ C_o, d(c)=d} ⌈q_c⌉ x_oc                     ∀o, d ∈ D_cpu   (o alone needs ⌈q_c⌉
+                   sockets, q_c = max(λ k_c / (ρ cores_d), (W_o + (m_c − W_o) R_oc) / (0.9 mem_d)): implied
+                   by the two rows above once a_d is integral, it keeps the LP bound from pricing o at a
+                   sliver of a socket — with it the bound is within the default gap on generated graphs)
+         a_d ≤ N_d                                                 ∀d     (inventory; dropped for the types
+                   solve() assumes loose, and checked on its plan)
          y_td ≥ y_pd,  y_kd ≥ y_qd                                  ∀ LLM node, d ∈ D_cpu   (engine-side text)
                    (tokenize t with its prefill p, detokenize k with its decode q when that phase is on a
                     CPU tier: a vLLM engine tokenizes and detokenizes in its own process, so the runtime
@@ -57,6 +66,7 @@ plan of its cost.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -65,7 +75,15 @@ from typing import TYPE_CHECKING
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DevicePool, DeviceType, device_usd_per_h
 from costmodels.granular import GranularGraph, GranularOp
 from costmodels.profiles import ProfileStore, estimated_configs
-from costmodels.roofline import HOST_PROCESS_BYTES, OpConfig, nic_transfer_ms, replicas_needed, transfer_ms
+from costmodels.roofline import HOST_PROCESS_BYTES, OpConfig, nic_transfer_ms, replicas_needed
+from planner.configs import (
+    Pruned,
+    drop_too_slow,
+    likely_tight,
+    no_config_reason,
+    prune_dominated,
+    prune_within_device,
+)
 from planner.slicing import (
     SliceChoice,
     SlicedNode,
@@ -77,6 +95,7 @@ from planner.slicing import (
     sliced_nodes,
     whole,
 )
+from planner.solvers import make_solver, resolve_solver as resolve_solver  # place.py reads it here
 
 if TYPE_CHECKING:
     import pulp  # imported where used at run time, so that `import planner` stays light
@@ -210,13 +229,13 @@ def build_problem(
                 continue
             if allow and not allow(op, tier):
                 continue
-            considered.append(tier.device.name)
+            considered.append(tier.device)
             candidates += estimated_configs(op, tier.device, catalog, per_node=tier.per_node, store=profiles)
         if not candidates:
             why = (
                 "it needs a CPU tier"
                 if op.host_only
-                else f"its model does not fit in memory on any of {considered}"
+                else no_config_reason(op, considered, catalog)
                 if considered
                 else "its placement hints exclude every device type of the cluster"
             )
@@ -226,135 +245,10 @@ def build_problem(
     ttft_ops = _ttft_ops(graph)
     if ttft is not None and ttft_ops is None:
         raise PlanningError(f"a TTFT target of {ttft:g} ms needs an LLM (prefill → decode) in graph {graph.name!r}")
-    configs = _prune_dominated(graph, configs, tiers, rate_per_s, max_utilisation, keep=set(ttft_ops or ()))
+    configs = {name: prune_within_device(cs, rate_per_s, max_utilisation) for name, cs in configs.items()}
     return PlacementProblem(
         graph, tiers, configs, rate_per_s, sla, ttft, max_utilisation, ttft_ops, sliced=sliced, profiles=profiles
     )
-
-
-def _prune_dominated(
-    graph: GranularGraph,
-    configs: dict[str, list[OpConfig]],
-    tiers: dict[str, Tier],
-    rate: float,
-    cap: float,
-    keep: set[str],
-) -> dict[str, list[OpConfig]]:
-    """Drop accelerator configurations that another device type beats on every count.
-
-    c (on d) is dropped when some c' (on an accelerator d' whose inventory cannot bind) has
-    latency(c') + worst-case transfers on o's edges ≤ latency(c) and cost(c') ≤ cost(c), where
-    cost = $/h · tp · R. Both are exact here: accelerator cost is separable per op, and c' stays at
-    least as fast whatever its neighbours choose. CPU configurations are never dropped (socket
-    rounding couples ops), nor are those of the ``keep`` ops (the TTFT path weighs a decode's
-    latency by 1/N_out, which this rule does not cover). The brute-force tests check the optimum.
-    """
-
-    def reps(c: OpConfig) -> int:
-        return replicas_needed(rate, c, cap)
-
-    configs = {name: _prune_within_device(cs, rate, cap) for name, cs in configs.items()}
-    loose = set()
-    for d, tier in tiers.items():
-        if tier.is_cpu:
-            continue
-        worst = sum(
-            max((c.tensor_parallel * reps(c) for c in cs if c.device == d), default=0) for cs in configs.values()
-        )
-        if tier.inventory is None or worst <= tier.inventory:
-            loose.add(d)
-    if not loose:
-        return configs
-    devices_of = {name: {c.device for c in cs} for name, cs in configs.items()}
-    adjacent: dict[str, list[tuple[float, set[str]]]] = {o.name: [] for o in graph.ops}
-    for e in graph.edges:
-        adjacent[e.src].append((e.bytes, devices_of[e.dst]))
-        adjacent[e.dst].append((e.bytes, devices_of[e.src]))
-
-    def worst_transfers_ms(op_name: str, d: str) -> float:
-        """Transfers on o's edges if o sits on d and every neighbour on its worst other device."""
-        return sum(
-            max((transfer_ms(b, tiers[d].device, tiers[n].device) for n in nbrs), default=0.0)
-            for b, nbrs in adjacent[op_name]
-        )
-
-    out = {}
-    for name, cs in configs.items():
-        if name in keep:
-            out[name] = cs
-            continue
-        penalty_ms = {d: worst_transfers_ms(name, d) for d in devices_of[name] if d in loose}
-        cost = [tiers[c.device].usd_per_h * c.tensor_parallel * reps(c) for c in cs]
-        kept = []
-        for i, c in enumerate(cs):
-            if tiers[c.device].is_cpu:
-                kept.append(c)
-                continue
-            beaten = any(
-                j != i
-                and o.device in loose
-                and o.device != c.device
-                and o.latency_ms + penalty_ms[o.device] <= c.latency_ms
-                and cost[j] <= cost[i]
-                for j, o in enumerate(cs)
-            )
-            if not beaten:
-                kept.append(c)
-        out[name] = kept
-    return out
-
-
-def _prune_within_device(cs: list[OpConfig], rate: float, cap: float) -> list[OpConfig]:
-    """Drop a configuration when another on the same device type is no slower and uses no more.
-
-    "Uses" is, at this rate: devices (tp·R) on accelerators; core-seconds per call and memory of its
-    replicas (m·R) on CPUs. Same device type means same transfers and inventory, so this is exact.
-    """
-
-    def key(c: OpConfig) -> tuple[float, ...]:
-        r = replicas_needed(rate, c, cap)
-        if c.cores_per_replica:
-            return (c.latency_ms, c.core_s_per_call, c.memory_bytes * r)
-        return (c.latency_ms, float(c.tensor_parallel * r))
-
-    keys = [key(c) for c in cs]
-    keep = []
-    for i, c in enumerate(cs):
-        beaten = any(
-            j != i
-            and cs[j].device == c.device
-            and all(a <= b for a, b in zip(keys[j], keys[i], strict=False))
-            and (keys[j] != keys[i] or j < i)  # of identical twins keep the first
-            for j in range(len(cs))
-        )
-        if not beaten:
-            keep.append(c)
-    return keep
-
-
-def available_solvers() -> list[str]:
-    import pulp
-
-    names = pulp.listSolvers(onlyAvailable=True)
-    return [s for s, key in (("cbc", "PULP_CBC_CMD"), ("highs", "HiGHS")) if key in names]
-
-
-def resolve_solver(name: str) -> str:
-    """'auto' → the CBC bundled with PuLP: the faster of the two on 1,000-op graphs (docs/benchmarks.md)."""
-    return "cbc" if name == "auto" else name
-
-
-def _make_solver(name: str, time_limit_s: float, gap: float) -> pulp.LpSolver:
-    import pulp
-
-    name = resolve_solver(name)
-    if name == "cbc":
-        return pulp.PULP_CBC_CMD(msg=False, timeLimit=time_limit_s, gapRel=gap)
-    if name == "highs":
-        if "HiGHS" not in pulp.listSolvers(onlyAvailable=True):
-            raise PlanningError("solver 'highs' needs the highspy package: pip install 'hetagent[highs]'")
-        return pulp.HiGHS(msg=False, timeLimit=time_limit_s, gapRel=gap)
-    raise PlanningError(f"unknown solver {name!r}; choose auto, cbc or highs")
 
 
 def solve(
@@ -367,137 +261,236 @@ def solve(
     time_limit_s: float = 60.0,
     gap: float = 5e-3,
 ) -> Assignment | None:
-    """Solve the ILP. ``objective`` is "cost" (min TCO) or "latency" (min makespan, for the tightest SLA)."""
+    """Solve the ILP. ``objective`` is "cost" (min TCO) or "latency" (min makespan, for the tightest SLA).
+
+    The ILP offers p.configs less what planner/configs.py proves no optimal plan needs: configurations
+    that miss an enforced target on their own, and those another accelerator type dominates. Types that
+    dominance assumes loose have their inventory relaxed; a plan that overfills one is solved again with
+    that type held to its inventory (and no longer a dominator), so the answer is exact for the real ILP.
+    """
+    if objective not in ("cost", "latency"):
+        raise PlanningError(f"unknown objective {objective!r}")
+    make_solver(solver, time_limit_s, gap)  # a bad name fails here, before any model is built
+    lam = p.rate_per_s * rate_scale
+    configs = p.configs
+    # request-size slices stand outside ``configs``: their ops may sit on several types at once
+    fixed = {
+        o: {k.device for opts in sn.options for k in opts} for sn in p.sliced.values() for o in (sn.prefill, sn.decode)
+    }
+    ttft_on = enforce_sla and p.ttft_ms is not None and p.ttft_ops is not None
+    if enforce_sla:
+        ttft = (*p.ttft_ops, p.ttft_ms) if p.ttft_ops is not None and p.ttft_ms is not None else None
+        configs = drop_too_slow(p.graph, configs, p.sla_ms, ttft=ttft)
+        if any(not cs and name not in fixed for name, cs in configs.items()):
+            return None  # some op misses the targets whatever it runs on
+
+    def prune(assume: set[str]) -> Pruned:
+        return prune_dominated(
+            p.graph,
+            configs,
+            p.tiers,
+            lam,
+            p.max_utilisation,
+            assume_loose=assume,
+            ttft_ops=p.ttft_ops if ttft_on else None,
+            fixed_devices=fixed,
+        )
+
+    assume = {d for d, t in p.tiers.items() if not t.is_cpu}
+    assume -= likely_tight(configs, p.tiers, lam, p.max_utilisation)
+    seconds, solves = 0.0, 0
+    while True:
+        pruned = prune(assume)
+        backend = make_solver(solver, time_limit_s, gap, binaries=sum(map(len, pruned.configs.values())))
+        a = _solve_once(p, pruned.configs, lam, objective, enforce_sla, backend, gap, relaxed=pruned.assumed)
+        if a is None:
+            return None  # infeasible with relaxed inventories is infeasible, or the time limit left no plan
+        seconds += a.solve_seconds
+        solves += 1
+        over = {d for d in pruned.assumed if a.allocated.get(d, 0) > (p.tiers[d].inventory or 0)}
+        if not over:
+            a.solve_seconds = seconds
+            a.extra |= {"binaries": float(sum(map(len, pruned.configs.values()))), "solves": float(solves)}
+            return a
+        assume -= over
+
+
+def _solve_once(
+    p: PlacementProblem,
+    configs: dict[str, list[OpConfig]],
+    lam: float,
+    objective: str,
+    enforce_sla: bool,
+    backend: pulp.LpSolver,
+    gap: float,
+    *,
+    relaxed: set[str],
+) -> Assignment | None:
+    """Build the ILP over ``configs`` (the module docstring) and solve it with ``backend``; the types in
+    ``relaxed`` have no inventory bound."""
     import pulp
 
-    lam = p.rate_per_s * rate_scale
+    Expr, Con = pulp.LpAffineExpression, pulp.LpConstraint
+    GE, LE, EQ = pulp.LpConstraintGE, pulp.LpConstraintLE, pulp.LpConstraintEQ
     ops = p.graph.ops
+    by_name = {op.name: op for op in ops}
     prob = pulp.LpProblem("place_graph", pulp.LpMinimize)
+
+    def add(terms: dict[pulp.LpVariable, float] | list[tuple[pulp.LpVariable, float]], sense: int, rhs: float) -> None:
+        """One row from (variable, coefficient) terms, each variable once: PuLP's operators copy per term."""
+        prob.addConstraint(Con(Expr(terms), sense, rhs=rhs))
+
     # Replicas: the fewest that carry λ under the cap, R_oc = ⌈λ / (ρ μ_c)⌉, so n_oc = R_oc · x_oc is an
     # integer decision tied to the configuration (more replicas never lower cost or latency here).
-    reps = {
-        (op.name, ci): replicas_needed(lam, c, p.max_utilisation)
-        for op in ops
-        for ci, c in enumerate(p.configs[op.name])
-    }
-    x: dict[tuple[str, int], pulp.LpVariable] = {
-        (op.name, ci): pulp.LpVariable(f"x_{oi}_{ci}", cat="Binary")
-        for oi, op in enumerate(ops)
-        for ci in range(len(p.configs[op.name]))
-    }
+    reps: dict[tuple[str, int], int] = {}
+    x: dict[tuple[str, int], pulp.LpVariable] = {}
+    y: dict[tuple[str, str], list[pulp.LpVariable]] = {}  # y_od: the x of o's configurations on d
+    members: dict[str, list[tuple[str, int, OpConfig]]] = {d: [] for d in p.tiers}
+    for oi, op in enumerate(ops):
+        for ci, c in enumerate(configs[op.name]):
+            x[op.name, ci] = v = prob.add_variable(f"x_{oi}_{ci}", cat="Binary")
+            reps[op.name, ci] = replicas_needed(lam, c, p.max_utilisation)
+            y.setdefault((op.name, c.device), []).append(v)
+            members[c.device].append((op.name, ci, c))
     # Accelerator counts are integral whenever x is (Σ tp·R·x), so only CPU sockets need integer a_d —
     # and device types that fractional request slices share (planner/slicing.py).
     slice_devs = sliced_devices(p)
     alloc = {
-        d: pulp.LpVariable(
+        d: prob.add_variable(
             f"a_{di}",
             lowBound=0,
-            upBound=t.inventory if t.inventory is not None else UNBOUNDED_DEVICES,
+            upBound=t.inventory if t.inventory is not None and d not in relaxed else UNBOUNDED_DEVICES,
             cat="Integer" if t.is_cpu or d in slice_devs else "Continuous",
         )
         for di, (d, t) in enumerate(p.tiers.items())
     }
-    finish = {op.name: pulp.LpVariable(f"f_{oi}", lowBound=0) for oi, op in enumerate(ops)}
-    lat = {op.name: pulp.LpVariable(f"l_{oi}", lowBound=0) for oi, op in enumerate(ops)}
-    exact = objective == "latency" or (enforce_sla and latency_can_bind(p))
+    # every op finishes by its sink, so the SLA bounds every finish time
+    limit = p.sla_ms * (1 + SLA_REL_TOL) if enforce_sla else None
+    finish = {op.name: prob.add_variable(f"f_{oi}", lowBound=0, upBound=limit) for oi, op in enumerate(ops)}
+    lat = {op.name: prob.add_variable(f"l_{oi}", lowBound=0) for oi, op in enumerate(ops)}
+    exact = objective == "latency" or (enforce_sla and bool(p.sliced) and latency_can_bind(p))
     sliced = add_slicing(prob, p, lam, lat, finish, exact_latency=exact)
 
-    def on(op_name: str, d: str) -> pulp.LpAffineExpression:
+    def on(op_name: str, d: str) -> list[pulp.LpVariable]:
         if op_name in sliced.node_of:
-            return sliced.on(op_name, d)
-        return pulp.lpSum(x[op_name, ci] for ci, c in enumerate(p.configs[op_name]) if c.device == d)
+            v = sliced.on(op_name, d)
+            return [] if isinstance(v, int) else [v]  # type: ignore[list-item]  # v_nd is a variable
+        return y.get((op_name, d), [])
+
+    order = {d: i for i, d in enumerate(p.tiers)}
+
+    def devices_of(op_name: str) -> set[str]:
+        return {c.device for c in configs[op_name]} | sliced.devices_of(op_name)
+
+    def in_order(devices: set[str]) -> list[str]:
+        return sorted(devices, key=order.__getitem__)  # a set's order changes from run to run, the model must not
 
     for op in ops:
         if op.name in sliced.node_of:
             continue  # add_slicing bounds its latency
-        cs = p.configs[op.name]
-        prob += pulp.lpSum(x[op.name, ci] for ci in range(len(cs))) == 1
-        prob += lat[op.name] == pulp.lpSum(c.latency_ms * x[op.name, ci] for ci, c in enumerate(cs))
-        prob += finish[op.name] >= lat[op.name]
+        cs = configs[op.name]
+        add([(x[op.name, ci], 1.0) for ci in range(len(cs))], EQ, 1.0)
+        add([(lat[op.name], 1.0)] + [(x[op.name, ci], -c.latency_ms) for ci, c in enumerate(cs)], EQ, 0.0)
+        add([(finish[op.name], 1.0), (lat[op.name], -1.0)], GE, 0.0)
 
     for text_op, phase_op in engine_text_pairs(p.graph):
         for d, tier in p.tiers.items():
-            if tier.is_cpu:
-                prob += on(text_op, d) >= on(phase_op, d)
+            if tier.is_cpu and on(phase_op, d):
+                add([(v, 1.0) for v in on(text_op, d)] + [(v, -1.0) for v in on(phase_op, d)], GE, 0.0)
 
-    transfer = {}
+    transfer: dict[tuple[str, str], pulp.LpVariable] = {}
     for ei, e in enumerate(p.graph.edges):
-        t_e = 0
-        devs_u = {c.device for c in p.configs[e.src]} | sliced.devices_of(e.src)
-        devs_v = {c.device for c in p.configs[e.dst]} | sliced.devices_of(e.dst)
-        if e.bytes > 0 and (len(devs_u | devs_v) > 1):
-            t_e = pulp.LpVariable(f"t_{ei}", lowBound=0)
-            for d in devs_u | devs_v:
-                ms = nic_transfer_ms(e.bytes, p.tiers[d].device)
-                prob += t_e >= ms * (on(e.src, d) - on(e.dst, d))
-                prob += t_e >= ms * (on(e.dst, d) - on(e.src, d))
-        transfer[e.src, e.dst] = t_e
-        prob += finish[e.dst] >= finish[e.src] + t_e + lat[e.dst]
+        inside = e.src in sliced.node_of and sliced.node_of[e.src] == sliced.node_of.get(e.dst)
+        devs_u, devs_v = devices_of(e.src), devices_of(e.dst)
+        t_terms: list[tuple[pulp.LpVariable, float]] = []
+        if e.bytes > 0 and len(devs_u | devs_v) > 1 and not inside:
+            t_e = transfer[e.src, e.dst] = prob.add_variable(f"t_{ei}", lowBound=0)
+            t_terms = [(t_e, -1.0)]
+            ms = {d: nic_transfer_ms(e.bytes, p.tiers[d].device) for d in in_order(devs_u | devs_v)}
+            for d in in_order(devs_u & devs_v):  # t ≥ ms_d (y_ud − y_vd) and t ≥ ms_d (y_vd − y_ud)
+                u_on, v_on = on(e.src, d), on(e.dst, d)
+                add([(t_e, 1.0)] + [(v, -ms[d]) for v in u_on] + [(v, ms[d]) for v in v_on], GE, 0.0)
+                add([(t_e, 1.0)] + [(v, -ms[d]) for v in v_on] + [(v, ms[d]) for v in u_on], GE, 0.0)
+            for end, alone in ((e.src, devs_u - devs_v), (e.dst, devs_v - devs_u)):
+                # a type only one end can use: the other end is elsewhere. One op sits on one type, so
+                # one row sums them; a sliced node may use several at once, so it keeps a row per type.
+                if end in sliced.node_of:
+                    for d in in_order(alone):
+                        add([(t_e, 1.0)] + [(v, -ms[d]) for v in on(end, d)], GE, 0.0)
+                elif alone:
+                    add([(t_e, 1.0)] + [(v, -ms[d]) for d in in_order(alone) for v in on(end, d)], GE, 0.0)
+        add([(finish[e.dst], 1.0), (finish[e.src], -1.0), (lat[e.dst], -1.0)] + t_terms, GE, 0.0)
 
-    sinks = [op.name for op in ops if not any(e.src == op.name for e in p.graph.edges)]
-    makespan = pulp.LpVariable("makespan", lowBound=0)
-    for s in sinks:
-        prob += makespan >= finish[s]
-        if enforce_sla:
-            prob += finish[s] <= p.sla_ms * (1 + SLA_REL_TOL)
-    ttft_expr = None
-    if p.ttft_ops:
+    makespan = None
+    if objective == "latency":
+        makespan = prob.add_variable("makespan", lowBound=0)
+        has_succ = {e.src for e in p.graph.edges}
+        for op in ops:
+            if op.name not in has_succ:
+                add([(makespan, 1.0), (finish[op.name], -1.0)], GE, 0.0)
+    if enforce_sla and p.ttft_ms is not None and p.ttft_ops:
         pre, dec = p.ttft_ops
-        out_tokens = max(p.graph.op(dec).output_tokens, 1)
-        ttft_expr = (
-            finish[pre]
-            + transfer.get((pre, dec), 0)
-            + pulp.lpSum(c.latency_ms / out_tokens * x[dec, ci] for ci, c in enumerate(p.configs[dec]))
-            + sliced.first_token(dec)
-        )
-        if enforce_sla and p.ttft_ms is not None:
-            prob += ttft_expr <= p.ttft_ms * (1 + SLA_REL_TOL)
+        out_tokens = max(by_name[dec].output_tokens, 1)
+        ttft_terms = [(finish[pre], 1.0)] + [
+            (x[dec, ci], c.latency_ms / out_tokens) for ci, c in enumerate(configs[dec])
+        ]
+        if (pre, dec) in transfer:
+            ttft_terms.append((transfer[pre, dec], 1.0))
+        ttft_expr = Expr(ttft_terms) + sliced.first_token(dec)
+        prob.addConstraint(Con(ttft_expr, LE, rhs=p.ttft_ms * (1 + SLA_REL_TOL)))
 
-    weights: dict[tuple[str, str], pulp.LpVariable] = {}
-    for d, tier in p.tiers.items():
-        members = [(op.name, ci, c) for op in ops for ci, c in enumerate(p.configs[op.name]) if c.device == d]
-        if not members and d not in sliced.devices:
-            prob += alloc[d] == 0
+    for di, (d, tier) in enumerate(p.tiers.items()):
+        mine = members[d]
+        if not mine and d not in sliced.devices:
+            alloc[d].upBound = 0
             continue
         if tier.is_cpu:
             cores = tier.device.cores or 1
-            prob += pulp.lpSum(lam * c.core_s_per_call * x[o, ci] for o, ci, c in members) <= (
-                p.max_utilisation * cores * alloc[d]
+            add(
+                [(x[o, ci], lam * c.core_s_per_call) for o, ci, c in mine if c.core_s_per_call]
+                + [(alloc[d], -p.max_utilisation * cores)],
+                LE,
+                0.0,
             )
-            # one engine per model on a CPU tier: its weights count once, KV and process overhead per replica
-            shared = {}
-            for o, ci, _c in members:
-                w = shared_weight_bytes(p.graph.op(o))
-                if w and (o_model := p.graph.op(o).model):
-                    key = (o_model, d)
-                    if key not in shared:
-                        shared[key] = (pulp.LpVariable(f"w_{len(weights)}", cat="Binary"), w)
-                        weights[key] = shared[key][0]
-                    prob += shared[key][0] >= x[o, ci]
-            prob += (
-                pulp.lpSum(w * z for z, w in shared.values())
-                + pulp.lpSum(
-                    (c.memory_bytes - shared_weight_bytes(p.graph.op(o))) * reps[o, ci] * x[o, ci]
-                    for o, ci, c in members
+            # a_d ≥ ⌈what o needs alone⌉ · y_od: implied by the rows here once a_d is integral, but the LP
+            # relaxation otherwise pays a sliver of a socket for o (a bound far below any plan's cost)
+            alone: dict[str, list[tuple[pulp.LpVariable, float]]] = {}
+            for o, ci, c in mine:
+                w = shared_weight_bytes(by_name[o])
+                need = max(
+                    lam * c.core_s_per_call / (p.max_utilisation * cores),
+                    (w + (c.memory_bytes - w) * reps[o, ci]) / (0.9 * tier.device.memory_bytes),
                 )
-                <= 0.9 * tier.device.memory_bytes * alloc[d]
-            )
+                alone.setdefault(o, []).append((x[o, ci], -float(max(1, math.ceil(need - 1e-9)))))
+            for terms in alone.values():
+                add([(alloc[d], 1.0)] + terms, GE, 0.0)
+            # one engine per model on a CPU tier: its weights count once (z_md ≥ y_od for each of its ops), KV
+            # and process overhead per replica
+            gib = 2.0**-30  # memory rows in GiB: bytes would put 1e6-wide ranges of coefficients in one row
+            memory: list[tuple[pulp.LpVariable, float]] = []
+            z: dict[str, pulp.LpVariable] = {}
+            for o, ci, c in mine:
+                w = shared_weight_bytes(by_name[o])
+                memory.append((x[o, ci], (c.memory_bytes - w) * reps[o, ci] * gib))
+                model = by_name[o].model
+                if w and model and model not in z:
+                    z[model] = prob.add_variable(f"w_{di}_{len(z)}", cat="Binary")
+                    memory.append((z[model], w * gib))
+            for o in dict.fromkeys(o for o, _ci, _c in mine):
+                model = by_name[o].model
+                if model and shared_weight_bytes(by_name[o]):
+                    add([(z[model], 1.0)] + [(v, -1.0) for v in y[o, d]], GE, 0.0)
+            add(memory + [(alloc[d], -0.9 * tier.device.memory_bytes * gib)], LE, 0.0)
         else:
-            prob += (
-                pulp.lpSum(c.tensor_parallel * reps[o, ci] * x[o, ci] for o, ci, c in members) + sliced.load(d)
-                <= alloc[d]
-            )
+            used = Expr([(x[o, ci], float(c.tensor_parallel * reps[o, ci])) for o, ci, c in mine] + [(alloc[d], -1.0)])
+            if d in sliced.devices:
+                used += sliced.load(d)
+            prob.addConstraint(Con(used, LE, rhs=0.0))
 
-    cost = pulp.lpSum(t.usd_per_h * alloc[d] for d, t in p.tiers.items())
-    if objective == "cost":
-        prob += cost
-    elif objective == "latency":
-        prob += makespan + 1e-6 * cost
-    else:
-        raise PlanningError(f"unknown objective {objective!r}")
+    cost = Expr([(alloc[d], t.usd_per_h) for d, t in p.tiers.items() if t.usd_per_h])
+    prob.setObjective(cost if makespan is None else makespan + 1e-6 * cost)
 
-    backend = _make_solver(solver, time_limit_s, gap)
-    solver = "highs" if isinstance(backend, pulp.HiGHS) else "cbc"
+    solver_name = "highs" if isinstance(backend, pulp.HiGHS) else "cbc"
     t0 = time.perf_counter()
     status = prob.solve(backend)
     elapsed = time.perf_counter() - t0
@@ -510,11 +503,11 @@ def solve(
     for op in ops:
         if op.name in sliced.node_of:
             continue  # read below, from the slices
-        values = [x[op.name, ci].varValue for ci in range(len(p.configs[op.name]))]
+        values = [x[op.name, ci].varValue for ci in range(len(configs[op.name]))]
         picked = [ci for ci, v in enumerate(values) if v is not None and v > 0.5]
         if len(picked) != 1 or any(v is not None and 1e-4 < v < 1 - 1e-4 for v in values):
             return None  # a time limit left no integral incumbent
-        chosen[op.name] = p.configs[op.name][picked[0]]
+        chosen[op.name] = configs[op.name][picked[0]]
         replicas[op.name] = reps[op.name, picked[0]]
     slices = read_slices(sliced)
     slice_load = slice_devices_allocated(slices, lam, p.max_utilisation)
@@ -536,7 +529,7 @@ def solve(
         chosen,
         replicas,
         allocated,
-        solver,
+        solver_name,
         elapsed,
         "Optimal" if proven else "TimeLimit",
         gap if proven else None,

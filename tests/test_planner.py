@@ -12,6 +12,7 @@ from costmodels import work as W
 from costmodels.catalog import ClusterInventory, DeviceClass, DevicePool, device_usd_per_h, load_catalog
 from costmodels.granular import GranularEdge, GranularGraph, GranularOp
 from costmodels.roofline import op_configs
+from planner.configs import prune_dominated
 from planner.evaluate import check_plan
 from planner.ilp import PlanningError, build_problem, cluster_tiers, solve
 from planner.place import PlanOptions, place_graph
@@ -34,17 +35,19 @@ def small_cluster(cpu: int, l4: int, a100: int) -> ClusterInventory:
 # ----------------------------------------------------------------------------- brute force (independent)
 
 
-def brute_force(
-    graph: GranularGraph, cluster: ClusterInventory, rate: float, sla: float, cap: float, objective: str = "cost"
-):
-    """Enumerate every configuration combination; cheapest (or fastest) one meeting every constraint."""
+def enumerate_plans(graph: GranularGraph, cluster: ClusterInventory, rate: float, cap: float):
+    """Every configuration combination that fits the cluster: (cost $/h, makespan ms, TTFT ms or None) each.
+
+    Written apart from the planner: configurations straight from the roofline (no pruning), finish times by
+    walking the DAG, the TTFT of the final LLM (the streaming one, else the last decode in topological order)
+    as its prefill's finish + the KV transfer + one decode step."""
     pools = {p.type: p for p in cluster.devices}
     devs = {p.type: CAT.device(p.type) for p in cluster.devices}
     price = {d: device_usd_per_h(devs[d], pools[d], cluster) for d in devs}
     options = [[c for d in devs for c in op_configs(op, devs[d], CAT, per_node=pools[d].per_node)] for op in graph.ops]
     order = graph.topological()
     preds = {o.name: graph.predecessors(o.name) for o in graph.ops}
-    best = None
+    by_name = {o.name: o for o in graph.ops}
     by_kind = {(o.source_node, o.kind): o.name for o in graph.ops}
     together = [
         (by_kind[n, text], by_kind[n, phase])
@@ -52,6 +55,22 @@ def brute_force(
         for text, phase in (("tokenize", "prefill"), ("detokenize", "decode"))
         if k == text and (n, phase) in by_kind
     ]
+    decodes = [o for o in order if o.kind == "decode"]
+    final = ([o for o in decodes if o.params.get("stream")] or decodes or [None])[-1]
+    ttft_pair = None
+    if final is not None:
+        pre = [e.src for e in preds[final.name] if by_name[e.src].kind == "prefill"]
+        ttft_pair = (pre[0], final.name) if pre else None
+
+    def transfer(nbytes: float, a, b) -> float:
+        if a.name == b.name or nbytes <= 0:
+            return 0.0
+        # the slower end: fixed cost + bytes / effective bandwidth
+        return max(
+            x.efficiency.transfer_fixed_ms + nbytes / (x.network_gb_s * x.efficiency.link) / 1e9 * 1000 for x in (a, b)
+        )
+
+    plans = []
     for combo in itertools.product(*options):
         cfg = {op.name: c for op, c in zip(graph.ops, combo, strict=True)}
         # an engine on a CPU tier tokenizes/detokenizes itself: text ops sit with their phase there
@@ -60,24 +79,21 @@ def brute_force(
             for text, phase in together
         ):
             continue
-        finish = {}
+        finish: dict[str, float] = {}
         for op in order:
             start = 0.0
             for e in preds[op.name]:
-                a, b = devs[cfg[e.src].device], devs[cfg[e.dst].device]
-                t = (
-                    0.0
-                    if a.name == b.name or e.bytes <= 0
-                    else max(  # the slower end: fixed cost + bytes / bandwidth
-                        x.efficiency.transfer_fixed_ms + e.bytes / (x.network_gb_s * x.efficiency.link) / 1e9 * 1000
-                        for x in (a, b)
-                    )
-                )
-                start = max(start, finish[e.src] + t)
+                start = max(start, finish[e.src] + transfer(e.bytes, devs[cfg[e.src].device], devs[cfg[e.dst].device]))
             finish[op.name] = start + cfg[op.name].latency_ms
-        makespan = max(finish.values())
-        if objective == "cost" and makespan > sla:
-            continue
+        ttft = None
+        if ttft_pair:
+            pre, dec = ttft_pair
+            kv = next(e.bytes for e in preds[dec] if e.src == pre)
+            ttft = (
+                finish[pre]
+                + transfer(kv, devs[cfg[pre].device], devs[cfg[dec].device])
+                + cfg[dec].latency_ms / max(by_name[dec].output_tokens, 1)
+            )
         alloc = {}
         ok = True
         for d, dev in devs.items():
@@ -87,9 +103,13 @@ def brute_force(
             reps = {o: math.ceil(rate / (cap * c.throughput_per_replica) - 1e-9) for o, c in members}
             if dev.device_class is DeviceClass.cpu:
                 # a model's weights are held once per CPU tier (one engine per model); KV per replica
-                by_name = {o.name: o for o in graph.ops}
-                shared = {o: by_name[o].weight_bytes + 256 * 2**20 if by_name[o].model else 0.0 for o, _ in members}
-                weights = {by_name[o].model: shared[o] for o, _ in members if by_name[o].model}
+                shared = {
+                    o: by_name[o].weight_bytes + 256 * 2**20
+                    if by_name[o].model and by_name[o].kind in ("prefill", "decode", "embed")
+                    else 0.0
+                    for o, _ in members
+                }
+                weights = {by_name[o].model: shared[o] for o, _ in members if shared[o]}
                 mem = sum(weights.values()) + sum((c.memory_bytes - shared[o]) * reps[o] for o, c in members)
                 need = max(
                     math.ceil(sum(rate * c.core_s_per_call for _, c in members) / (cap * dev.cores) - 1e-9),
@@ -101,9 +121,19 @@ def brute_force(
                 ok = False
                 break
             alloc[d] = need
-        if not ok:
+        if ok:
+            plans.append((sum(price[d] * n for d, n in alloc.items()), max(finish.values()), ttft))
+    return plans
+
+
+def brute_force(
+    graph: GranularGraph, cluster: ClusterInventory, rate: float, sla: float, cap: float, objective: str = "cost"
+):
+    """The cheapest (or fastest) enumerated plan meeting the SLA: (key, cost, makespan), or None."""
+    best = None
+    for cost, makespan, _ttft in enumerate_plans(graph, cluster, rate, cap):
+        if objective == "cost" and makespan > sla:
             continue
-        cost = sum(price[d] * n for d, n in alloc.items())
         key = cost if objective == "cost" else makespan
         if best is None or key < best[0] - 1e-9:
             best = (key, cost, makespan)
@@ -186,6 +216,137 @@ def test_ilp_matches_brute_force_and_evaluator(graph, rate, sla_factor, inv):
         assert plan.feasible, plan.reason
         assert plan.tco_usd_per_hour == pytest.approx(expected[1], rel=1e-6, abs=1e-4)
         assert check_plan(plan, graph, CAT, cluster) == []
+
+
+ACCELERATORS = ("l4", "a100-40g", "mi300x", "gaudi2", "gaudi3", "h100-sxm")
+
+
+@st.composite
+def generated_clusters(draw):
+    """A CPU socket type and two accelerator types of the catalog, each priced as a cloud rental (its
+    catalog $/h or a drawn one) or as owned (capex amortised plus power), with small inventories."""
+    pools = [
+        DevicePool(type=draw(st.sampled_from(["xeon-8592", "epyc-9654"])), count=draw(st.integers(1, 2)), per_node=2)
+    ]
+    for name in draw(st.lists(st.sampled_from(ACCELERATORS), min_size=2, max_size=2, unique=True)):
+        dev = CAT.device(name)
+        pricing = draw(st.sampled_from(["cloud", "owned"] if dev.capex_usd else ["cloud"]))
+        price = None
+        if pricing == "cloud":
+            price = draw(st.sampled_from([None, 0.5, 2.0] if dev.price_usd_per_h else [0.5, 2.0]))
+        pools.append(
+            DevicePool(
+                type=name,
+                count=draw(st.sampled_from([0, 2, 4, 16, 16])),  # 16: an inventory that cannot bind
+                per_node=draw(st.sampled_from([1, 2])),
+                pricing=pricing,
+                price_usd_per_h=price,
+            )
+        )
+    return ClusterInventory(name="generated", devices=pools)
+
+
+@st.composite
+def ttft_graphs(draw):
+    """A tool or embed feeding one LLM node (tokenize → prefill → decode → detokenize, the text ops drawn),
+    maybe followed by another op."""
+    model = CAT.model(draw(st.sampled_from(MODELS + ("llama-2-7b",))))
+    p_tok = draw(st.sampled_from([128, 1024, 4096]))
+    n_tok = draw(st.sampled_from([16, 128]))
+    ops: list[GranularOp] = []
+    edges: list[GranularEdge] = []
+    first = draw(st.sampled_from(["tool", "embed"]))
+    if first == "tool":
+        ops.append(GranularOp("q.tool", "tool", "q", fixed_latency_ms=draw(st.sampled_from([1.0, 50.0]))))
+    else:
+        ops.append(GranularOp("q.embed", "embed", "q", "bge-small-en-v1.5", input_tokens=128))
+    text = draw(st.booleans())
+    llm = [
+        GranularOp("a.prefill", "prefill", "a", model.name, p_tok, n_tok, weight_bytes=model.weight_bytes),
+        GranularOp(
+            "a.decode",
+            "decode",
+            "a",
+            model.name,
+            p_tok,
+            n_tok,
+            weight_bytes=model.weight_bytes,
+            params={"stream": True},
+        ),
+    ]
+    if text:
+        llm = [GranularOp("a.tokenize", "tokenize", "a", model.name, p_tok, n_tok), *llm]
+        llm.append(GranularOp("a.detokenize", "detokenize", "a", model.name, p_tok, n_tok))
+    edges.append(GranularEdge(ops[0].name, llm[0].name, draw(st.sampled_from([4096.0, 1e8]))))
+    for u, v in itertools.pairwise(llm):
+        nbytes = W.kv_cache_bytes(model, p_tok) if u.kind == "prefill" else 4.0 * p_tok
+        edges.append(GranularEdge(u.name, v.name, nbytes))
+    ops += llm
+    if draw(st.booleans()):
+        ops.append(GranularOp("z.transform", "transform", "z", fixed_latency_ms=5.0))
+        edges.append(GranularEdge(llm[-1].name, "z.transform", 2048.0))
+    return GranularGraph("g", 1.0, None, tuple(ops), tuple(edges))
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    graph=ttft_graphs(),
+    cluster=generated_clusters(),
+    rate=st.sampled_from([0.5, 1.0, 4.0]),
+    sla_pick=st.none() | st.integers(0, 3) | st.integers(0, 10**6),
+    ttft_pick=st.none() | st.integers(0, 3) | st.integers(0, 10**6),
+)
+def test_ilp_matches_brute_force_with_ttft_on_generated_clusters(graph, cluster, rate, sla_pick, ttft_pick):
+    """Clusters other than the shipped ones (owned and cloud pools, accelerators without fp32) and TTFT targets.
+
+    The targets are latencies some plan reaches exactly (a loose SLA when not drawn), where the cheapest plan
+    meeting them changes."""
+    cap = 0.8
+    plans = enumerate_plans(graph, cluster, rate, cap)
+    if not plans:  # nothing fits the inventory: the ILP must agree
+        try:
+            p = build_problem(graph, CAT, cluster_tiers(cluster, CAT), rate_per_s=rate, sla_ms=1e9, max_utilisation=cap)
+        except PlanningError:
+            return
+        assert solve(p, enforce_sla=False, gap=0) is None
+        return
+    makespans = sorted({m for _, m, _ in plans})
+    sla = 5 * makespans[0] if sla_pick is None else makespans[sla_pick % len(makespans)]
+    ttfts = sorted({t for _, m, t in plans if m <= sla})
+    ttft = None if ttft_pick is None else ttfts[ttft_pick % len(ttfts)]
+    tol = 1 + 1e-7  # the ILP meets its targets to within 0.1 ppm (planner.ilp.SLA_REL_TOL)
+    meeting = [c for c, m, t in plans if m <= sla * tol and (ttft is None or t <= ttft * tol)]
+    opts = PlanOptions(rate_per_s=rate, sla_ms=sla, ttft_ms=ttft, max_utilisation=cap, gap=0, baselines=False)
+    plan = place_graph(graph, CAT, cluster, opts)
+    assert plan.feasible, plan.reason
+    assert plan.tco_usd_per_hour == pytest.approx(min(meeting), rel=1e-6, abs=1e-4)
+    assert check_plan(plan, graph, CAT, cluster) == []
+    if ttft is not None:  # the plan rounds times to 0.1 µs
+        assert plan.predicted_ttft_ms <= ttft * (1 + 1e-6) + 5e-5
+
+
+def test_ttft_on_an_owned_gaudi3_and_cheap_mi300x_cluster():
+    """The case the pruning once got wrong (a TTFT target between two placements' TTFTs): Gaudi 3 owned,
+    MI300X rented at $0.5/h, a Xeon; a tool feeding a 7B LLM at 1 run/s with a 5 s SLA."""
+    cluster = ClusterInventory(
+        name="issue-9",
+        devices=[
+            DevicePool(type="xeon-8592", count=1, per_node=2),
+            DevicePool(type="gaudi3", count=4, per_node=2, pricing="owned"),
+            DevicePool(type="mi300x", count=4, per_node=2, pricing="cloud", price_usd_per_h=0.5),
+        ],
+    )
+    g = _chain_graph("qwen2.5-7b-instruct", p_tok=1024, n_tok=128)
+    plans = enumerate_plans(g, cluster, 1.0, 0.8)
+    ttfts = sorted({round(t, 6) for _, m, t in plans if m <= 5000.0})
+    assert len(ttfts) > 2
+    for target in ttfts[:3]:
+        expected = min(c for c, m, t in plans if m <= 5000.0 * (1 + 1e-7) and t <= target * (1 + 1e-7))
+        plan = place_graph(
+            g, CAT, cluster, PlanOptions(rate_per_s=1.0, sla_ms=5000.0, ttft_ms=target, gap=0, baselines=False)
+        )
+        assert plan.feasible, (target, plan.reason)
+        assert plan.tco_usd_per_hour == pytest.approx(expected, rel=1e-6, abs=1e-4), target
 
 
 def _chain_graph(model: str = "llama-3.1-8b-instruct", p_tok: int = 2048, n_tok: int = 256) -> GranularGraph:
@@ -294,24 +455,130 @@ def test_baselines_are_no_cheaper_than_the_plan_on_the_same_inventory():
                 assert b.tco_usd_per_hour >= plan.tco_usd_per_hour * (1 - 1e-6), b
 
 
-def test_dominance_pruning_keeps_the_ttft_ops_configurations():
-    """The final LLM's prefill and decode are exempt from cross-device pruning whatever their place in
-    the graph (the pruning loop once reused the name of the exempt set for its own list)."""
+def _draft_writer_on_mixed_fleet() -> tuple[GranularGraph, ClusterInventory]:
     from pathlib import Path
 
     from compiler.ir import compile_graph
     from compiler.spec import load_graph
     from costmodels.catalog import load_cluster
-    from planner.ilp import _prune_within_device
     from planner.pipeline import apply_model_overrides
 
     cluster = load_cluster("mixed_fleet", CAT)
     spec = load_graph(Path(__file__).resolve().parent.parent / "examples/graphs/draft_writer.yaml")
     _, graph = compile_graph(apply_model_overrides(spec, cluster, CAT), CAT)
+    return graph, cluster
+
+
+@pytest.mark.parametrize("ttft_factor", [None, 1.0, 1.02, 1.5])
+def test_pruned_ilp_costs_what_the_ilp_over_every_configuration_costs(ttft_factor):
+    """A shipped graph and cluster, beyond brute force: solve() (configurations pruned, inventories assumed
+    loose and checked) against the same ILP offered every configuration, under TTFT targets from the
+    fastest reachable one up; the pruning must drop something, or this compares nothing."""
+    from planner.ilp import _solve_once
+    from planner.place import finish_times, ttft_of
+    from planner.solvers import make_solver
+
+    graph, cluster = _draft_writer_on_mixed_fleet()
     tiers = cluster_tiers(cluster, CAT)
-    p = build_problem(graph, CAT, tiers, rate_per_s=0.5)
-    assert p.ttft_ops is not None and p.ttft_ops[0] != graph.ops[0].name
-    for name in p.ttft_ops:
-        op = graph.op(name)
-        every = [c for t in tiers.values() for c in op_configs(op, t.device, CAT, per_node=t.per_node)]
-        assert p.configs[name] == _prune_within_device(every, 0.5, p.max_utilisation), name
+    p = build_problem(graph, CAT, tiers, rate_per_s=2.0, sla_ms=1e5)
+    assert p.ttft_ops is not None
+    if ttft_factor is not None:
+        fastest_ttft = None
+        for target in (1e5, 1e4, 1e3, 300.0, 200.0, 150.0, 120.0, 100.0):  # tighten while some plan meets it
+            p.ttft_ms = target
+            a = solve(p, gap=0)
+            if a is None:
+                break
+            finish, xfer = finish_times(graph, a, tiers)
+            fastest_ttft = ttft_of(p, a, finish, xfer)
+        p.ttft_ms = fastest_ttft * ttft_factor
+    backend = make_solver("cbc", 60.0, 0.0)
+    every = _solve_once(p, p.configs, 2.0, "cost", True, backend, 0.0, relaxed=set())
+    pruned = solve(p, gap=0)
+    assert every is not None and pruned is not None
+    cost = {
+        k: sum(tiers[d].usd_per_h * n for d, n in a.allocated.items())
+        for k, a in (("every", every), ("pruned", pruned))
+    }
+    assert cost["pruned"] == pytest.approx(cost["every"], rel=1e-9, abs=1e-9)
+    offered = {
+        c
+        for cs in prune_dominated(
+            graph,
+            p.configs,
+            tiers,
+            2.0,
+            p.max_utilisation,
+            assume_loose={d for d, t in tiers.items() if not t.is_cpu},
+            ttft_ops=p.ttft_ops,
+        ).configs.values()
+        for c in cs
+    }
+    assert len(offered) < sum(len(cs) for cs in p.configs.values())
+
+
+def test_an_overfilled_assumed_inventory_is_solved_again(monkeypatch):
+    """When dominance assumed an inventory loose and the plan overfills it, solve() re-solves with that
+    inventory held; the answer is the brute-force optimum. (The SLA keeps the decodes off the CPU; the one
+    cheap Gaudi 2 would serve both; likely_tight is switched off so that the first plan overfills it.)"""
+    import planner.ilp as ilp
+
+    monkeypatch.setattr(ilp, "likely_tight", lambda *args: set())
+    calls = []
+    real = ilp._solve_once
+    monkeypatch.setattr(ilp, "_solve_once", lambda *a, **k: calls.append(k["relaxed"]) or real(*a, **k))
+    m = CAT.model("qwen2.5-7b-instruct")
+    ops = [GranularOp("q.tool", "tool", "q", fixed_latency_ms=10.0)]
+    edges = []
+    for n in ("a", "b"):
+        ops += [
+            GranularOp(f"{n}.prefill", "prefill", n, m.name, 512, 64, weight_bytes=m.weight_bytes),
+            GranularOp(f"{n}.decode", "decode", n, m.name, 512, 64, weight_bytes=m.weight_bytes),
+        ]
+        edges += [
+            GranularEdge("q.tool", f"{n}.prefill", 4096.0),
+            GranularEdge(f"{n}.prefill", f"{n}.decode", W.kv_cache_bytes(m, 512)),
+        ]
+    graph = GranularGraph("two", 1e5, None, tuple(ops), tuple(edges))
+    cluster = ClusterInventory(
+        name="one-cheap",
+        devices=[
+            DevicePool(type="xeon-8592", count=1, per_node=2),
+            DevicePool(type="gaudi2", count=1, per_node=1, pricing="owned"),
+            DevicePool(type="l4", count=8, per_node=2),
+        ],
+    )
+    expected = brute_force(graph, cluster, 1.0, 2500.0, 0.8)
+    tiers = cluster_tiers(cluster, CAT)
+    a = solve(build_problem(graph, CAT, tiers, rate_per_s=1.0, sla_ms=2500.0), gap=0)
+    assert a is not None and a.allocated["gaudi2"] <= 1
+    assert sum(tiers[d].usd_per_h * n for d, n in a.allocated.items()) == pytest.approx(expected[1], rel=1e-6)
+    assert len(calls) == 2 and "gaudi2" in calls[0] and "gaudi2" not in calls[1]
+
+
+def test_no_configuration_error_names_the_missing_peak():
+    """An embedding model in fp32 pinned to Gaudi 3, whose catalog entry has no fp32 peak: the error says
+    so, rather than blaming memory."""
+    cluster = ClusterInventory(
+        name="gaudi",
+        devices=[DevicePool(type="xeon-8592", count=1, per_node=2), DevicePool(type="gaudi3", count=2, per_node=2)],
+    )
+    op = GranularOp("e.embed", "embed", "e", "all-minilm-l6-v2", input_tokens=128, pin="gaudi3")
+    with pytest.raises(PlanningError) as info:
+        build_problem(GranularGraph("g", 1e3, None, (op,), ()), CAT, cluster_tiers(cluster, CAT), rate_per_s=1.0)
+    assert "fp32" in str(info.value) and "peak" in str(info.value)
+    assert "memory" not in str(info.value)
+
+
+def test_plan_help_names_the_solver_auto_runs():
+    """`hetagent plan --help` says what --solver auto runs, and a plan made with auto says the same."""
+    import re
+
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+
+    text = " ".join(CliRunner().invoke(app, ["plan", "--help"], env={"COLUMNS": "300", "NO_COLOR": "1"}).output.split())
+    promised = re.search(r"auto \((\w+)", text)
+    plan = place_graph(_chain_graph(), CAT, small_cluster(2, 4, 2), PlanOptions(rate_per_s=1.0, baselines=False))
+    assert promised is not None and promised.group(1) == plan.solver

@@ -374,7 +374,7 @@ def _solve_once(
     def on(op_name: str, d: str) -> list[pulp.LpVariable]:
         if op_name in sliced.node_of:
             v = sliced.on(op_name, d)
-            return [] if isinstance(v, int) else [v]  # type: ignore[list-item]  # v_nd is a variable
+            return [] if isinstance(v, int) else [v]  # v_nd, a variable
         return y.get((op_name, d), [])
 
     order = {d: i for i, d in enumerate(p.tiers)}
@@ -411,14 +411,14 @@ def _solve_once(
                 u_on, v_on = on(e.src, d), on(e.dst, d)
                 add([(t_e, 1.0)] + [(v, -ms[d]) for v in u_on] + [(v, ms[d]) for v in v_on], GE, 0.0)
                 add([(t_e, 1.0)] + [(v, -ms[d]) for v in v_on] + [(v, ms[d]) for v in u_on], GE, 0.0)
-            for end, alone in ((e.src, devs_u - devs_v), (e.dst, devs_v - devs_u)):
+            for end, only in ((e.src, devs_u - devs_v), (e.dst, devs_v - devs_u)):
                 # a type only one end can use: the other end is elsewhere. One op sits on one type, so
                 # one row sums them; a sliced node may use several at once, so it keeps a row per type.
                 if end in sliced.node_of:
-                    for d in in_order(alone):
+                    for d in in_order(only):
                         add([(t_e, 1.0)] + [(v, -ms[d]) for v in on(end, d)], GE, 0.0)
-                elif alone:
-                    add([(t_e, 1.0)] + [(v, -ms[d]) for d in in_order(alone) for v in on(end, d)], GE, 0.0)
+                elif only:
+                    add([(t_e, 1.0)] + [(v, -ms[d]) for d in in_order(only) for v in on(end, d)], GE, 0.0)
         add([(finish[e.dst], 1.0), (finish[e.src], -1.0), (lat[e.dst], -1.0)] + t_terms, GE, 0.0)
 
     makespan = None

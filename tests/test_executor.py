@@ -214,7 +214,7 @@ def test_per_op_timeout_cancels_the_run(ray_local):
                 "name": "sleepy",
                 "kind": "transform",
                 "function": "tests.support.callables:slow",
-                "inputs": {"seconds": "5"},
+                "inputs": {"seconds": "60"},
                 "timeout_s": 0.5,
             }
         ]
@@ -226,7 +226,7 @@ def test_per_op_timeout_cancels_the_run(ray_local):
             runner.run({})
     finally:
         runner.shutdown()
-    assert time.perf_counter() - t0 < 4.5
+    assert time.perf_counter() - t0 < 30  # not the op's 60 s: it was cancelled (slack for a loaded machine)
 
 
 @pytest.mark.parametrize(

@@ -178,15 +178,6 @@ def prune_dominated(
     unbounded = {d for d, t in tiers.items() if not t.is_cpu and t.inventory is None}
     loose = {d for d, t in tiers.items() if not t.is_cpu and d not in shared} | unbounded
     assumed = (loose & assume_loose) - unbounded
-    # every op keeps its cheapest accelerator configuration (nothing is cheaper, latency breaks ties): a type
-    # those alone overfill fails the proof in every pass, so it starts out of the loose set
-    floor: dict[str, int] = {}
-    for name, cs in within.items():
-        acc = [i for i, c in enumerate(cs) if not tiers[c.device].is_cpu]
-        if acc:
-            i = min(acc, key=lambda i: (cost[name][i], cs[i].latency_ms, i))
-            floor[cs[i].device] = floor.get(cs[i].device, 0) + usage[name][i]
-    loose -= {d for d in loose - assumed - unbounded if floor.get(d, 0) > (tiers[d].inventory or 0)}
     while True:
         kept = {
             name: _undominated(name, cs, cost[name], tiers, loose, edges, ttft_ops, n_out)

@@ -261,11 +261,8 @@ class _EdgeDeltas:
                     value = max((max(ms[d2], ms[n]) for n in nbr_devices if n != d2), default=0.0)
                 else:  # t(a, n) = 0 on one type, else the slower end
                     value = max(
-                        (
-                            (0.0 if n == d2 else max(ms[d2], ms[n])) - (0.0 if n == d else max(ms[d], ms[n]))
-                            for n in nbr_devices
-                        ),
-                        default=0.0,
+                        (0.0 if n == d2 else max(ms[d2], ms[n])) - (0.0 if n == d else max(ms[d], ms[n]))
+                        for n in nbr_devices
                     )
             self._delta[key] = value
         return value

@@ -59,10 +59,9 @@ whose spec gives a traffic distribution have no x; instead
     L_{p_n} ≥ Lp_k u_k,  L_{q_n} ≥ Lq_k u_k;  the TTFT's decode term is F_n ≥ (Lq_k / out_b) u_k
 
 Memory fit on accelerators is enforced when C_o is built (a configuration exists only if weights
-and the KV cache of its batch fit in tp_c devices). Without a latency target to enforce, for min cost,
-the rows of the edges (finish times, transfers) are left out: nothing could bind them. There is no
-latency tie-break in the objective: it made CBC 3–6× slower on 200–1,000-op graphs; a plan meets its
-SLA but need not be the fastest plan of its cost.
+and the KV cache of its batch fit in tp_c devices). There is no latency tie-break in the objective:
+it made CBC 3–6× slower on 200–1,000-op graphs; a plan meets its SLA but need not be the fastest
+plan of its cost.
 """
 
 from __future__ import annotations
@@ -400,8 +399,7 @@ def _solve_once(
                 add([(v, 1.0) for v in on(text_op, d)] + [(v, -1.0) for v in on(phase_op, d)], GE, 0.0)
 
     transfer: dict[tuple[str, str], pulp.LpVariable] = {}
-    timed = enforce_sla or objective == "latency"  # without targets to meet or makespan to cut, times are free
-    for ei, e in enumerate(p.graph.edges if timed else ()):
+    for ei, e in enumerate(p.graph.edges):
         inside = e.src in sliced.node_of and sliced.node_of[e.src] == sliced.node_of.get(e.dst)
         devs_u, devs_v = devices_of(e.src), devices_of(e.dst)
         t_terms: list[tuple[pulp.LpVariable, float]] = []

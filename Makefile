@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed-stamp
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -U pip
-	$(PY) -m pip install -q -e '.[test,calibrate,runtime,vllm,server]'
+	$(PY) -m pip install -q -e '.[test,calibrate,runtime,vllm,server,deploy]'
 	@# PyPI's CUDA torchvision/torchaudio break transformers beside the CPU torch (see docs/calibration.md)
 	$(PY) -m pip uninstall -y -q torchvision torchaudio torchcodec triton 2>/dev/null || true
 	touch $(STAMP)

@@ -256,7 +256,7 @@ class Controller:
             self.rebuild(dep_id, new["plan"])
         self.store.record_replan(dep_id, reason, ctx.plan_id, new["id"], changes, pools_json(live.runner))
         self.metrics.replans.labels(ctx.graph_name, reason.split()[0] if reason.startswith("rate") else "sla").inc()
-        self.metrics.set_deployment(ctx.graph_name, new["plan"])
+        self.metrics.set_deployment(ctx.graph_name, new["plan"], live.runner.graph.spec.sla)
         live.last_change = time.monotonic() if now is None else now
         return {"reason": reason, "plan_id": new["id"], "changes": changes}
 

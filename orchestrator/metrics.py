@@ -3,11 +3,14 @@ Prometheus conventions (base units, ``_total`` counters) so Grafana panels can s
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import Metric
 from prometheus_client.parser import text_string_to_metric_families
+
+if TYPE_CHECKING:
+    from compiler.spec import SLA
 
 LATENCY_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -87,23 +90,79 @@ class Metrics:
             ["what"],
             registry=r,
         )
+        self.sla_target = Gauge(
+            "hetagent_sla_target_seconds",
+            "End-to-end latency target of a deployed graph's SLA (the spec's e2e_ms): runs slower count as violations.",
+            ["graph"],
+            registry=r,
+        )
+        self.sla_objective = Gauge(
+            "hetagent_sla_objective_ratio",
+            "Fraction of runs that must meet the SLA target (the spec's percentile / 100); 1 - it is the error budget.",
+            ["graph"],
+            registry=r,
+        )
+        self.planned_e2e = Gauge(
+            "hetagent_planned_e2e_seconds", "Planned end-to-end latency of the deployed plan.", ["graph"], registry=r
+        )
+        self.planned_rate = Gauge(
+            "hetagent_planned_rate_per_second", "Run rate the deployed plan was sized for.", ["graph"], registry=r
+        )
+        self.devices = Gauge(
+            "hetagent_devices_allocated",
+            "Devices (GPUs, or CPU sockets) the deployed plan occupies, by device type.",
+            ["graph", "device"],
+            registry=r,
+        )
+        self.baseline_tco = Gauge(
+            "hetagent_baseline_tco_usd_per_hour",
+            "Planned TCO of the feasible baselines the planner compared the deployed plan with "
+            "('homogeneous:<device>', 'greedy-fastest').",
+            ["graph", "baseline"],
+            registry=r,
+        )
         self._tco_by_graph: dict[str, float] = {}
 
-    def set_deployment(self, graph: str, plan: dict[str, Any]) -> None:
-        """Gauges of a deployment's plan (replicas, utilisation, TCO); replaces the graph's old values."""
+    def set_deployment(self, graph: str, plan: dict[str, Any], sla: SLA | None = None) -> None:
+        """Gauges of a deployment's plan (replicas, utilisation, TCO, baselines) and of its graph's SLA;
+        replaces the graph's old values. The counters dashboards divide or take increases of start at 0."""
         self.clear_deployment(graph)
         for op in plan.get("ops", []):
             self.replicas.labels(graph, op["name"], op["device"]).set(op["replicas"])
         for dev in plan.get("devices", []):
             self.utilization.labels(graph, dev["device"]).set(dev.get("busy_fraction", 0.0))
             self.tco.labels(graph, dev["device"]).set(dev.get("usd_per_hour", 0.0))
+            self.devices.labels(graph, dev["device"]).set(dev.get("allocated", 0))
+        for base in plan.get("baselines", []):
+            if base.get("feasible") and base.get("tco_usd_per_hour") is not None:
+                self.baseline_tco.labels(graph, base["name"]).set(base["tco_usd_per_hour"])
+        if plan.get("predicted_e2e_ms") is not None:
+            self.planned_e2e.labels(graph).set(plan["predicted_e2e_ms"] / 1000.0)
+        self.planned_rate.labels(graph).set(plan.get("rate_per_s", 0.0))
+        if sla is not None:
+            self.sla_target.labels(graph).set(sla.e2e_ms / 1000.0)
+            self.sla_objective.labels(graph).set(sla.percentile / 100.0)
+        self.sla_violations.labels(graph).inc(0)
+        for reason in ("rate", "sla"):  # the two reasons Controller.control_step counts
+            self.replans.labels(graph, reason).inc(0)
         self._tco_by_graph[graph] = float(plan.get("tco_usd_per_hour") or 0.0)
         self.tco_total.set(sum(self._tco_by_graph.values()))
         self.usd_per_run.labels(graph).set(float(plan.get("usd_per_1k_runs") or 0.0) / 1000.0)
 
     def clear_deployment(self, graph: str) -> None:
         """Drop a stopped deployment's gauges, so dashboards do not show pools that are gone."""
-        for gauge in (self.replicas, self.utilization, self.tco):
+        for gauge in (
+            self.replicas,
+            self.utilization,
+            self.tco,
+            self.usd_per_run,
+            self.devices,
+            self.baseline_tco,
+            self.planned_e2e,
+            self.planned_rate,
+            self.sla_target,
+            self.sla_objective,
+        ):
             for labels in [k for k in list(gauge._metrics) if k[0] == graph]:  # noqa: SLF001 - no public remove-by-prefix
                 gauge.remove(*labels)
         self._tco_by_graph.pop(graph, None)

@@ -259,7 +259,7 @@ class Service:
             name = ctx.graph_name
             runner = self._start_runner(ctx)
             self.live[dep_id] = LiveDeployment(runner=runner, graph_id=ctx.graph_id)
-            self.metrics.set_deployment(name, ctx.plan)
+            self.metrics.set_deployment(name, ctx.plan, runner.graph.spec.sla)
             if not self.store.set_deployment(dep_id, "ready", "", pools=pools_json(runner)):
                 self._discard(dep_id, runner, name)  # deleted while it was starting
         except Exception as exc:  # noqa: BLE001 - see the docstring: the error becomes the state

@@ -10,7 +10,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 
 from orchestrator import errors
-from orchestrator.routers import deployments, graphs, plans, runs, system
+from orchestrator.routers import deployments, graphs, plans, runs, simulations, system
 from orchestrator.service import Service
 from orchestrator.settings import Settings
 
@@ -46,6 +46,6 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
             return errors.problem(413, "request too large", f"the limit is {settings.max_body_bytes} bytes", request)
         return await call_next(request)
 
-    for r in (system, graphs, plans, deployments, runs):
+    for r in (system, graphs, plans, simulations, deployments, runs):
         app.include_router(r.router)
     return app

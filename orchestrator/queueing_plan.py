@@ -27,21 +27,28 @@ can only rise with k (up to its MIP gap). Iteration 1 with a_1 ≥ q/100 returns
 unchanged but for its ``simulation`` field. N runs at rate λ take N/λ simulated seconds. Each iteration
 is an ILP solve plus a simulation of N runs (0.3-4 s for the examples' LLM graphs on a 2-core VM,
 bench/queueing_plan_speed.py), so `hetagent plan` runs the loop only when asked (--arrivals/--percentile).
+The daemon runs the same loop for POST /v1/graphs/{id}/plans with arrivals/percentile, and ``simulate_plan``
+(one simulation of a finished plan, no re-planning) for GET /v1/plans/{id}/simulation of a plan made without.
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import TYPE_CHECKING
 
 from compiler.spec import AgentGraph
 from costmodels.catalog import Catalog, ClusterInventory
 from planner.place import PlanOptions
-from planner.plan import Plan, SimulatedIteration, SimulationCheck
+from planner.plan import Plan, SimulatedDistribution, SimulatedIteration, SimulatedPool, SimulationCheck
+
+if TYPE_CHECKING:
+    from simulator.core import SimResult
 
 SHRINK = 0.85  # β: the cap's factor per failed iteration
 MIN_UTILISATION = 0.05  # ρ_min
 MAX_ITERATIONS = 8  # K
 DEFAULT_RUNS = 2000  # N
+DEFAULT_SEED = 7  # s
 
 
 def plan_with_queueing(
@@ -52,7 +59,7 @@ def plan_with_queueing(
     *,
     arrivals: str = "poisson",
     percentile: float | None = None,
-    seed: int = 7,
+    seed: int = DEFAULT_SEED,
     runs: int = DEFAULT_RUNS,
     max_iterations: int = MAX_ITERATIONS,
     shrink: float = SHRINK,
@@ -63,22 +70,15 @@ def plan_with_queueing(
     from compiler.ir import compile_graph
     from planner.ilp import PlanningError
     from planner.pipeline import apply_model_overrides, plan_spec
-    from simulator.arrivals import ArrivalError, arrival_times
     from simulator.core import SimOptions, SimulationError, simulate
 
     q = graph.spec.sla.percentile if percentile is None else percentile
     if not 0 < q < 100:
         raise PlanningError(f"percentile must be in (0, 100), got {q}")
-    if runs < 1:
-        raise PlanningError(f"runs must be >= 1, got {runs}")
     if not 0 < shrink < 1:
         raise PlanningError(f"shrink must be in (0, 1), got {shrink}")
     _, granular = compile_graph(apply_model_overrides(graph, cluster, catalog), catalog)
-    # the same arrivals every iteration: the plans differ, not the load
-    try:
-        times = arrival_times(arrivals, opts.rate_per_s, runs / opts.rate_per_s, seed)
-    except ArrivalError as exc:
-        raise PlanningError(str(exc)) from None
+    times = _arrival_times(arrivals, opts.rate_per_s, runs, seed)  # the same every iteration: the plans differ
     sim_opts = SimOptions(seed=seed, sla_percentile=q)
 
     history: list[SimulatedIteration] = []
@@ -117,20 +117,7 @@ def plan_with_queueing(
                 simulated_p99_ms=r.p99_ms,
             )
         )
-        check = SimulationCheck(
-            arrivals=arrivals,
-            percentile=q,
-            seed=seed,
-            runs=r.runs,
-            simulated_p50_ms=r.p50_ms,
-            simulated_p95_ms=r.p95_ms,
-            simulated_p99_ms=r.p99_ms,
-            simulated_attainment=r.attainment,
-            sla_met=r.sla_met,
-            iteration=k,
-            max_utilisation=rho,
-            planned_sla_ms=budget,
-        )
+        check = _check(r, arrivals, q, seed, iteration=k, max_utilisation=rho, planned_sla_ms=budget)
         if best is None or r.attainment > best[1].simulated_attainment:
             best = (plan, check)
         if r.sla_met:
@@ -156,3 +143,90 @@ def plan_with_queueing(
             f"{check.simulated_p99_ms:.0f} ms)"
         )
     return plan
+
+
+def simulate_plan(
+    plan: Plan,
+    graph: AgentGraph,
+    cluster: ClusterInventory,
+    catalog: Catalog,
+    *,
+    arrivals: str = "poisson",
+    percentile: float | None = None,
+    seed: int = DEFAULT_SEED,
+    runs: int = DEFAULT_RUNS,
+) -> SimulationCheck:
+    """Simulate a finished plan once at its rate, without re-planning: the check the loop's iteration 1 makes.
+
+    What the daemon computes for a plan made without arrivals. Raises ``PlanningError`` like the loop."""
+    from compiler.ir import compile_graph
+    from planner.ilp import PlanningError
+    from planner.pipeline import apply_model_overrides
+    from simulator.core import SimOptions, SimulationError, simulate
+
+    q = graph.spec.sla.percentile if percentile is None else percentile
+    if not 0 < q < 100:
+        raise PlanningError(f"percentile must be in (0, 100), got {q}")
+    _, granular = compile_graph(apply_model_overrides(graph, cluster, catalog), catalog)
+    times = _arrival_times(arrivals, plan.rate_per_s, runs, seed)
+    try:
+        r = simulate(plan, granular, catalog, times, SimOptions(seed=seed, sla_percentile=q))
+    except SimulationError as exc:
+        raise PlanningError(f"cannot simulate this plan: {exc}") from None
+    return _check(r, arrivals, q, seed, iteration=1, max_utilisation=plan.max_utilisation, planned_sla_ms=plan.sla_ms)
+
+
+def _arrival_times(arrivals: str, rate_per_s: float, runs: int, seed: int) -> list[float]:
+    """About ``runs`` arrivals: N runs at rate λ arrive in N/λ seconds."""
+    from planner.ilp import PlanningError
+    from simulator.arrivals import ArrivalError, arrival_times
+
+    if runs < 1:
+        raise PlanningError(f"runs must be >= 1, got {runs}")
+    try:
+        return arrival_times(arrivals, rate_per_s, runs / rate_per_s, seed)
+    except ArrivalError as exc:
+        raise PlanningError(str(exc)) from None
+
+
+def _check(
+    r: SimResult, arrivals: str, q: float, seed: int, *, iteration: int, max_utilisation: float, planned_sla_ms: float
+) -> SimulationCheck:
+    """The plan's record of a simulation result (planner.plan cannot import the simulator's types)."""
+    pools = {
+        name: SimulatedPool(
+            device=o.device,
+            replicas=o.replicas,
+            utilisation=o.utilisation,
+            mean_queue=o.mean_queue,
+            max_queue=o.max_queue,
+            mean_wait_ms=o.mean_wait_ms,
+        )
+        for name, o in r.ops.items()
+    }
+    return SimulationCheck(
+        arrivals=arrivals,
+        percentile=q,
+        seed=seed,
+        runs=r.runs,
+        simulated_p50_ms=r.p50_ms,
+        simulated_p95_ms=r.p95_ms,
+        simulated_p99_ms=r.p99_ms,
+        simulated_attainment=r.attainment,
+        sla_met=r.sla_met,
+        distribution=SimulatedDistribution(
+            completed=r.completed,
+            mean_ms=r.mean_ms,
+            p99_9_ms=r.p99_9_ms,
+            ttft_p50_ms=r.ttft_p50_ms,
+            ttft_p95_ms=r.ttft_p95_ms,
+            ttft_p99_ms=r.ttft_p99_ms,
+            ttft_p99_9_ms=r.ttft_p99_9_ms,
+            usd_per_1k_runs=r.usd_per_1k_runs,
+            pools=pools,
+            e2e_histogram=r.e2e_histogram,
+        ),
+        iteration=iteration,
+        max_utilisation=max_utilisation,
+        planned_sla_ms=planned_sla_ms,
+    )

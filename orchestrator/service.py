@@ -180,8 +180,13 @@ class Service:
         rate_per_s: float,
         cluster: str | None = None,
         ttft_ms: float | None = None,
+        queueing: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Solve and store; an infeasible plan is stored too, since it says what the cluster can reach."""
+        """Solve and store; an infeasible plan is stored too, since it says what the cluster can reach.
+
+        ``queueing`` (arrivals, percentile, seed, simulation_runs; None each for the default) plans as
+        `hetagent plan --arrivals/--percentile` does (orchestrator/queueing_plan.py); the plan carries its
+        simulation."""
         from costmodels.catalog import list_clusters, load_cluster
         from planner.pipeline import plan_spec
         from planner.place import PlanOptions
@@ -191,15 +196,33 @@ class Service:
             raise ServiceError(422, "unknown cluster", f"{cluster!r}; known: {', '.join(list_clusters())}")
         catalog = self.catalog
         inventory = load_cluster(cluster, catalog) if cluster else self.cluster
-        plan = plan_spec(
-            self._parsed(spec), inventory, PlanOptions(rate_per_s=rate_per_s, sla_ms=sla_ms, ttft_ms=ttft_ms), catalog
-        )
+        opts = PlanOptions(rate_per_s=rate_per_s, sla_ms=sla_ms, ttft_ms=ttft_ms)
+        request = {"sla_ms": sla_ms, "rate_per_s": rate_per_s, "ttft_ms": ttft_ms, "cluster": inventory.name}
+        if queueing is None:
+            plan = plan_spec(self._parsed(spec), inventory, opts, catalog)
+        else:
+            from orchestrator.queueing_plan import DEFAULT_RUNS, DEFAULT_SEED, plan_with_queueing
+
+            q: dict[str, Any] = {
+                "arrivals": "poisson",
+                "percentile": None,
+                "seed": DEFAULT_SEED,
+                "simulation_runs": DEFAULT_RUNS,
+            }
+            q |= {k: v for k, v in queueing.items() if v is not None}
+            plan = plan_with_queueing(
+                self._parsed(spec),
+                inventory,
+                opts,
+                catalog,
+                arrivals=q["arrivals"],
+                percentile=q["percentile"],
+                seed=q["seed"],
+                runs=q["simulation_runs"],
+            )
+            request |= q
         self.metrics.solve_seconds.observe(plan.solve_seconds)
-        return self.store.add_plan(
-            graph_id,
-            {"sla_ms": sla_ms, "rate_per_s": rate_per_s, "ttft_ms": ttft_ms, "cluster": inventory.name},
-            plan.model_dump(mode="json"),
-        )
+        return self.store.add_plan(graph_id, request, plan.model_dump(mode="json"))
 
     def _replan(self, graph_id: str, sla_ms: float | None, rate_per_s: float, ttft_ms: float | None) -> dict[str, Any]:
         return self.create_plan(graph_id, sla_ms, rate_per_s, None, ttft_ms)
@@ -210,6 +233,33 @@ class Service:
         if plan is None:
             raise not_found("plan", plan_id)
         return plan
+
+    def plan_simulation(self, plan_id: str) -> dict[str, Any]:
+        """The plan with its ``simulation``. A feasible plan made without arrivals is simulated now (Poisson at
+        its rate, the spec's percentile, the default seed: deterministic) and the result stored, so every
+        later request reads the same one (its ``on_request`` says so)."""
+        from costmodels.catalog import load_cluster
+        from orchestrator.queueing_plan import DEFAULT_SEED, simulate_plan
+        from planner.ilp import PlanningError
+        from planner.plan import Plan
+
+        found = self.store.find_plan(plan_id)
+        if found is None:
+            raise not_found("plan", plan_id)
+        if found["plan"].get("simulation") is not None:
+            return found
+        plan = Plan.model_validate(found["plan"])
+        if not plan.feasible:
+            raise ServiceError(409, "nothing to simulate", f"plan {plan_id!r} is infeasible: {plan.reason}")
+        graph = self._parsed(self.get_graph(found["graph_id"])["spec"])
+        catalog = self.catalog
+        inventory = self.cluster if plan.cluster == self.cluster.name else load_cluster(plan.cluster, catalog)
+        try:
+            check = simulate_plan(plan, graph, inventory, catalog, seed=DEFAULT_SEED)
+        except PlanningError as exc:  # e.g. a plan that slices requests by size across device types
+            raise ServiceError(409, "cannot simulate this plan", str(exc)) from None
+        stored = check.model_copy(update={"on_request": True}).model_dump(mode="json")
+        return self.store.set_plan_simulation(plan_id, stored)
 
     def list_plans(self, graph_id: str) -> list[dict[str, Any]]:
         """Summaries with TCO and latency, enough to pick one to deploy."""

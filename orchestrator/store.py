@@ -341,6 +341,23 @@ class Store:
             row = self.plan_row(s, graph_id, plan_id)
             return plan_json(row) if row is not None else None
 
+    def find_plan(self, plan_id: str) -> dict[str, Any] | None:
+        """A plan by its id alone (routes under /v1/plans/{id}), or None."""
+        with self.sessions() as s:
+            row = s.get(PlanRow, plan_id)
+            return plan_json(row) if row is not None else None
+
+    def set_plan_simulation(self, plan_id: str, simulation: dict[str, Any]) -> dict[str, Any]:
+        """Add a simulation to a plan made without one. If another request (or daemon replica) stored one
+        first, that one stays: every reader sees the same simulation."""
+        with self.sessions.begin() as s:
+            row = s.get(PlanRow, plan_id, with_for_update=True)
+            if row is None:
+                raise StorageError(f"plan {plan_id} vanished")  # plans are never deleted
+            if row.plan.get("simulation") is None:
+                row.plan = {**row.plan, "simulation": simulation}  # a new dict: JSON columns track assignment
+            return plan_json(row)
+
     def list_plans(self, graph_id: str) -> list[dict[str, Any]] | None:
         """Summaries of the graph's plans, oldest first; None when the graph is missing."""
         with self.sessions() as s:

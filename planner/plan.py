@@ -121,6 +121,39 @@ class Baseline(_Strict):
     reason: str | None = None
 
 
+class LatencyHistogram(_Strict):
+    """Latencies binned: counts[i] values in [edges_ms[i], edges_ms[i+1]) (the last bin closed)."""
+
+    edges_ms: list[float] = Field(description="Bin edges, ms, ascending: one more than counts.")
+    counts: list[int] = Field(description="Values per bin; they sum to the values binned.")
+
+
+class SimulatedPool(_Strict):
+    """One op's replica pool as the simulator loaded it (simulated, not planned)."""
+
+    device: str = Field(description="Hardware catalog id the pool runs on.")
+    replicas: int = Field(ge=1, description="Replicas simulated (the plan's).")
+    utilisation: float = Field(ge=0, description="Mean busy fraction of the replicas.")
+    mean_queue: float = Field(ge=0, description="Time-averaged calls waiting per replica.")
+    max_queue: int = Field(ge=0, description="Longest queue of a replica.")
+    mean_wait_ms: float = Field(ge=0, description="Mean time a call waited before service, ms.")
+
+
+class SimulatedDistribution(_Strict):
+    """The rest of what the simulation found: tails, TTFT, cost per run, per-pool load, the e2e histogram."""
+
+    completed: int = Field(ge=0, description="Runs completed (the simulation drains every run that arrived).")
+    mean_ms: float = Field(description="Mean e2e latency, ms.")
+    p99_9_ms: float | None = Field(None, description="e2e p99.9, ms; None below 1,000 runs.")
+    ttft_p50_ms: float | None = Field(None, description="Time to first token of the final LLM, median, ms.")
+    ttft_p95_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    ttft_p99_9_ms: float | None = None
+    usd_per_1k_runs: float | None = Field(None, description="TCO $/h × simulated time ÷ runs completed, × 1,000.")
+    pools: dict[str, SimulatedPool] = Field(default_factory=dict, description="By granular op name.")
+    e2e_histogram: LatencyHistogram | None = Field(None, description="e2e latencies of the completed runs.")
+
+
 class SimulatedIteration(_Strict):
     """One pass of queueing-aware planning: the ILP at a utilisation cap, then the simulator on its plan."""
 
@@ -152,6 +185,12 @@ class SimulationCheck(_Strict):
         "exceeded it (the plan's predicted_e2e_ms is within this budget)."
     )
     iterations: list[SimulatedIteration] = Field(default_factory=list, description="Every iteration run, in order.")
+    distribution: SimulatedDistribution | None = Field(None, description="Tails, TTFT, pools, histogram.")
+    on_request: bool = Field(
+        False,
+        description="True: simulated after planning, when a client first asked the daemon "
+        "(GET /v1/plans/{id}/simulation), not by queueing-aware planning; iterations is then empty.",
+    )
 
 
 class Plan(_Strict):
@@ -189,8 +228,8 @@ class Plan(_Strict):
     reason: str | None = Field(None, description="Why the plan is infeasible.")
     simulation: SimulationCheck | None = Field(
         None,
-        description="Queueing-aware planning (hetagent plan --arrivals/--percentile): the simulated check of "
-        "this plan; None when the plan was not simulated.",
+        description="Queueing-aware planning (hetagent plan --arrivals/--percentile), or the daemon on a "
+        "client's first request (on_request): the simulated check of this plan; None when not simulated.",
     )
 
     def op(self, name: str) -> PlannedOp:

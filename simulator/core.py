@@ -55,11 +55,13 @@ from costmodels import work as W
 from costmodels.catalog import Catalog, DeviceClass, DeviceType
 from costmodels.granular import GranularGraph, GranularOp
 from costmodels.roofline import TOOL_CPU_S_PER_CALL, roofline_step_s
-from planner.plan import Plan, PlannedEdge, PlannedOp
+from planner.plan import LatencyHistogram, Plan, PlannedEdge, PlannedOp
 from simulator.servers import CorePool, DecodeEngine, Event, PrefillEngine, Replica, SlotServer, StepTimes, Task
 
 DEFAULT_MAX_NUM_BATCHED_TOKENS = 8192  # vLLM V1's default token budget per step for online serving
 SIZE_CAP = 8.0  # a drawn size is at most this × the expected one
+HISTOGRAM_BINS = 30  # of SimResult.e2e_histogram
+MIN_RUNS_P99_9 = 1000  # fewer runs leave p99.9 to the one or two slowest: not reported
 
 
 class SimulationError(ValueError):
@@ -117,6 +119,21 @@ class SimResult(BaseModel):
     sla_met: bool = Field(description="attainment ≥ sla_percentile / 100.")
     usd_per_1k_runs: float | None = Field(None, description="The plan's $/h over the runs completed per hour.")
     ops: dict[str, OpStats]
+    p99_9_ms: float | None = Field(None, description=f"e2e p99.9; None below {MIN_RUNS_P99_9} completed runs.")
+    ttft_p99_9_ms: float | None = None
+    e2e_histogram: LatencyHistogram | None = Field(None, description="e2e latencies of the completed runs, binned.")
+
+
+def histogram(values: Sequence[float], bins: int = HISTOGRAM_BINS) -> LatencyHistogram:
+    """``bins`` equal-width bins over [min, max] (the last one closed, as numpy's): counts sum to len(values)."""
+    lo, hi = (min(values), max(values)) if values else (0.0, 0.0)
+    if hi <= lo:  # one value (or none): a unit-wide bin around it
+        lo, hi, bins = lo - 0.5, hi + 0.5, 1
+    width = (hi - lo) / bins
+    counts = [0] * bins
+    for x in values:
+        counts[min(int((x - lo) / width), bins - 1)] += 1
+    return LatencyHistogram(edges_ms=[lo + i * width for i in range(bins)] + [hi], counts=counts)
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -379,7 +396,7 @@ class _Simulation:
         ops = {rec.op.name: self._op_stats(rec, horizon) for rec in self.ops}
 
         def pct(xs: list[float], q: float) -> float | None:
-            return percentile(xs, q) if xs else None
+            return percentile(xs, q) if len(xs) >= (MIN_RUNS_P99_9 if q > 99 else 1) else None
 
         return SimResult(
             graph=self.plan.graph,
@@ -400,6 +417,9 @@ class _Simulation:
             sla_met=attainment >= self.opts.sla_percentile / 100.0,
             usd_per_1k_runs=usd,
             ops=ops,
+            p99_9_ms=pct(e2e, 99.9),
+            ttft_p99_9_ms=pct(ttft, 99.9),
+            e2e_histogram=histogram(e2e) if e2e else None,
         )
 
     def _op_stats(self, rec: _Op, horizon: float) -> OpStats:

@@ -48,7 +48,7 @@ ALL_ON = {
         "className": "nginx",
         "tls": [{"secretName": "tls", "hosts": ["hetagent.example.com"]}],
     },
-    "podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": None},
+    "podDisruptionBudget": {"minAvailable": 1},
 }
 
 
@@ -92,6 +92,10 @@ def test_chart_renders_the_control_plane_and_the_ray_cluster(rendered, case):
     assert "ServiceAccount" in kinds and "ServiceMonitor" in kinds
     if case == "all-on":
         assert {"Ingress", "Secret", "PersistentVolumeClaim"} <= set(kinds)
+        assert _one(rendered[case], "PodDisruptionBudget")["spec"].keys() == {"minAvailable", "selector"}
+        assert "strategy" not in _one(rendered[case], "Deployment")["spec"]  # PostgreSQL: rolling updates
+    else:
+        assert _one(rendered[case], "Deployment")["spec"]["strategy"] == {"type": "Recreate"}  # one SQLite file
     for obj in rendered[case]:
         labels = obj["metadata"]["labels"]
         assert labels["app.kubernetes.io/name"] == "hetagent"
@@ -213,6 +217,16 @@ def test_gpu_node_labels_name_the_product(rendered):
     # the CPU tier's Ray node advertises what the planner counts: cores per socket x sockets per node
     assert groups["xeon-8592"]["rayStartParams"]["num-cpus"] == "128"
     assert groups["epyc-9654"]["rayStartParams"]["num-cpus"] == "192"
+
+
+def test_a_device_without_a_known_device_plugin_is_refused():
+    from costmodels.catalog import DevicePool, load_catalog
+    from orchestrator.deploy import worker_group
+
+    l4 = load_catalog().device("l4")
+    odd = l4.model_copy(update={"name": "tt-n300", "vendor": "tenstorrent", "device_class": l4.device_class})
+    with pytest.raises(DeployError, match="tt-n300.*no known Kubernetes device plugin resource"):
+        worker_group(DevicePool(type="tt-n300", count=4, per_node=4), odd)
 
 
 def test_autoscaler_follows_the_control_loop(rendered):

@@ -60,6 +60,7 @@ OPTIONAL_EXTRAS: dict[str, tuple[str, str]] = {
             "routers.graphs",
             "routers.plans",
             "routers.runs",
+            "routers.simulations",
             "routers.system",
         )
     },

@@ -16,10 +16,14 @@ router = APIRouter(prefix="/v1/graphs/{graph_id}/plans", tags=["plans"])
     status_code=201,
     response_model=PlanOut,
     dependencies=[Write],
-    summary="Plan the graph for an SLA and a rate; infeasible plans are stored too and say why",
+    summary="Plan the graph for an SLA and a rate (queueing-aware with arrivals/percentile); infeasible plans "
+    "are stored too and say why",
 )
 def create_plan(graph_id: str, body: PlanRequest, service: Service = Depends(get_service)) -> PlanOut:
-    return PlanOut(**service.create_plan(graph_id, body.sla_ms, body.rate_per_s, body.cluster, body.ttft_ms))
+    queueing: dict[str, Any] | None = None  # service times only: no simulation (fast)
+    if body.arrivals is not None or body.percentile is not None:
+        queueing = body.model_dump(include={"arrivals", "percentile", "seed", "simulation_runs"})
+    return PlanOut(**service.create_plan(graph_id, body.sla_ms, body.rate_per_s, body.cluster, body.ttft_ms, queueing))
 
 
 @router.get("", response_model=list[PlanSummary], dependencies=[Read])

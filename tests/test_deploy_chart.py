@@ -17,9 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-pytest.importorskip("helm_python")
-
-from orchestrator.deploy import (  # noqa: E402
+from orchestrator.deploy import (
     CHART_DIR,
     DeployError,
     lint_chart,
@@ -49,6 +47,7 @@ ALL_ON = {
         "tls": [{"secretName": "tls", "hosts": ["hetagent.example.com"]}],
     },
     "podDisruptionBudget": {"minAvailable": 1},
+    "sharedStorage": {"existingClaim": "models-rwx"},
 }
 
 
@@ -127,7 +126,7 @@ def test_built_in_objects_validate_against_kubernetes(rendered, case):
     assert checked >= 5
 
 
-@pytest.mark.parametrize("case", ["default", *CLUSTERS])
+@pytest.mark.parametrize("case", ["default", "all-on", *CLUSTERS])
 def test_custom_resources_validate_against_the_real_crds(rendered, case):
     import jsonschema
 
@@ -270,6 +269,28 @@ def test_daemon_probes_security_and_ray_address(rendered):
         for container in group["template"]["spec"]["containers"]:
             assert container["securityContext"]["runAsNonRoot"] is True
             assert container["securityContext"]["allowPrivilegeEscalation"] is False
+
+
+def test_models_and_indexes_are_at_the_same_path_in_every_pod(rendered):
+    """The daemon resolves <data dir>/models/<model> and <data dir>/indexes/<name> and hands the absolute paths
+    to the Ray workers (workers/executor.py), so each pod mounts the shared claim at the daemon's data dir."""
+    objs = rendered["all-on"]
+    (c,) = _one(objs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    data_dir = next(a for a in c["args"] if a.startswith("--data-dir="))[len("--data-dir=") :]
+    want = {(f"{data_dir}/models", "models"), (f"{data_dir}/indexes", "indexes")}
+    rc = _one(objs, "RayCluster")["spec"]
+    pods = [_one(objs, "Deployment")["spec"]["template"]["spec"], rc["headGroupSpec"]["template"]["spec"]]
+    pods += [g["template"]["spec"] for g in rc["workerGroupSpecs"]]
+    assert len(pods) == 4
+    for pod in pods:
+        (claim,) = [v for v in pod["volumes"] if "persistentVolumeClaim" in v and v["name"] == "shared"]
+        assert claim["persistentVolumeClaim"]["claimName"] == "models-rwx"
+        for container in pod["containers"]:
+            mounts = {(m["mountPath"], m["subPath"]) for m in container["volumeMounts"] if m["name"] == "shared"}
+            assert mounts == want, container["name"]
+    # without a claim nothing is mounted
+    for pod in [g["template"]["spec"] for g in _one(rendered["default"], "RayCluster")["spec"]["workerGroupSpecs"]]:
+        assert [v["name"] for v in pod["volumes"]] == ["dshm"]
 
 
 def test_monitors_select_what_the_chart_creates(rendered):

@@ -97,6 +97,31 @@ app.kubernetes.io/component: control-plane
 {{- if .Values.database.existingSecret }}{{ .Values.database.existingSecretKey }}{{ else }}database-url{{ end }}
 {{- end }}
 
+{{/* The daemon's data dir; models/ and indexes/ under it are what the Ray workers must see too. */}}
+{{- define "hetagent.dataDir" -}}/var/lib/hetagent{{- end }}
+
+{{/* Mounts of sharedStorage (models and indexes at the same paths in every pod), with a leading newline. */}}
+{{- define "hetagent.sharedMounts" -}}
+{{- if .Values.sharedStorage.existingClaim }}
+- name: shared
+  mountPath: {{ include "hetagent.dataDir" . }}/models
+  subPath: models
+  readOnly: true
+- name: shared
+  mountPath: {{ include "hetagent.dataDir" . }}/indexes
+  subPath: indexes
+  readOnly: true
+{{- end }}
+{{- end }}
+{{- define "hetagent.sharedVolume" -}}
+{{- if .Values.sharedStorage.existingClaim }}
+- name: shared
+  persistentVolumeClaim:
+    claimName: {{ .Values.sharedStorage.existingClaim }}
+    readOnly: true
+{{- end }}
+{{- end }}
+
 {{/* Where the daemon reads the catalogs and the inventory (the ConfigMap's mount). */}}
 {{- define "hetagent.configsDir" -}}/etc/hetagent/configs{{- end }}
 

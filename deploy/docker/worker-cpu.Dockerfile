@@ -22,6 +22,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     HETAGENT_CONFIGS=/opt/hetagent/configs \
     RAY_AUTH_MODE=disabled \
     VLLM_NO_USAGE_STATS=1 \
+    HF_HUB_OFFLINE=1 \
+    TRANSFORMERS_OFFLINE=1 \
     DO_NOT_TRACK=1
 # wget: KubeRay's health probes; libnuma1 and libtcmalloc: vLLM's CPU backend
 RUN apt-get update \

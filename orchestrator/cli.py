@@ -841,6 +841,9 @@ app.command("simulate")(_simulate)
 from orchestrator.cli_deploy import deploy_app  # noqa: E402  (imports Helm's SDK lazily)
 
 app.add_typer(deploy_app, name="deploy")
+from orchestrator.dashboard_snapshot import dashboard_app  # noqa: E402  (imports matplotlib lazily)
+
+app.add_typer(dashboard_app, name="dashboard")
 
 if __name__ == "__main__":
     app()

@@ -838,6 +838,9 @@ app.add_typer(costmodel_app, name="costmodel")
 from orchestrator.cli_simulate import simulate as _simulate  # noqa: E402  (imports the simulator lazily)
 
 app.command("simulate")(_simulate)
+from orchestrator.cli_study import study as _study  # noqa: E402  (imports the planner and matplotlib lazily)
+
+app.command("study")(_study)
 from orchestrator.cli_deploy import deploy_app  # noqa: E402  (imports Helm's SDK lazily)
 
 app.add_typer(deploy_app, name="deploy")

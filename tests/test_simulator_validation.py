@@ -1,0 +1,143 @@
+"""bench/simulator_validation.py's comparison logic on real parts, without vLLM: a daemon running a transform
+graph is driven with the replayed arrivals, the simulator is given the same list, and the fed-back plan is an
+LLM plan made by the real planner (planned only; nothing serves it here)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+GRAPH = """
+apiVersion: hetagent.dev/v1alpha1
+kind: AgentGraph
+metadata: {name: two-transforms}
+spec:
+  sla: {e2e_ms: 1000, percentile: 99}
+  inputs: {brief: {type: string}}
+  nodes:
+    - name: first
+      kind: transform
+      function: workers.transforms:redact_pii
+      inputs: {text: "{{ inputs.brief }}"}
+      expected: {latency_ms: 2}
+    - name: second
+      kind: transform
+      function: workers.transforms:redact_pii
+      inputs: {text: "{{ nodes.first.output }}"}
+      expected: {latency_ms: 3}
+  outputs:
+    text: "{{ nodes.second.output }}"
+"""
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("simulator_validation", ROOT / "bench" / "simulator_validation.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["simulator_validation"] = module  # dataclass/pydantic lookups by module name
+    spec.loader.exec_module(module)
+    yield module
+    sys.modules.pop("simulator_validation", None)
+
+
+def test_replayed_runs_leave_at_the_simulators_arrival_times_and_both_are_compared(bench, tmp_path):
+    from planner.plan import Plan
+    from simulator.arrivals import arrival_times
+
+    times = arrival_times("poisson", 8.0, 2.5, 11)
+    assert len(times) >= 5
+    with bench.Daemon(tmp_path / "d") as d, d.client() as c:
+        gid, plan_doc = bench.deploy(c, GRAPH, 8.0, timeout_s=240)
+        rows = bench.replay(d.client, gid, times, lambda i: {"brief": f"mail run{i}@example.com"})
+        slowdown = bench.device_slowdown(c.get("/v1/hardware").json())
+    # every arrival became one run, in order, sent no earlier than its scheduled time, and it ran for real
+    assert [r["arrival_s"] for r in rows] == times
+    assert all(r["sent_s"] >= r["arrival_s"] for r in rows)
+    assert all(r["ok"] for r in rows), [r["error"] for r in rows if not r["ok"]]
+    assert all({rec["node"] for rec in r["records"]} == {"first", "second"} for r in rows)
+    assert all(r["e2e_ms"] > 0 and r["client_ms"] >= r["e2e_ms"] for r in rows)
+    # transforms are priced from their declared latency: no online-calibration evidence, nothing refitted
+    assert set(slowdown.values()) == {1.0}
+
+    plan = Plan.model_validate(plan_doc)
+    sim = bench.simulate(plan, GRAPH, "local", times, 11, 0.0)
+    assert sim.runs == len(times) and sim.completed == len(times)  # the simulator was given the same arrivals
+    result = bench.compare(rows, {"plan": sim})
+    assert result["runs"] == result["succeeded"] == len(times) and result["failed"] == 0
+    assert result["plan"]["p50_ms"] == sim.p50_ms
+    # host ops of 2 + 3 ms with no queueing at 8 runs/s: the simulated e2e is their sum, whatever was measured
+    assert result["plan"]["p50_ms"] == pytest.approx(5.0, abs=0.5)
+    e2e = sorted(r["e2e_ms"] for r in rows)
+    assert e2e[0] <= result["measured"]["p50_ms"] <= e2e[-1]
+
+
+def test_compare_reads_percentiles_and_signed_errors(bench):
+    """Hand-made rows: e2e 1…101 ms → p50 51, p99 100 (interpolated between order statistics)."""
+
+    class Sim:
+        p50_ms, p99_ms, ttft_p50_ms, ttft_p99_ms, completed, ops = 61.2, 80.0, None, None, 101, {}
+
+    rows = [{"ok": True, "e2e_ms": float(v), "ttft_ms": None, "client_ms": float(v) + 1} for v in range(1, 102)]
+    rows.append({"ok": False, "e2e_ms": None, "ttft_ms": None, "client_ms": 5.0})
+    out = bench.compare(rows, {"plan": Sim()})
+    assert (out["runs"], out["succeeded"], out["failed"]) == (102, 101, 1)
+    assert out["measured"]["p50_ms"] == 51.0 and out["measured"]["p99_ms"] == 100.0
+    assert out["measured"]["ttft_p50_ms"] is None
+    assert out["plan"]["p50_error"] == pytest.approx(0.2)  # 61.2 vs 51: 20 % pessimistic
+    assert out["plan"]["p99_error"] == pytest.approx(-0.2)  # 80 vs 100: 20 % optimistic
+    row = {"fraction": 0.6, "rate_per_s": 3.0, "other_cpu": 0.25, **out, "fed_back": out["plan"]}
+    line = bench.table([row]).splitlines()[-1]
+    assert line.startswith("| 60% | 3.00 | 102 (101) | 25% | 51 / 100 | 61 / 80 | +20% / -20% |"), line
+
+
+def test_ttft_and_slowdown_are_read_from_the_daemons_documents(bench):
+    run = {
+        "e2e_ms": 900.0,
+        "records": [
+            {"kind": "transform", "detail": {}},
+            {"kind": "llm", "detail": {"ttft_ms": 40.0, "e2e_ms": 820.0}},
+        ],
+    }
+    assert bench.measured_ttft_ms(run) == 120.0  # 900 − (820 − 40)
+    assert bench.measured_ttft_ms({"e2e_ms": 5.0, "records": [{"kind": "transform", "detail": {}}]}) is None
+    hardware = [
+        {"name": "local-cpu", "calibrations": [{"slowdown": 1.5}, {"slowdown": 1.2}]},
+        {"name": "a100-80g", "calibrations": []},
+    ]
+    assert bench.device_slowdown(hardware) == pytest.approx({"local-cpu": 1.8, "a100-80g": 1.0})
+
+
+def test_the_fed_back_plan_carries_the_slowdown_on_llm_ops_only(bench):
+    import yaml
+
+    from compiler.spec import parse_graph
+    from costmodels.catalog import load_catalog, load_cluster
+    from planner.pipeline import plan_spec
+    from planner.place import PlanOptions
+    from simulator.arrivals import arrival_times
+
+    graph_yaml = bench.served_graph(ROOT / "examples/graphs/draft_writer.yaml", "tiny-llama")
+    assert "model: tiny-llama" in graph_yaml and "llama-3.1-8b" not in graph_yaml
+    catalog = load_catalog()
+    spec = parse_graph(yaml.safe_load(graph_yaml), catalog)
+    plan = plan_spec(spec, load_cluster("local", catalog), PlanOptions(rate_per_s=5.0, baselines=False), catalog)
+    assert plan.feasible
+    slowed = bench.fed_back(plan, {"local-cpu": 2.0})
+    before = {o.name: o for o in plan.ops}
+    for o in slowed.ops:
+        b = before[o.name]
+        if o.source_node == "draft":
+            assert o.predicted_latency_ms == pytest.approx(2.0 * b.predicted_latency_ms)
+        else:  # the transform keeps its declared latency
+            assert o.predicted_latency_ms == b.predicted_latency_ms
+    assert bench.fed_back(plan, {"a100-80g": 3.0}).ops == plan.ops  # another device's refit changes nothing
+    times = arrival_times("poisson", 2.0, 30.0, 3)
+    base = bench.simulate(plan, graph_yaml, "local", times, 3, 0.0)
+    slow = bench.simulate(slowed, graph_yaml, "local", times, 3, 0.0)
+    assert slow.p50_ms > 1.5 * base.p50_ms  # the simulator sees the slower engine

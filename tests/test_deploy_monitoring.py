@@ -5,6 +5,7 @@ and an end-to-end check: a real Prometheus scrapes a running daemon and answers 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -115,6 +116,28 @@ def test_dashboards_cover_the_issue_and_use_the_template_variables():
     every = [q.expr for d in dash.values() for p in panels(d) for q in p.queries]
     assert all('graph=~"$graph"' in e for e in every)
     assert sum('device=~"$device"' in e for e in every) >= 4
+
+
+def test_snapshot_sends_the_queries_grafana_would_and_says_what_is_wrong(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app
+    from orchestrator.dashboard_snapshot import expand, legend
+    from tests.test_daemon import _free_port
+
+    sent = expand(
+        'sum(rate(x{graph=~"$graph", device=~"${device}"}[$__rate_interval])) / sum(increase(y[$__range]))',
+        {"graph": "rag|chat"},
+        rate_interval="30s",
+        range_="6h",
+    )
+    assert sent == 'sum(rate(x{graph=~"rag|chat", device=~".*"}[30s])) / sum(increase(y[6h]))'
+    assert legend("{{graph}} on {{ device }}", {"graph": "rag", "device": "l4"}) == "rag on l4"
+    bad = CliRunner().invoke(app, ["dashboard", "snapshot", "--prometheus", "http://x", "--var", "graph"])
+    assert bad.exit_code == 2 and "NAME=REGEX" in bad.output
+    gone = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    down = CliRunner().invoke(app, ["dashboard", "snapshot", "--prometheus", gone, "-o", str(tmp_path)])
+    assert down.exit_code == 2 and f"Prometheus at {gone}" in down.output and not list(tmp_path.iterdir())
 
 
 # ---------------------------------------------------------------------------- the chart's monitoring objects
@@ -360,14 +383,16 @@ def test_every_panel_query_returns_data_from_a_real_prometheus_scraping_the_daem
         attainment = _instant(prom, expand(sla["SLA attainment"].queries[0].expr, {}, "10s", "5m"))["data"]["result"]
         assert 0.5 < float(attainment[0]["value"][1]) < 0.95
 
+        # docs/deploy.md's pictures: HETAGENT_DASHBOARD_SNAPSHOT_DIR=docs/deploy, this test
+        dash_dir = Path(os.environ.get("HETAGENT_DASHBOARD_SNAPSHOT_DIR") or tmp_path / "dash")
         shot = CliRunner().invoke(  # in-process: a second interpreter would import everything again
             app,
-            ["dashboard", "snapshot", "--prometheus", prom, "-o", str(tmp_path / "dash")]
+            ["dashboard", "snapshot", "--prometheus", prom, "-o", str(dash_dir)]
             + ["--minutes", "2", "--rate-interval", "10s"],
         )
         assert shot.exit_code == 0, shot.output[-3000:]
         for name in ("tco", "sla"):
-            png = (tmp_path / "dash" / f"{name}.png").read_bytes()
+            png = (dash_dir / f"{name}.png").read_bytes()
             assert png.startswith(b"\x89PNG") and len(png) > 20_000
     finally:
         stop.set()

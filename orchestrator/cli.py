@@ -735,6 +735,14 @@ def serve(
         cluster=cluster,
         control_interval_s=control_interval_s,
     )
+    from orchestrator.leader import ReplicaConflict, lock_sqlite
+
+    try:  # a SQLite file takes one daemon: say so before starting (the service then holds the lock)
+        lock = lock_sqlite(settings.db_url())
+    except ReplicaConflict as exc:
+        _fail(str(exc))
+    if lock is not None:
+        lock.close()
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
 
 

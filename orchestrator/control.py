@@ -15,6 +15,7 @@ imports the request layer.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import threading
 import time
@@ -56,6 +57,7 @@ class LiveDeployment:
 
     runner: GraphRunner
     graph_id: str = ""
+    plan_id: str = ""  # the plan its pools run (a replica that does not lead follows the stored one)
     arrivals: deque = field(default_factory=lambda: deque(maxlen=100_000))  # monotonic times
     latencies: deque = field(default_factory=lambda: deque(maxlen=10_000))  # (monotonic time, e2e_ms)
     last_change: float = field(default_factory=time.monotonic)
@@ -133,6 +135,8 @@ class Controller:
         self.calibrations: deque[dict[str, Any]] = deque(maxlen=1000)  # every refit applied, for GET /v1/hardware
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self.leading: Callable[[], bool] = lambda: True  # only the leader's loop acts (orchestrator.leader)
+        self.rate_from_db = False  # several replicas: count every replica's runs, not this one's arrivals
 
     # ------------------------------------------------------------------ the loop
     def start(self, interval_s: float) -> None:
@@ -146,7 +150,8 @@ class Controller:
 
     def _loop(self, interval_s: float) -> None:
         while not self._stop.wait(interval_s):
-            self.tick()
+            if self.leading():
+                self.tick()
 
     def tick(self, now: float | None = None) -> list[dict[str, Any]]:
         """One pass: refit the catalog, then one decision per deployment. A failure of either is
@@ -219,6 +224,11 @@ class Controller:
             n = sum(1 for t in live.arrivals if now - t <= window)
         return n / window
 
+    def stored_rate(self, dep_id: str) -> float:
+        """Runs per second created over the policy's window on any replica (from the database)."""
+        window = self.policy.window_s
+        return self.store.runs_since(dep_id, utcnow() - dt.timedelta(seconds=window)) / window
+
     def control_step(self, dep_id: str, now: float | None = None) -> dict[str, Any] | None:
         """One decision for one deployment; returns the re-plan it made, if any. The dwell time runs
         from when a change was applied, so a slow scale-out does not eat into it."""
@@ -230,7 +240,7 @@ class Controller:
             return None
         ctx = self.store.deployment_context(dep_id)
         plan = ctx.plan
-        rate = self.measured_rate(live, at)
+        rate = self.stored_rate(dep_id) if self.rate_from_db else self.measured_rate(live, at)
         self.metrics.arrival_rate.labels(ctx.graph_name).set(rate)
         if at - live.last_change < self.policy.min_dwell_s:
             return None
@@ -254,6 +264,7 @@ class Controller:
         if not live.runner.scale_to(Plan.model_validate(new["plan"])):
             changes["applied"] = "placement changed: pools rebuilt"
             self.rebuild(dep_id, new["plan"])
+        live.plan_id = new["id"]
         self.store.record_replan(dep_id, reason, ctx.plan_id, new["id"], changes, pools_json(live.runner))
         self.metrics.replans.labels(ctx.graph_name, reason.split()[0] if reason.startswith("rate") else "sla").inc()
         self.metrics.set_deployment(ctx.graph_name, new["plan"], live.runner.graph.spec.sla)

@@ -76,6 +76,7 @@ class RunRow(Base):
     events: Mapped[list] = mapped_column(JSON, default=list)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    replica: Mapped[str | None] = mapped_column(String(100), nullable=True)  # the daemon process running it
 
 
 class OpRecordRow(Base):
@@ -96,6 +97,26 @@ class ReplanRow(Base):
     new_plan_id: Mapped[str] = mapped_column(String(40))
     changes: Mapped[dict] = mapped_column(JSON, default=dict)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class EventRow(Base):
+    """One event of a run, written as it happens, so any replica can stream it (SSE ``after=``)."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)  # increases with time
+    run_id: Mapped[str] = mapped_column(String(40), index=True)
+    seq: Mapped[int] = mapped_column(Integer)  # the event's index in its run (the SSE id)
+    doc: Mapped[dict] = mapped_column(JSON)
+
+
+class LeaseRow(Base):
+    """A named lease: ``leader`` (the replica running the control loop) and ``replica:<id>`` (one per
+    live daemon process, its heartbeat)."""
+
+    __tablename__ = "leases"
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
+    holder: Mapped[str] = mapped_column(String(100))
+    expires_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True))
 
 
 class ApiKeyRow(Base):

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.control import Controller, ControlPolicy, LiveDeployment, plan_diff, pools_json
 from orchestrator.db import new_id, utcnow
+from orchestrator.leader import Leadership, new_replica_id
 from orchestrator.metrics import EngineMetricsCollector, Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import FINAL_RUN_STATES, STORAGE_RETRY_AFTER_S, DeploymentContext, StorageError, Store, run_json
@@ -74,13 +75,17 @@ class Service:
         policy = policy or ControlPolicy(
             window_s=settings.control_window_s, min_dwell_s=settings.control_dwell_s, band=settings.control_band
         )
-        self.store = Store(settings.db_url())
+        self.store = Store(settings.db_url(), new_replica_id())
         catalog = load_catalog()
         self.cluster = load_cluster(settings.cluster, catalog)
         self.metrics = Metrics()
         self.metrics.registry.register(EngineMetricsCollector(self._engine_handles))
         self.live: dict[str, LiveDeployment] = {}  # deployment id -> live state
         self.control = Controller(self.store, self.metrics, catalog, policy, self.live, self._replan)
+        self.leadership = Leadership(self.store, self._sync)
+        self.control.leading = lambda: self.leadership.leader
+        self.control.rate_from_db = self.leadership.shared
+        self._starting: set[str] = set()  # deployments whose pools this replica is starting (or stopping)
         self.runs_live: dict[str, RunHandle] = {}
         self._unstored: deque[str] = deque()  # runs kept in runs_live because their outcome was not stored
         self._unstored_lock = threading.Lock()
@@ -95,9 +100,10 @@ class Service:
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> None:
-        """Recover from the database: interrupt runs left in flight, restart deployments that were up."""
-        for dep_id in self.store.recover():
-            self._deploy_pool.submit(self._bring_up, dep_id)
+        """Join the replicas (SQLite: refuse when another process has the file, see orchestrator.leader)
+        and recover from the database: runs left in flight by a stopped daemon become interrupted, and
+        deployments that were up are started again."""
+        self.leadership.start()
         if self.settings.control_enabled:
             self.control.start(self.settings.control_interval_s)
         self.ready.set()
@@ -105,6 +111,7 @@ class Service:
     def stop(self) -> None:
         """Stop the loop and the writer, and the pools this process started."""
         self.control.stop()
+        self.leadership.stop()
         self.store.close()
         for live in list(self.live.values()):
             if live.runner is not None:
@@ -112,6 +119,80 @@ class Service:
                     live.runner.shutdown()
         self._pool.shutdown(wait=False, cancel_futures=True)
         self._deploy_pool.shutdown(wait=False, cancel_futures=True)
+
+    def _sync(self, leader: bool, became: bool) -> None:
+        """After each lease renewal (orchestrator.leader): the single daemon recovers when it starts;
+        the leader brings up deployments still ``starting``; every replica starts its own pools for
+        each ``ready`` deployment, follows the plan the leader moved it to, and stops pools of a
+        deployment no longer up (deleted on another replica)."""
+        if became and not self.leadership.shared:
+            self.store.recover()  # one process: nothing of the last one is still running
+        wanted = self.store.deployment_states()
+        for dep_id, (state, plan_id) in wanted.items():
+            live = self.live.get(dep_id)
+            if dep_id in self._starting:
+                continue
+            if live is None and (state == "ready" or leader):
+                self._starting.add(dep_id)
+                self._deploy_pool.submit(self._bring_up if state == "starting" else self._attach, dep_id)
+            elif live is not None and not leader and state == "ready" and live.plan_id != plan_id:
+                self._starting.add(dep_id)
+                self._deploy_pool.submit(self._follow_replan, dep_id, plan_id)
+        for dep_id in [d for d in list(self.live) if d not in wanted and d not in self._starting]:
+            live = self.live.pop(dep_id, None)
+            if live is not None:
+                self._deploy_pool.submit(self._drain, live)
+
+    def _attach(self, dep_id: str) -> None:
+        """Start this replica's pools for a deployment that is ``ready`` (up on another replica, or
+        before a restart), from its stored plan. A failure is logged and noted on the deployment,
+        and retried at a later renewal; the deployment's state is the leader's."""
+        runner = None
+        try:
+            ctx = self.store.deployment_context(dep_id)
+            runner = self._start_runner(ctx)
+            if self.store.deployment_states().get(dep_id, ("",))[0] != "ready":
+                runner.shutdown()  # deleted while its pools were starting here
+                return
+            self.live[dep_id] = LiveDeployment(runner=runner, graph_id=ctx.graph_id, plan_id=ctx.plan_id)
+            self.metrics.set_deployment(ctx.graph_name, ctx.plan, runner.graph.spec.sla)
+        except Exception as exc:  # noqa: BLE001 - on a thread pool: the log and the detail are what remain
+            log.exception("replica %s could not start pools for deployment %s", self.store.replica_id, dep_id)
+            with contextlib.suppress(Exception):
+                self.store.note_deployment(
+                    dep_id, f"replica {self.store.replica_id} could not start its pools: {type(exc).__name__}: {exc}"
+                )
+            if runner is not None:
+                with contextlib.suppress(Exception):
+                    runner.shutdown()
+        finally:
+            self._starting.discard(dep_id)
+
+    def _follow_replan(self, dep_id: str, plan_id: str) -> None:
+        """Apply to this replica's pools the plan the leader moved the deployment to."""
+        from planner.plan import Plan
+
+        try:
+            ctx = self.store.deployment_context(dep_id)
+            live = self.live.get(dep_id)
+            if live is None or ctx.plan_id != plan_id:
+                return
+            if not live.runner.scale_to(Plan.model_validate(ctx.plan)):
+                self.control.rebuild(dep_id, ctx.plan)
+            live.plan_id = plan_id
+            self.metrics.set_deployment(ctx.graph_name, ctx.plan, live.runner.graph.spec.sla)
+        except Exception:  # noqa: BLE001 - retried at the next renewal
+            log.exception("following the re-plan of deployment %s failed", dep_id)
+        finally:
+            self._starting.discard(dep_id)
+
+    def _drain(self, live: LiveDeployment, timeout_s: float = 60.0) -> None:
+        """Stop this replica's pools of a deployment stopped elsewhere, once its runs here finished."""
+        end = time.monotonic() + timeout_s
+        while live.in_flight and time.monotonic() < end:
+            time.sleep(0.05)
+        with contextlib.suppress(Exception):
+            live.runner.shutdown()
 
     def _engine_handles(self) -> list[tuple[str, str, int, Any]]:
         out = []
@@ -294,7 +375,11 @@ class Service:
                     409, "graph already deployed", f"deployment {active.id} is {active.state}; delete it first"
                 )
             dep_id = self.store.add_deployment(s, graph_id, plan.id)
-        self._deploy_pool.submit(self._bring_up, dep_id)
+            leader = self.leadership.leader
+            if leader:  # before the commit: the renewal thread must not bring it up too
+                self._starting.add(dep_id)
+        if leader:  # else the leader brings it up at its next renewal
+            self._deploy_pool.submit(self._bring_up, dep_id)
         return self.get_deployment(graph_id, dep_id)
 
     def _bring_up(self, dep_id: str) -> None:
@@ -308,7 +393,7 @@ class Service:
             ctx = self.store.deployment_context(dep_id)
             name = ctx.graph_name
             runner = self._start_runner(ctx)
-            self.live[dep_id] = LiveDeployment(runner=runner, graph_id=ctx.graph_id)
+            self.live[dep_id] = LiveDeployment(runner=runner, graph_id=ctx.graph_id, plan_id=ctx.plan_id)
             self.metrics.set_deployment(name, ctx.plan, runner.graph.spec.sla)
             if not self.store.set_deployment(dep_id, "ready", "", pools=pools_json(runner)):
                 self._discard(dep_id, runner, name)  # deleted while it was starting
@@ -322,6 +407,8 @@ class Service:
                 self.store.set_deployment(dep_id, "failed", detail)
             except Exception:  # noqa: BLE001 - the database is gone too: the log is all that is left
                 log.exception("deployment %s failed (%s) and that could not be stored", dep_id, detail)
+        finally:
+            self._starting.discard(dep_id)
 
     def _start_runner(self, ctx: DeploymentContext) -> Any:
         from costmodels.tiny_model import build_tiny_model
@@ -373,8 +460,12 @@ class Service:
         """Drain (stop taking runs, wait for those in flight) and stop the replica pools."""
         self.get_deployment(graph_id, dep_id)
         name = self.store.graph_name(graph_id)
-        self.store.set_deployment(dep_id, "draining", "waiting for runs in flight")
-        live = self.live.pop(dep_id, None)
+        self._starting.add(dep_id)  # the renewal thread's sync leaves it to this drain
+        try:
+            self.store.set_deployment(dep_id, "draining", "waiting for runs in flight")
+            live = self.live.pop(dep_id, None)
+        finally:
+            self._starting.discard(dep_id)
         if live is not None:
             end = time.monotonic() + drain_timeout_s
             while live.in_flight and time.monotonic() < end:
@@ -397,7 +488,8 @@ class Service:
             raise ServiceError(409, "graph not deployed", "POST /v1/graphs/{id}/deployments first")
         ready = self.live.get(dep.id)
         if dep.state != "ready" or ready is None:
-            raise ServiceError(409, "deployment not ready", f"deployment {dep.id} is {dep.state}", retry_after_s=5)
+            state = dep.state if dep.state != "ready" else "ready; its pools on this replica are starting"
+            raise ServiceError(409, "deployment not ready", f"deployment {dep.id} is {state}", retry_after_s=5)
         return dep.id, ready
 
     # ------------------------------------------------------------------ runs
@@ -427,7 +519,9 @@ class Service:
 
         def on_event(kind: str, node: str, data: dict) -> None:
             with handle.cond:
-                handle.events.append({"event": kind, "node": node, "data": data, "t": time.time()})
+                handle.events.append(event)
+                self.store.add_event(run_id, len(handle.events) - 1, _jsonable(event))  # other replicas stream it
+            event = {"event": kind, "node": node, "data": data, "t": time.time()}
                 handle.cond.notify_all()
 
         status, error, result = "succeeded", None, None
@@ -533,12 +627,16 @@ class Service:
     def run_events(self, run_id: str, after: int, timeout_s: float) -> tuple[list[dict], bool]:
         """Events after index ``after`` (waiting up to ``timeout_s`` for new ones) and whether the run ended."""
         handle = self.runs_live.get(run_id)
-        if handle is None:  # finished before this daemon started, or unknown
-            stored = self.store.run_events(run_id)
-            if stored is None:
-                raise not_found("run", run_id)
-            events, status = stored
-            return events[after:], status in FINAL_RUN_STATES
+        if handle is None:  # run by another replica, finished before this one started, or unknown
+            deadline = time.monotonic() + timeout_s
+            while True:
+                stored = self.store.run_events(run_id, after)
+                if stored is None:
+                    raise not_found("run", run_id)
+                events, status = stored
+                if events or status in FINAL_RUN_STATES or time.monotonic() >= deadline:
+                    return events, status in FINAL_RUN_STATES
+                time.sleep(0.2)  # polled: the replica running it writes its events as they happen
         with handle.cond:
             handle.cond.wait_for(lambda: len(handle.events) > after or handle.done, timeout=timeout_s)
             return handle.events[after:], handle.done

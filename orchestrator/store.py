@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from orchestrator.db import (
     DeploymentRow,
+    EventRow,
     GraphRow,
     OpRecordRow,
     PlanRow,
@@ -65,6 +66,7 @@ RUN_FAIL = (
     .values(status="failed", error=bindparam("b_error"), finished_at=bindparam("b_finished_at"))
 )
 OP_RECORD_INSERT = insert(cast(Table, OpRecordRow.__table__))
+EVENT_INSERT = insert(cast(Table, EventRow.__table__))
 
 
 class StorageError(Exception):
@@ -102,6 +104,13 @@ class GroupCommitWriter:
         item.done.wait()
         if item.error is not None:
             raise item.error
+
+    def submit(self, *rows: tuple[Any, dict]) -> None:
+        """Queue rows and return at once (a run's events as they happen: they batch with the next
+        commit, and a refused one is logged, not raised; the run's outcome is written with ``write``)."""
+        with self._lock:
+            if not self._closed:
+                self._q.put(_Write(rows))
 
     def close(self) -> None:
         """Commit what is queued, then stop; later writes fail with ``StorageError``."""
@@ -243,7 +252,9 @@ def run_json(values: Mapping[str, Any], records: list[dict]) -> dict[str, Any]:
 class Store:
     """The daemon's database: one object per daemon, shared by the service and the control loop."""
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, replica_id: str = ""):
+        self.url = url
+        self.replica_id = replica_id  # this daemon process: written on the runs it executes
         self.sessions = open_database(url)
         self.writer = GroupCommitWriter(self.sessions.kw["bind"])
 
@@ -259,8 +270,10 @@ class Store:
 
     # ------------------------------------------------------------------ recovery
     def recover(self) -> list[str]:
-        """After a restart: runs left in flight become ``interrupted`` (never lost, never left
-        ``running``); deployments that were up go back to ``starting``. Returns those to bring up."""
+        """After a restart of the only daemon (SQLite): runs left in flight become ``interrupted``
+        (never lost, never left ``running``); deployments that were up go back to ``starting``. Returns
+        those to bring up. Several replicas (PostgreSQL) use ``orchestrator.leader`` instead: only
+        the runs of replicas whose heartbeat expired are interrupted."""
         with self.sessions.begin() as s:
             s.execute(
                 update(RunRow)
@@ -386,6 +399,17 @@ class Store:
             )
         ).first()
 
+    def deployment_states(self) -> dict[str, tuple[str, str]]:
+        """Deployment id -> (state, plan id) of every deployment starting or ready: what each replica
+        serves (``Service.sync``)."""
+        with self.sessions() as s:
+            rows = s.execute(
+                select(DeploymentRow.id, DeploymentRow.state, DeploymentRow.plan_id).where(
+                    DeploymentRow.state.in_(LIVE_DEPLOYMENT_STATES)
+                )
+            ).all()
+            return {r.id: (r.state, r.plan_id) for r in rows}
+
     @staticmethod
     def add_deployment(s: Session, graph_id: str, plan_id: str) -> str:
         """A new deployment in state ``starting``; its id."""
@@ -493,12 +517,22 @@ class Store:
     # ------------------------------------------------------------------ runs
     def insert_run(self, head: dict[str, Any]) -> None:
         """Record a run as ``running`` before it starts (a crash then marks it ``interrupted``)."""
-        self.writer.write((RUN_INSERT, {**head, "status": "running", "notes": [], "events": []}))
+        self.writer.write(
+            (RUN_INSERT, {**head, "status": "running", "notes": [], "events": [], "replica": self.replica_id})
+        )
+
+    def add_event(self, run_id: str, seq: int, doc: dict[str, Any]) -> None:
+        """A run's event as it happens (not waited for): other replicas stream it from the table."""
+        self.writer.submit((EVENT_INSERT, {"run_id": run_id, "seq": seq, "doc": doc}))
 
     def finish_run(self, run_id: str, fields: dict[str, Any], records: list[dict]) -> None:
-        """A run's outcome and its per-op records, committed together before anyone is answered."""
+        """A run's outcome, its per-op records and its last event (``end``), committed together before
+        anyone is answered."""
+        events = fields.get("events") or []
+        last = [(EVENT_INSERT, {"run_id": run_id, "seq": len(events) - 1, "doc": events[-1]})] if events else []
         self.writer.write(
             (RUN_FINISH, {f"b_{k}": v for k, v in {"id": run_id, **fields}.items()}),
+            *last,
             *[
                 (OP_RECORD_INSERT, {"run_id": run_id, "node": r["node"], "device": r["device"], "record": r})
                 for r in records
@@ -509,6 +543,18 @@ class Store:
         """The smallest write that ends a run (after its full outcome could not be stored)."""
         self.writer.write((RUN_FAIL, {"b_id": run_id, "b_error": error, "b_finished_at": utcnow()}))
 
+    def runs_since(self, dep_id: str, since: Any) -> int:
+        """How many runs of the deployment were created at or after ``since`` (by any replica)."""
+        with self.sessions() as s:
+            return int(
+                s.scalar(
+                    select(func.count())
+                    .select_from(RunRow)
+                    .where(RunRow.deployment_id == dep_id, RunRow.created_at >= since)
+                )
+                or 0
+            )
+
     def get_run(self, run_id: str) -> dict[str, Any] | None:
         """The run document with its per-op records, or None."""
         with self.sessions() as s:
@@ -518,8 +564,20 @@ class Store:
             records = s.scalars(select(OpRecordRow).where(OpRecordRow.run_id == run_id).order_by(OpRecordRow.id)).all()
             return run_json({k: getattr(row, k) for k in RUN_FIELDS}, [r.record for r in records])
 
-    def run_events(self, run_id: str) -> tuple[list[dict], str] | None:
-        """A stored run's events and status, or None."""
+    def run_events(self, run_id: str, after: int = 0) -> tuple[list[dict], str] | None:
+        """A stored run's events from index ``after`` on, and its status; None when there is no such
+        run. Events are read from the events table (written as they happen, by whichever replica runs
+        it); a run finished before that table existed has them only in its row."""
         with self.sessions() as s:
-            row = s.get(RunRow, run_id)
-            return None if row is None else (list(row.events or []), row.status)
+            status = s.scalar(select(RunRow.status).where(RunRow.id == run_id))
+            if status is None:
+                return None
+            docs = list(
+                s.scalars(
+                    select(EventRow.doc).where(EventRow.run_id == run_id, EventRow.seq >= after).order_by(EventRow.seq)
+                ).all()
+            )
+            if not docs and status in FINAL_RUN_STATES:
+                stored = s.scalar(select(RunRow.events).where(RunRow.id == run_id)) or []
+                docs = list(stored[after:])
+            return docs, status

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import socket
-import subprocess
-import time
-
-import pytest
 import yaml
 
 from orchestrator.service import Service
 from orchestrator.settings import Settings
+from tests.support.postgres import postgres_url  # noqa: F401  (a pytest fixture)
 
 GRAPH = {
     "apiVersion": "hetagent.dev/v1alpha1",
@@ -33,62 +27,7 @@ GRAPH = {
 }
 
 
-def _as_postgres(*cmd: str) -> list[str]:
-    """PostgreSQL refuses to run as root; run its tools as the `postgres` user when we are root."""
-    return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else list(cmd)
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    import tempfile
-    from pathlib import Path
-
-    base = Path(tempfile.mkdtemp(prefix="hetagent-pg-"))  # pytest's tmp dirs are root-only (0700)
-    data = base / "data"
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres")
-    subprocess.run(
-        _as_postgres("initdb", "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "UTF8"),
-        check=True,
-        capture_output=True,
-    )
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    subprocess.run(
-        _as_postgres(
-            "pg_ctl",
-            "-D",
-            str(data),
-            "-l",
-            str(base / "log"),
-            "-w",
-            "-o",
-            f"-p {port} -k {base} -c listen_addresses=127.0.0.1",
-            "start",
-        ),
-        check=True,
-        capture_output=True,
-    )
-    try:
-        import psycopg
-
-        for _ in range(50):
-            try:
-                with psycopg.connect(
-                    f"host=127.0.0.1 port={port} user=postgres dbname=postgres", autocommit=True
-                ) as conn:
-                    conn.execute("CREATE DATABASE hetagent")
-                break
-            except psycopg.OperationalError:
-                time.sleep(0.2)
-        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/hetagent"
-    finally:
-        subprocess.run(_as_postgres("pg_ctl", "-D", str(data), "-m", "immediate", "stop"), capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
-
-
-def test_state_survives_a_restart_on_postgres(postgres_url, tmp_path):
+def test_state_survives_a_restart_on_postgres(postgres_url, tmp_path):  # noqa: F811 (the imported fixture)
     from sqlalchemy import text
 
     settings = Settings(data_dir=tmp_path, database_url=postgres_url, control_enabled=False)
@@ -128,7 +67,7 @@ def test_state_survives_a_restart_on_postgres(postgres_url, tmp_path):
         run = second.get_run("r_pg")
         assert run["status"] == "interrupted" and "daemon stopped" in run["error"]
         with second.store.sessions() as s:  # really PostgreSQL, migrated by Alembic
-            assert s.execute(text("select version_num from alembic_version")).scalar() == "0001"
+            assert s.execute(text("select version_num from alembic_version")).scalar() == "0002"
             assert "PostgreSQL" in s.execute(text("select version()")).scalar()
     finally:
         second.stop()

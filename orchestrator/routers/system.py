@@ -16,11 +16,14 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Database migrated, catalog loaded, recovery done")
-def readyz(service: Service = Depends(get_service)) -> dict[str, str]:
+@router.get(
+    "/readyz",
+    summary="Database migrated, catalog loaded, recovery done; which replica this is and whether it leads",
+)
+def readyz(service: Service = Depends(get_service)) -> dict[str, Any]:
     if not service.ready.is_set():
         raise ServiceError(503, "not ready", "recovering state from the database", retry_after_s=1)
-    return {"status": "ready"}
+    return {"status": "ready", **service.leadership.status()}
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response)

@@ -518,10 +518,10 @@ class Service:
         runner = live.runner
 
         def on_event(kind: str, node: str, data: dict) -> None:
+            event = {"event": kind, "node": node, "data": data, "t": time.time()}
             with handle.cond:
                 handle.events.append(event)
                 self.store.add_event(run_id, len(handle.events) - 1, _jsonable(event))  # other replicas stream it
-            event = {"event": kind, "node": node, "data": data, "t": time.time()}
                 handle.cond.notify_all()
 
         status, error, result = "succeeded", None, None

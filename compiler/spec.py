@@ -23,6 +23,13 @@ _NAME = r"^[a-z][a-z0-9_]*$"
 TEMPLATE_REF = re.compile(r"\{\{\s*(inputs|nodes)\.([A-Za-z_][A-Za-z0-9_]*)(?:\.output)?\s*\}\}")
 
 
+# Sane ranges of the numbers a spec holds: larger values are typos or attacks, and would overflow the
+# cost model's arithmetic (a day of latency, a billion tokens, a terabyte of output).
+MAX_MS = 86_400_000.0
+MAX_TOKENS = 1_000_000_000
+MAX_BYTES = 1 << 40
+
+
 class SpecError(ValueError):
     """An invalid agent graph spec: one line per problem, each ``path: reason``."""
 
@@ -42,21 +49,23 @@ class Metadata(_Strict):
 
 
 class SLA(_Strict):
-    e2e_ms: float = Field(gt=0, description="End-to-end latency target of one run, ms.")
+    e2e_ms: float = Field(gt=0, le=MAX_MS, description="End-to-end latency target of one run, ms.")
     percentile: float = Field(
         50,
         gt=0,
         lt=100,
         description="Runs that must meet the target (planning uses the mean; the daemon measures this).",
     )
-    ttft_ms: float | None = Field(None, gt=0, description="Optional target for the first token of the final LLM.")
+    ttft_ms: float | None = Field(
+        None, gt=0, le=MAX_MS, description="Optional target for the first token of the final LLM."
+    )
 
 
 class InputSpec(_Strict):
     type: Literal["string", "number", "integer", "boolean", "object", "array"] = "string"
     required: bool = True
     default: Any = None
-    max_chars: int | None = Field(None, ge=1, description="Strings only: longest accepted value.")
+    max_chars: int | None = Field(None, ge=1, le=1 << 30, description="Strings only: longest accepted value.")
     description: str = ""
 
 
@@ -74,18 +83,20 @@ class _NodeBase(_Strict):
         default_factory=dict, description="Named inputs; templates may reference upstream outputs."
     )
     placement: Placement | None = None
-    timeout_s: float = Field(60.0, gt=0, description="Per-op timeout at run time.")
+    timeout_s: float = Field(60.0, gt=0, le=86_400, description="Per-op timeout at run time.")
     retries: int = Field(0, ge=0, le=10, description="Bounded retries at run time (idempotent ops only).")
 
 
 class LLMExpected(_Strict):
-    input_tokens: int = Field(ge=1, description="Expected prompt length, tokens.")
-    output_tokens: int = Field(ge=1, description="Expected generated tokens.")
+    input_tokens: int = Field(ge=1, le=MAX_TOKENS, description="Expected prompt length, tokens.")
+    output_tokens: int = Field(ge=1, le=MAX_TOKENS, description="Expected generated tokens.")
 
 
 class TrafficBucket(_Strict):
-    input_tokens: int = Field(ge=1, description="Prompt tokens of the bucket's requests (its costing size).")
-    output_tokens: int = Field(ge=1, description="Generated tokens of the bucket's requests.")
+    input_tokens: int = Field(
+        ge=1, le=MAX_TOKENS, description="Prompt tokens of the bucket's requests (its costing size)."
+    )
+    output_tokens: int = Field(ge=1, le=MAX_TOKENS, description="Generated tokens of the bucket's requests.")
     share: float = Field(ge=0, le=1, description="Fraction of the node's requests in this bucket.")
 
 
@@ -96,7 +107,7 @@ class LLMTraffic(_Strict):
         min_length=1, max_length=1000, description="Request-size buckets; shares sum to 1, sizes are distinct."
     )
     tpot_ms: float | None = Field(
-        None, gt=0, description="Time-per-output-token target of every request (Mélange's SLO), ms."
+        None, gt=0, le=MAX_MS, description="Time-per-output-token target of every request (Mélange's SLO), ms."
     )
 
 
@@ -106,7 +117,7 @@ class LLMNode(_NodeBase):
     prompt: str = Field("", description="Prompt template; may reference inputs and upstream outputs.")
     system: str = ""
     expected: LLMExpected
-    temperature: float = Field(0.0, ge=0)
+    temperature: float = Field(0.0, ge=0, le=100)
     stream: bool = Field(False, description="Stream this node's tokens to the caller.")
     traffic: LLMTraffic | None = Field(
         None, description="Request sizes as buckets: the planner slices the node's traffic across device types."
@@ -114,8 +125,8 @@ class LLMNode(_NodeBase):
 
 
 class EmbedExpected(_Strict):
-    input_tokens: int = Field(128, ge=1)
-    batch: int = Field(1, ge=1, description="Texts embedded per run (e.g. chunks).")
+    input_tokens: int = Field(128, ge=1, le=MAX_TOKENS)
+    batch: int = Field(1, ge=1, le=1_000_000, description="Texts embedded per run (e.g. chunks).")
 
 
 class EmbedNode(_NodeBase):
@@ -128,14 +139,16 @@ class VectorSearchNode(_NodeBase):
     kind: Literal["vector_search"]
     index: str = Field(description="Name of an index the deployment knows (FAISS file or documents file).")
     top_k: int = Field(8, ge=1, le=10_000)
-    index_size: int = Field(100_000, ge=1, description="Vectors in the index (for the cost model).")
-    dimension: int | None = Field(None, ge=1, description="Vector size; default: the upstream embedding model's.")
+    index_size: int = Field(100_000, ge=1, le=10**13, description="Vectors in the index (for the cost model).")
+    dimension: int | None = Field(
+        None, ge=1, le=1 << 20, description="Vector size; default: the upstream embedding model's."
+    )
     metric: Literal["ip", "l2"] = "ip"
 
 
 class ToolExpected(_Strict):
-    latency_ms: float = Field(ge=0, description="Expected wall time of one call (remote service time).")
-    response_bytes: int = Field(4096, ge=0)
+    latency_ms: float = Field(ge=0, le=MAX_MS, description="Expected wall time of one call (remote service time).")
+    response_bytes: int = Field(4096, ge=0, le=MAX_BYTES)
 
 
 class ToolNode(_NodeBase):
@@ -148,8 +161,8 @@ class ToolNode(_NodeBase):
 
 
 class TransformExpected(_Strict):
-    latency_ms: float = Field(1.0, ge=0, description="CPU time of one call on one reference core, ms.")
-    output_bytes: int = Field(4096, ge=0)
+    latency_ms: float = Field(1.0, ge=0, le=MAX_MS, description="CPU time of one call on one reference core, ms.")
+    output_bytes: int = Field(4096, ge=0, le=MAX_BYTES)
 
 
 class TransformNode(_NodeBase):
@@ -377,9 +390,15 @@ def parse_graph(data: Any, catalog: Any | None = None) -> AgentGraph:
 
 
 def parse_graph_text(text: str, catalog: Any | None = None, *, source: str = "<text>") -> AgentGraph:
+    """Parse YAML or JSON text within compiler.limits' bounds (depth, expanded aliases, JSON types)."""
+    from compiler.limits import DocumentError, check_document, load_yaml
+
     try:
-        data = yaml.safe_load(text)  # JSON is YAML
-    except yaml.YAMLError as exc:
+        data = load_yaml(text)  # JSON is YAML
+        check_document(data)
+    except DocumentError as exc:
+        raise SpecError([(exc.path, f"{source}: {exc}")]) from None
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: e.g. an integer of more than 4300 digits
         raise SpecError([("", f"{source}: not valid YAML or JSON: {exc}")]) from None
     return parse_graph(data, catalog)
 

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
 
 from orchestrator import errors
-from orchestrator.routers import deployments, graphs, plans, runs, simulations, system
+from orchestrator.limits import BodyLimit, RateLimiter
+from orchestrator.routers import deployments, graphs, keys, plans, runs, simulations, system
 from orchestrator.service import Service
 from orchestrator.settings import Settings
 
@@ -38,14 +39,19 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
         "(`Authorization: Bearer <key>`, from `hetagent keys create`).",
     )
     errors.install(app)
+    app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    if settings.cors_origins:  # off unless origins are configured: browsers on other sites get no answer
+        from fastapi.middleware.cors import CORSMiddleware
 
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            return errors.problem(413, "request too large", f"the limit is {settings.max_body_bytes} bytes", request)
-        return await call_next(request)
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key"],
+        )
+    # outermost: counts body bytes as they arrive and checks JSON nesting before anything parses it
+    app.add_middleware(BodyLimit, max_bytes=settings.max_body_bytes, max_depth=settings.max_doc_depth)
 
-    for r in (system, graphs, plans, simulations, deployments, runs):
+    for r in (system, graphs, plans, simulations, deployments, runs, keys):
         app.include_router(r.router)
     return app

@@ -1,11 +1,14 @@
 """API keys: ``hta_<id>_<secret>``, stored as SHA-256 of the whole key (keys are 192-bit random, so
-a fast hash is enough), with a scope: read < write < admin."""
+a fast hash is enough), with a scope: read < write < admin. A request's key is looked up by its id
+and its hash compared in constant time; keys are listed and revoked by id, and never logged."""
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import time
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
@@ -31,25 +34,63 @@ def create_key(sessions: sessionmaker, scope: str, name: str = "") -> tuple[str,
     return key_id, key
 
 
-CACHE_TTL_S = 10.0  # a revoked key stops working within this time
-_cache: dict[tuple[int, str], tuple[float, str | None]] = {}
+CACHE_TTL_S = 10.0  # a key revoked by another process stops working within this time (at once in this one)
+_cache: dict[tuple[int, str], tuple[float, str, str | None]] = {}  # (db, key id) -> (at, key hash, scope)
+_NO_KEY = hash_key("")  # compared against when the id is unknown, so that case takes as long
+
+
+def key_id_of(key: str) -> str:
+    """The id part of ``hta_<id>_<secret>`` ("" if the key has another shape); the id is not secret."""
+    parts = key.split("_", 2)
+    return parts[1] if len(parts) == 3 and parts[0] == KEY_PREFIX else ""
 
 
 def lookup_scope(sessions: sessionmaker, key: str) -> str | None:
-    """The scope of a valid, unrevoked key; None otherwise. Answers are cached for CACHE_TTL_S so
-    the hot path (every request) does not hit the database."""
-    digest = hash_key(key)
+    """The scope of a valid, unrevoked key; None otherwise. The stored hash is found by the key's id
+    and compared with ``hmac.compare_digest`` (constant time); rows are cached for CACHE_TTL_S so the
+    hot path (every request) does not hit the database."""
+    digest, key_id = hash_key(key), key_id_of(key)
     now = time.monotonic()
-    hit = _cache.get((id(sessions), digest))
-    if hit is not None and now - hit[0] < CACHE_TTL_S:
-        return hit[1]
+    hit = _cache.get((id(sessions), key_id))
+    if hit is None or now - hit[0] >= CACHE_TTL_S:
+        row = None
+        if key_id:
+            with sessions() as s:
+                row = s.get(ApiKeyRow, key_id)
+        if len(_cache) > 10_000:
+            _cache.clear()
+        hit = (now, _NO_KEY, None) if row is None else (now, row.key_hash, None if row.revoked else row.scope)
+        _cache[(id(sessions), key_id)] = hit
+    return hit[2] if hmac.compare_digest(hit[1], digest) else None
+
+
+def list_keys(sessions: sessionmaker) -> list[dict[str, Any]]:
+    """Every key's id, label, scope, creation time and revocation; never a key or its hash."""
     with sessions() as s:
-        row = s.scalar(select(ApiKeyRow).where(ApiKeyRow.key_hash == digest))
-    scope = None if row is None or row.revoked else row.scope
-    if len(_cache) > 10_000:
-        _cache.clear()
-    _cache[(id(sessions), digest)] = (now, scope)
-    return scope
+        rows = s.scalars(select(ApiKeyRow).order_by(ApiKeyRow.created_at, ApiKeyRow.id)).all()
+        return [
+            {
+                "id": r.id,
+                "name": r.name,
+                "scope": r.scope,
+                "created_at": r.created_at.isoformat() if r.created_at else None,
+                "revoked": bool(r.revoked),
+            }
+            for r in rows
+        ]
+
+
+def revoke_key(sessions: sessionmaker, key_id: str) -> dict[str, Any] | None:
+    """Revoke a key by id (idempotent); None if there is no such key. Effective at once in this
+    process, within CACHE_TTL_S in other replicas."""
+    with sessions.begin() as s:
+        row = s.get(ApiKeyRow, key_id)
+        if row is None:
+            return None
+        row.revoked = True
+    for k in [k for k in _cache if k[1] == key_id]:
+        _cache.pop(k, None)
+    return next(k for k in list_keys(sessions) if k["id"] == key_id)
 
 
 def allows(have: str, need: str) -> bool:

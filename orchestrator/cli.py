@@ -843,6 +843,10 @@ def runs_get(run_id: str, url: str = _URL_OPT, api_key: str | None = _KEY_OPT) -
 from orchestrator.cli_costmodel import costmodel_app  # noqa: E402  (its commands import lazily)
 
 app.add_typer(costmodel_app, name="costmodel")
+from orchestrator.cli_keys import keys_list, keys_revoke  # noqa: E402  (imports the database lazily)
+
+keys_app.command("list")(keys_list)
+keys_app.command("revoke")(keys_revoke)
 from orchestrator.cli_simulate import simulate as _simulate  # noqa: E402  (imports the simulator lazily)
 
 app.command("simulate")(_simulate)

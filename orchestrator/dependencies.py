@@ -1,4 +1,5 @@
-"""FastAPI dependencies: the service, and API-key auth with scopes (401 no/invalid key, 403 scope)."""
+"""FastAPI dependencies: the service, and API-key auth with scopes (401 no/invalid key, 403 scope,
+429 over the key's rate limit)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,9 @@ from collections.abc import Callable
 from fastapi import Depends, HTTPException, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
-from orchestrator.auth import allows, lookup_scope
-from orchestrator.service import Service
+from orchestrator.auth import allows, hash_key, lookup_scope
+from orchestrator.limits import retry_after_s
+from orchestrator.service import Service, ServiceError
 
 _bearer = HTTPBearer(auto_error=False, description="An API key from `hetagent keys create`.")
 
@@ -34,8 +36,18 @@ def require(scope: str) -> Callable[..., str]:
             raise HTTPException(401, "unknown or revoked API key")
         if not allows(have, scope):
             raise HTTPException(403, f"this key has scope '{have}'; this call needs '{scope}'")
+        wait_s = request.app.state.rate_limiter.take(hash_key(key))
+        if wait_s > 0:
+            raise ServiceError(
+                429,
+                "too many requests",
+                f"this key is over its rate limit of {service.settings.rate_limit_per_s:g} requests/s "
+                f"(burst {service.settings.rate_limit_burst}; settings rate_limit_per_s, rate_limit_burst)",
+                retry_after_s=retry_after_s(wait_s),
+            )
         return have
 
+    check.scope = scope  # type: ignore[attr-defined]  # read by tests/test_security.py's route table
     return check
 
 

@@ -31,7 +31,38 @@ class Settings(BaseModel):
     model_dir: Path | None = Field(
         None, description="Weights every LLM node serves (default on CPU: the offline tiny model)."
     )
-    max_body_bytes: int = Field(1 << 20, description="Largest accepted request body.")
+    max_body_bytes: int = Field(
+        int(_env("MAX_BODY_BYTES", str(1 << 20))),
+        gt=0,
+        description="Largest accepted request body (413 past it, counted as it arrives, chunked or not).",
+    )
+    max_doc_depth: int = Field(
+        int(_env("MAX_DOC_DEPTH", "64")),
+        ge=4,
+        description="Deepest nesting of a JSON or YAML body or spec (containers in containers); 400 past it.",
+    )
+    max_doc_nodes: int = Field(
+        int(_env("MAX_DOC_NODES", "200000")),
+        ge=100,
+        description="Most values in a YAML body once its aliases are expanded (alias bombs); 400 past it.",
+    )
+    rate_limit_per_s: float = Field(
+        float(_env("RATE_LIMIT_PER_S", "50")),
+        ge=0,
+        description="Requests per second each API key may make (token bucket; 429 past it); 0: no limit.",
+    )
+    rate_limit_burst: int = Field(
+        int(_env("RATE_LIMIT_BURST", "100")), ge=1, description="Requests a key may make at once (bucket size)."
+    )
+    cors_origins: list[str] = Field(
+        [o for o in _env("CORS_ORIGINS", "").split(",") if o],
+        description="Browser origins allowed to call the API (CORS); empty: CORS off.",
+    )
+    tool_allow: list[str] = Field(
+        [h for h in _env("TOOL_ALLOW", "").split(",") if h],
+        description="Hosts, addresses or networks (CIDR) that tool nodes may call although they are loopback, "
+        "link-local or private; every other such target is refused (public addresses are always allowed).",
+    )
     max_graph_nodes: int = Field(500, description="Largest accepted agent graph, in spec nodes.")
     control_interval_s: float = Field(
         float(_env("CONTROL_INTERVAL_S", "10")),

@@ -5,6 +5,7 @@ import json
 import yaml
 from fastapi import APIRouter, Depends, Request, Response
 
+from compiler.limits import DocumentError, check_document, load_yaml
 from orchestrator.dependencies import Read, Write, get_service
 from orchestrator.models import GraphOut
 from orchestrator.service import Service, ServiceError
@@ -37,13 +38,17 @@ async def create_graph(request: Request, service: Service = Depends(get_service)
             413, "request too large", f"{len(body)} bytes; the limit is {service.settings.max_body_bytes}"
         )
     ctype = request.headers.get("content-type", "application/json").split(";")[0].strip()
-    try:
+    limits = service.settings
+    try:  # JSON nesting was checked by the BodyLimit middleware; YAML is checked as it is parsed
         if ctype in ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"):
-            doc = yaml.safe_load(body)
+            doc = load_yaml(body, limits.max_doc_depth, limits.max_doc_nodes)
         elif ctype in ("application/json", ""):
             doc = json.loads(body)
         else:
             raise ServiceError(415, "unsupported media type", f"send application/json or application/yaml, not {ctype}")
+        check_document(doc, limits.max_doc_depth)
+    except DocumentError as exc:
+        raise ServiceError(400, "body over a parsing limit", f"{ctype}: {exc}", limit=exc.limit) from None
     except (ValueError, yaml.YAMLError) as exc:
         raise ServiceError(400, "unparseable body", f"{ctype}: {exc}") from None
     from starlette.concurrency import run_in_threadpool

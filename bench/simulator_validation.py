@@ -27,6 +27,9 @@ Ray and engines are this script's descendants and count as ours): on a shared 2-
 slow down many-fold when they compete. Prints a Markdown table; ``--json`` writes every number.
 
     .venv/bin/python bench/simulator_validation.py [--duration 90] [--capacity-s 30] [--seed 7] [--json out.json]
+    .venv/bin/python bench/simulator_validation.py --resimulate out.json --slowdown F   # no runs: re-simulate
+
+Results and what they mean: docs/simulator.md.
 """
 
 from __future__ import annotations
@@ -443,6 +446,53 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def resimulate(path: Path, slowdown: float, size_sigma: float) -> int:
+    """Simulate a finished validation's rows again (the same arrival lists: rate and seed), with the LLM ops
+    slowed by ``slowdown``: e.g. the measured ÷ planned ratio of the light rate, to see whether the queueing
+    model holds once the service time is right. The plan is the stored one, else planned again (deterministic)
+    and checked against the stored prediction."""
+    import yaml
+
+    from compiler.spec import parse_graph
+    from costmodels.catalog import load_catalog, load_cluster
+    from planner.pipeline import plan_spec
+    from planner.place import PlanOptions
+    from planner.plan import Plan
+    from simulator.arrivals import arrival_times
+
+    done = json.loads(path.read_text())
+    graph_yaml = served_graph(ROOT / done["graph"], None if done["model"] == "as written" else done["model"])
+    if "plan_doc" in done:
+        plan = Plan.model_validate(done["plan_doc"])
+    else:
+        catalog = load_catalog()
+        spec = parse_graph(yaml.safe_load(graph_yaml), catalog)
+        opts = PlanOptions(rate_per_s=done["plan"]["rate_per_s"], baselines=False)
+        plan = plan_spec(spec, load_cluster(done["cluster"], catalog), opts, catalog)
+        if plan.predicted_e2e_ms is None or not math.isclose(
+            plan.predicted_e2e_ms, done["plan"]["predicted_e2e_ms"], rel_tol=1e-6
+        ):
+            raise SystemExit(
+                f"re-planned {plan.predicted_e2e_ms} ms, the run's plan {done['plan']['predicted_e2e_ms']}"
+            )
+    slowed = fed_back(plan, {o.device: slowdown for o in plan.ops})
+    print(f"{done['graph']} ({done['date']}): LLM ops × {slowdown:g}")
+    print("| load | rate runs/s | runs (ok) | measured p50 / p99 ms | sim p50 / p99 ms | error p50 / p99 |")
+    print("|---|---|---|---|---|---|")
+    for r in done["results"]:
+        times = arrival_times("poisson", r["rate_per_s"], done.get("duration_s", 90.0), r["seed"])
+        if len(times) != r["runs"]:
+            raise SystemExit(f"{len(times)} arrivals regenerated, the run had {r['runs']}: pass the run's --duration")
+        sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma)
+        m = r["measured"]
+        print(
+            f"| {r['fraction']:.0%} | {r['rate_per_s']:.2f} | {r['runs']} ({r['succeeded']}) | "
+            f"{m['p50_ms']:.0f} / {m['p99_ms']:.0f} | {sim.p50_ms:.0f} / {sim.p99_ms:.0f} | "
+            f"{rel_error(sim.p50_ms, m['p50_ms']):+.0%} / {rel_error(sim.p99_ms, m['p99_ms']):+.0%} |"
+        )
+    return 0
+
+
 def main() -> int:
     from planner.plan import Plan
     from simulator.arrivals import arrival_times
@@ -459,8 +509,28 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=6, help="Sequential runs before measuring.")
     p.add_argument("--seed", type=int, default=7, help="Seed of rate k's arrivals and simulation: seed + k.")
     p.add_argument("--size-sigma", type=float, default=0.0, help="The simulator's request-size σ (0: the spec's).")
+    p.add_argument(
+        "--profiles-data-dir",
+        type=Path,
+        default=None,
+        help="A data dir whose profiles/ (from `hetagent calibrate --engine vllm`) price the plan and the simulation "
+        "(sets HETAGENT_DATA_DIR for this process and the daemon; default: the shipped catalog).",
+    )
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument(
+        "--resimulate",
+        type=Path,
+        default=None,
+        help="No runs: re-read this --json output and simulate its rows again with --slowdown on the LLM ops.",
+    )
+    p.add_argument("--slowdown", type=float, default=1.0, help="With --resimulate: the LLM ops' slowdown.")
     a = p.parse_args()
+    if a.resimulate is not None:
+        return resimulate(a.resimulate, a.slowdown, a.size_sigma)
+    if a.profiles_data_dir is not None:
+        if not (a.profiles_data_dir / "profiles").is_dir():
+            raise SystemExit(f"{a.profiles_data_dir}/profiles is not a folder: run `hetagent calibrate` for it first")
+        os.environ["HETAGENT_DATA_DIR"] = str(a.profiles_data_dir.resolve())  # the daemon inherits it
     fractions = [float(x) for x in a.fractions.split(",")]
     graph_yaml = served_graph(a.graph, a.model or None)
     started = datetime.datetime.now(datetime.UTC)
@@ -472,6 +542,8 @@ def main() -> int:
         "command": "python bench/simulator_validation.py " + " ".join(sys.argv[1:]),
         "date": started.isoformat(timespec="seconds"),
         "machine": f"{os.cpu_count()} vCPU {platform.machine()}",
+        "profiles": str(a.profiles_data_dir) if a.profiles_data_dir else "shipped catalog",
+        "duration_s": a.duration,
         "results": [],
     }
     with Daemon() as d, d.client() as c:
@@ -480,6 +552,7 @@ def main() -> int:
         plan = Plan.model_validate(plan_doc)
         out["deploy_s"] = time.perf_counter() - t0
         out["data_dir"] = str(d.data_dir)
+        out["plan_doc"] = plan_doc  # for --resimulate
         out["plan"] = {
             "rate_per_s": plan.rate_per_s,
             "predicted_e2e_ms": plan.predicted_e2e_ms,

@@ -300,6 +300,7 @@ class Controller:
             data_dir=old.data_dir,
             model_dir=old.model_dir,
             index_dirs=old.index_dirs,
+            egress=old.egress,
         )
         new.start()
         live.runner = new  # new runs use the new pools from here on

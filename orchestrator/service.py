@@ -426,7 +426,9 @@ class Service:
         ):
             model_dir = build_tiny_model(self.settings.data_dir / "models" / "tiny-llama")
         ensure_ray(self.settings.ray_address, [p.type for p in self.cluster.devices])
-        runner = GraphRunner(graph, plan, data_dir=self.settings.data_dir, model_dir=model_dir)
+        runner = GraphRunner(
+            graph, plan, data_dir=self.settings.data_dir, model_dir=model_dir, egress=list(self.settings.tool_allow)
+        )
         runner.start()
         return runner
 

@@ -173,11 +173,13 @@ class GraphRunner:
         model_dir: Path | None = None,
         index_dirs: tuple[Path, ...] = (),
         catalog: Catalog | None = None,
+        egress: list[str] | None = None,
     ):
         if not plan.feasible:
             raise ValueError(f"plan for {plan.graph!r} is infeasible: {plan.reason}")
         self.graph, self.plan, self.data_dir = graph, plan, Path(data_dir)
         self.model_dir = model_dir
+        self.egress = egress  # tool nodes' allow-list (workers.egress); None: no policy (embedded use)
         self._catalog = catalog
         self._served_spec: ModelSpec | None = None  # the stand-in checkpoint's shape, read on first use
         self.index_dirs = tuple(Path(d) for d in index_dirs)
@@ -222,6 +224,8 @@ class GraphRunner:
             execution = pool.execution if pool.llm else node_device(self._ops_of[name])[2]
             if isinstance(node, VectorSearchNode):
                 execution = self._with_index_path(node, pool.device, execution)
+            if node.kind == "tool":  # set here, never from the plan or the spec
+                execution = {**execution, "egress": self.egress}
             payload.append((node.model_dump(mode="json"), execution))
         env: dict[str, str] = {}
         for _, execution in payload:  # a fused segment gets the widest thread settings of its ops
@@ -330,6 +334,7 @@ class GraphRunner:
             model_dir=self.model_dir,
             index_dirs=self.index_dirs,
             catalog=self._catalog,
+            egress=self.egress,
         )
 
         def shape(r: GraphRunner) -> list[tuple[str, str, tuple[str, ...]]]:

@@ -289,7 +289,8 @@ class ToolOp:
     HTTP: timeout from ``timeout_s``; on transport errors, timeouts and 5xx/429 it retries up to
     ``retries`` times with exponential backoff *only* when the tool is idempotent; a response
     larger than ``max_response_bytes`` (settings, default 4 MiB) is rejected; non-2xx raises
-    ToolError(status, url). A JSON response is decoded, otherwise the text is returned.
+    ToolError(status, url). A JSON response is decoded, otherwise the text is returned. Under the
+    daemon, ``execution["egress"]`` is its allow-list: internal targets are refused (workers.egress).
     """
 
     kind = "tool"
@@ -306,12 +307,14 @@ class ToolOp:
         self.idempotent = bool(getattr(node_spec, "idempotent", s.get("idempotent", False)))
         self.max_response_bytes = int(s.get("max_response_bytes", DEFAULT_MAX_RESPONSE_BYTES))
         self.backoff_s = float(s.get("backoff_s", 0.1))
+        # the server's egress allow-list (workers.egress); None: no policy (the embedded runner)
+        self.egress: list[str] | None = (execution or {}).get("egress")
         self._fn = None
         self._client = None
         if self.url:
             import httpx
 
-            self._client = httpx.Client(timeout=self.timeout_s)
+            self._client = httpx.Client(timeout=self.timeout_s, event_hooks={"request": [self._check_egress]})
         elif self.function:
             self._fn = load_callable(self.function)
         else:
@@ -320,6 +323,17 @@ class ToolOp:
     def close(self) -> None:
         if self._client is not None:
             self._client.close()
+
+    def _check_egress(self, request: Any) -> None:
+        """httpx request hook (so redirects are checked too): refuse targets the allow-list does not cover."""
+        from workers.egress import EgressRefused, check_target
+
+        try:
+            check_target(str(request.url), self.egress)
+        except EgressRefused as exc:
+            err = ToolError(self.name, str(exc), url=str(request.url))
+            err._final = True  # not retried: the policy will answer the same
+            raise err from None
 
     def __call__(self, inputs: dict[str, Any]) -> Any:
         if self._fn is not None:

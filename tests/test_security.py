@@ -1,0 +1,392 @@
+"""Security of the daemon (issue 12, part 5): every route's scope, keys compared in constant time,
+listed and revoked (CLI and REST), per-key rate limits, keys never in logs, tool nodes' outbound HTTP
+behind an allow-list, CORS off by default.
+
+The app runs in-process (TestClient) or under uvicorn in a thread for the log test; the egress test
+runs a real `hetagent serve` with a tool node aimed at a loopback HTTP server."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import socket
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import httpx
+import pytest
+
+from compiler.spec import ToolNode
+from orchestrator import auth
+from tests.test_daemon import Daemon, _deploy
+from workers.egress import EgressRefused, check_target
+from workers.ops import ToolError, ToolOp
+
+# Every route of the app and the scope it needs (None: open). A route added without a row fails
+# test_every_route_is_in_the_scope_table; a row whose route is gone fails it too.
+SCOPES: dict[tuple[str, str], str | None] = {
+    ("GET", "/openapi.json"): None,
+    ("GET", "/docs"): None,
+    ("GET", "/docs/oauth2-redirect"): None,
+    ("GET", "/redoc"): None,
+    ("GET", "/healthz"): None,
+    ("GET", "/readyz"): None,
+    ("GET", "/metrics"): None,
+    ("GET", "/v1/hardware"): "read",
+    ("GET", "/v1/clusters"): "read",
+    ("POST", "/v1/graphs"): "write",
+    ("GET", "/v1/graphs"): "read",
+    ("GET", "/v1/graphs/{graph_id}"): "read",
+    ("DELETE", "/v1/graphs/{graph_id}"): "write",
+    ("POST", "/v1/graphs/{graph_id}/plans"): "write",
+    ("GET", "/v1/graphs/{graph_id}/plans"): "read",
+    ("GET", "/v1/graphs/{graph_id}/plans/diff"): "read",
+    ("GET", "/v1/graphs/{graph_id}/plans/{plan_id}"): "read",
+    ("GET", "/v1/plans/{plan_id}/simulation"): "read",
+    ("POST", "/v1/graphs/{graph_id}/deployments"): "write",
+    ("GET", "/v1/graphs/{graph_id}/deployments"): "read",
+    ("GET", "/v1/graphs/{graph_id}/deployments/{deployment_id}"): "read",
+    ("DELETE", "/v1/graphs/{graph_id}/deployments/{deployment_id}"): "write",
+    ("POST", "/v1/graphs/{graph_id}/runs"): "write",
+    ("GET", "/v1/runs/{run_id}"): "read",
+    ("POST", "/v1/runs/{run_id}/cancel"): "write",
+    ("GET", "/v1/runs/{run_id}/events"): "read",
+    ("GET", "/v1/keys"): "admin",
+    ("POST", "/v1/keys"): "admin",
+    ("DELETE", "/v1/keys/{key_id}"): "admin",
+}
+
+
+def _app(tmp_path, **settings):
+    from orchestrator.app import create_app
+    from orchestrator.settings import Settings
+
+    return create_app(Settings(data_dir=tmp_path, control_enabled=False, **settings))
+
+
+@pytest.fixture(scope="module")
+def app_and_keys(tmp_path_factory):
+    from fastapi.testclient import TestClient
+
+    app = _app(tmp_path_factory.mktemp("security"), rate_limit_per_s=0)
+    with TestClient(app) as c:
+        sessions = app.state.service.store.sessions
+        keys = {scope: auth.create_key(sessions, scope, f"test-{scope}")[1] for scope in auth.SCOPES}
+        yield app, c, keys
+
+
+def _routes(app) -> dict[tuple[str, str], str | None]:
+    """(method, path) -> the scope its dependencies require, read from the dependency tree."""
+    from fastapi.routing import APIRoute
+    from starlette.routing import Route
+
+    def scope_of(dependant) -> str | None:
+        found = [getattr(d.call, "scope", None) for d in dependant.dependencies] + [
+            scope_of(d) for d in dependant.dependencies
+        ]
+        return next((s for s in found if s), None)
+
+    out: dict[tuple[str, str], str | None] = {}
+    for r in app.routes:
+        if isinstance(r, APIRoute):
+            for m in r.methods:
+                out[(m, r.path)] = scope_of(r.dependant)
+        elif isinstance(r, Route):  # /openapi.json, /docs, /redoc: FastAPI's own
+            for m in r.methods or ():
+                if m != "HEAD":
+                    out[(m, r.path)] = None
+    return out
+
+
+def test_every_route_is_in_the_scope_table(app_and_keys):
+    app, _, _ = app_and_keys
+    routes = _routes(app)
+    missing = sorted(set(routes) - set(SCOPES))
+    assert not missing, f"routes without a row in SCOPES (add one, with the scope they need): {missing}"
+    gone = sorted(set(SCOPES) - set(routes))
+    assert not gone, f"rows in SCOPES for routes the app no longer has: {gone}"
+    assert routes == SCOPES
+
+
+@pytest.mark.parametrize(("method", "path"), sorted(SCOPES))
+def test_each_route_answers_as_its_scope_says(app_and_keys, method, path):
+    """Behaviour, not only declarations: no key -> 401 on a scoped route (and never on an open one),
+    a key one scope too low -> 403, the right scope -> past auth (any answer but 401/403)."""
+    _, c, keys = app_and_keys
+    need = SCOPES[(method, path)]
+    url = path.format(graph_id="g_x", plan_id="p_x", deployment_id="d_x", run_id="r_x", key_id="k_x")
+    if path.endswith("/diff"):
+        url += "?from=p_a&to=p_b"
+    saved = c.headers.pop("Authorization", None)
+    try:
+        bare = c.request(method, url, json={} if method == "POST" else None)
+        if need is None:
+            assert bare.status_code not in (401, 403), bare.text
+            return
+        assert bare.status_code == 401, bare.text
+        level = auth.SCOPES.index(need)
+        if level > 0:
+            low = keys[auth.SCOPES[level - 1]]
+            r = c.request(
+                method, url, json={} if method == "POST" else None, headers={"Authorization": f"Bearer {low}"}
+            )
+            assert r.status_code == 403 and f"needs '{need}'" in r.json()["detail"], r.text
+        if path.endswith("/events"):
+            return  # an unknown run's stream is a 404, covered elsewhere; no stream to hold open here
+        ok = c.request(
+            method, url, json={} if method == "POST" else None, headers={"Authorization": f"Bearer {keys[need]}"}
+        )
+        assert ok.status_code not in (401, 403), ok.text
+    finally:
+        if saved is not None:
+            c.headers["Authorization"] = saved
+
+
+# ----------------------------------------------------------------------------- keys
+def test_keys_are_compared_in_constant_time_over_hashes(app_and_keys, monkeypatch):
+    app, _, keys = app_and_keys
+    sessions = app.state.service.store.sessions
+    calls: list[tuple[str, str]] = []
+    real = hmac.compare_digest
+
+    def spy(a, b):
+        calls.append((a, b))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", spy)
+    good = keys["read"]
+    assert auth.lookup_scope(sessions, good) == "read"
+    assert calls[-1] == (auth.hash_key(good), auth.hash_key(good))  # the stored hash against the presented one
+    wrong_secret = good[: good.rindex("_") + 1] + "x" * 32  # the right id, another secret
+    assert auth.lookup_scope(sessions, wrong_secret) is None
+    assert calls[-1] == (auth.hash_key(good), auth.hash_key(wrong_secret))
+    assert auth.lookup_scope(sessions, "hta_00000000_nope") is None  # unknown id: still one comparison
+    assert len(calls) == 3
+
+
+def test_keys_list_and_revoke_over_rest(app_and_keys):
+    app, c, keys = app_and_keys
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    r = c.post("/v1/keys", json={"scope": "write", "name": "ci"}, headers=admin)
+    assert r.status_code == 201, r.text
+    created = r.json()
+    new_key, key_id = created["key"], created["id"]
+    assert new_key.startswith(f"hta_{key_id}_")
+    assert c.get("/v1/graphs", headers={"Authorization": f"Bearer {new_key}"}).status_code == 200
+    listed = c.get("/v1/keys", headers=admin).json()
+    assert key_id in {k["id"] for k in listed}
+    text = json.dumps(listed)
+    assert all(k not in text for k in [new_key, *keys.values()])  # no key, no hash
+    assert auth.hash_key(new_key) not in text
+    assert c.post("/v1/keys", json={"scope": "root"}, headers=admin).status_code == 422
+    r = c.delete(f"/v1/keys/{key_id}", headers=admin)
+    assert r.status_code == 200 and r.json()["revoked"] is True
+    r = c.get("/v1/graphs", headers={"Authorization": f"Bearer {new_key}"})  # refused at once by this process
+    assert r.status_code == 401 and "revoked" in r.json()["detail"]
+    assert c.delete("/v1/keys/k_missing", headers=admin).status_code == 404
+
+
+def test_keys_list_and_revoke_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from orchestrator.cli import app as cli
+    from orchestrator.db import open_database
+    from orchestrator.settings import Settings
+
+    sessions = open_database(Settings(data_dir=tmp_path).db_url())
+    key_id, key = auth.create_key(sessions, "write", "from-cli")
+    runner = CliRunner()
+    res = runner.invoke(cli, ["keys", "list", "--data-dir", str(tmp_path), "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert [(r["id"], r["scope"], r["name"], r["revoked"]) for r in rows] == [(key_id, "write", "from-cli", False)]
+    assert key not in res.output
+    res = runner.invoke(cli, ["keys", "revoke", key, "--data-dir", str(tmp_path)])  # a pasted whole key works too
+    assert res.exit_code == 0 and key not in res.output, res.output
+    assert auth.list_keys(sessions)[0]["revoked"] is True
+    assert auth.lookup_scope(sessions, key) is None
+    res = runner.invoke(cli, ["keys", "revoke", "nope", "--data-dir", str(tmp_path)])
+    assert res.exit_code == 2 and "no API key" in res.output
+
+
+# ----------------------------------------------------------------------------- rate limits
+def test_rate_limit_per_key_429_with_retry_after(tmp_path):
+    from fastapi.testclient import TestClient
+
+    app = _app(tmp_path, rate_limit_per_s=0.5, rate_limit_burst=3)
+    with TestClient(app) as c:
+        sessions = app.state.service.store.sessions
+        a, b = (auth.create_key(sessions, "read")[1] for _ in range(2))
+        ha, hb = ({"Authorization": f"Bearer {k}"} for k in (a, b))
+        assert [c.get("/v1/graphs", headers=ha).status_code for _ in range(3)] == [200, 200, 200]
+        r = c.get("/v1/graphs", headers=ha)
+        assert r.status_code == 429 and r.headers["content-type"] == "application/problem+json"
+        assert int(r.headers["retry-after"]) >= 1 and "rate_limit_per_s" in r.json()["detail"]
+        assert c.get("/v1/graphs", headers=hb).status_code == 200  # per key: another key is not limited
+        assert all(c.get("/healthz").status_code == 200 for _ in range(10))  # open routes carry no key
+        time.sleep(int(r.headers["retry-after"]))
+        assert c.get("/v1/graphs", headers=ha).status_code == 200  # the bucket refilled
+
+
+def test_rate_limit_zero_is_off(app_and_keys):
+    _, c, keys = app_and_keys  # this app runs with rate_limit_per_s=0
+    h = {"Authorization": f"Bearer {keys['read']}"}
+    assert {c.get("/v1/graphs", headers=h).status_code for _ in range(150)} == {200}
+
+
+# ----------------------------------------------------------------------------- logs
+def test_keys_never_appear_in_logs(tmp_path, caplog):
+    """Create a key, use it over a real uvicorn (access log on), revoke it, fail with it: every log
+    record at DEBUG and up, from every logger, holds neither the key nor its hash."""
+    import uvicorn
+
+    from orchestrator.db import open_database
+    from orchestrator.settings import Settings
+
+    caplog.set_level(logging.DEBUG)
+    sessions = open_database(Settings(data_dir=tmp_path).db_url())
+    key_id, key = auth.create_key(sessions, "admin", "logged?")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    app = _app(tmp_path)
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="debug", log_config=None))
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not srv.started and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": f"Bearer {key}"}) as c:
+            assert c.get("/v1/graphs").status_code == 200
+            made = c.post("/v1/keys", json={"scope": "read"}).json()["key"]
+            assert c.get("/v1/graphs", headers={"Authorization": f"Bearer {made}"}).status_code == 200
+            bad = httpx.get(f"http://127.0.0.1:{port}/v1/graphs", headers={"X-API-Key": made + "x"})
+            assert bad.status_code == 401
+            assert c.delete(f"/v1/keys/{key_id}").status_code == 200
+            assert c.get("/v1/graphs").status_code == 401
+    finally:
+        srv.should_exit = True
+        thread.join(30)
+    text = "\n".join(f"{r.name} {r.getMessage()} {r.args!r}" for r in caplog.records)
+    assert "GET /v1/graphs" in text  # the access log was captured: the check below can fail
+    for secret in (key, made, auth.hash_key(key), auth.hash_key(made), key.rsplit("_", 1)[1]):
+        assert secret not in text
+
+
+# ----------------------------------------------------------------------------- outbound HTTP of tool nodes
+def test_egress_refuses_internal_targets_and_names_the_setting():
+    for url in (
+        "http://127.0.0.1:8900/book",
+        "http://localhost/x",
+        "http://[::1]/x",
+        "http://169.254.169.254/latest/meta-data/",  # the cloud metadata service
+        "http://10.1.2.3/x",
+        "http://192.168.0.1/x",
+        "http://0.0.0.0/x",
+        "http://[::ffff:127.0.0.1]/x",
+    ):
+        with pytest.raises(EgressRefused) as err:
+            check_target(url, [])
+        assert url in str(err.value) and "tool_allow" in str(err.value)
+    with pytest.raises(EgressRefused, match="only http"):
+        check_target("file:///etc/passwd", [])
+    check_target("http://8.8.8.8/x", [])  # a public address: allowed (no request is made here)
+    check_target("http://127.0.0.1:8900/x", ["127.0.0.1"])
+    check_target("http://127.0.0.1:8900/x", ["127.0.0.0/8"])
+    check_target("http://localhost:8900/x", ["localhost"])
+    check_target("http://10.1.2.3/x", ["10.0.0.0/8"])
+    with pytest.raises(EgressRefused):
+        check_target("http://10.1.2.3/x", ["127.0.0.0/8"])
+    check_target("http://127.0.0.1/x", None)  # no policy: the embedded runner
+
+
+class _Echo(BaseHTTPRequestHandler):
+    hits = 0
+
+    def do_POST(self):  # noqa: N802
+        type(self).hits += 1
+        body = self.rfile.read(int(self.headers.get("content-length", 0)))
+        out = json.dumps({"echo": json.loads(body or b"{}")}).encode()
+        self.send_response(200)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(out)))
+        self.end_headers()
+        self.wfile.write(out)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def echo():
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), _Echo)
+    srv.daemon_threads = True
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}"
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_tool_op_egress_policy(echo):
+    node = ToolNode(kind="tool", name="svc", url=echo + "/x", expected={"latency_ms": 5}, retries=3)
+    assert ToolOp(node, {}, ".")({"q": 1}) == {"echo": {"q": 1}}  # embedded: no policy
+    before = _Echo.hits
+    with pytest.raises(ToolError) as err:
+        ToolOp(node, {"egress": []}, ".")({"q": 1})
+    assert "tool_allow" in str(err.value) and echo in str(err.value) and err.value.attempts == 1
+    assert _Echo.hits == before  # refused before connecting, and not retried
+    assert ToolOp(node, {"egress": ["127.0.0.1"]}, ".")({"q": 2}) == {"echo": {"q": 2}}
+
+
+TOOL_GRAPH = """
+apiVersion: hetagent.dev/v1alpha1
+kind: AgentGraph
+metadata: {{name: reach-in}}
+spec:
+  sla: {{e2e_ms: 5000}}
+  inputs: {{text: {{type: string}}}}
+  nodes:
+    - name: lookup
+      kind: tool
+      url: {url}/x
+      inputs: {{text: "{{{{ inputs.text }}}}"}}
+      expected: {{latency_ms: 10}}
+"""
+
+
+def test_daemon_refuses_loopback_tools_unless_allowed(tmp_path, echo):
+    """`hetagent serve` passes its tool_allow (empty) to the workers: a graph aimed at a loopback
+    service fails its run with the URL and the setting named; the server is never called."""
+    d = Daemon(tmp_path)
+    d.keys = {"write": d.key("write")}
+    d.start()
+    try:
+        with httpx.Client(base_url=d.url, headers={"Authorization": f"Bearer {d.keys['write']}"}, timeout=120) as c:
+            gid, _, _ = _deploy(c, TOOL_GRAPH.format(url=echo))
+            before = _Echo.hits
+            run = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "hi"}}).json()
+    finally:
+        d.kill()
+    assert run["status"] == "failed", run
+    assert "tool_allow" in json.dumps(run) and f"{echo}/x" in json.dumps(run)
+    assert _Echo.hits == before
+
+
+# ----------------------------------------------------------------------------- CORS
+def test_cors_is_off_by_default_and_configurable(tmp_path):
+    from fastapi.testclient import TestClient
+
+    pre = {"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
+    with TestClient(_app(tmp_path / "a")) as c:
+        r = c.options("/v1/graphs", headers=pre)
+        assert "access-control-allow-origin" not in r.headers
+        assert (
+            "access-control-allow-origin" not in c.get("/healthz", headers={"Origin": "https://evil.example"}).headers
+        )
+    with TestClient(_app(tmp_path / "b", cors_origins=["https://ui.example"])) as c:
+        ok = c.options("/v1/graphs", headers={**pre, "Origin": "https://ui.example"})
+        assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://ui.example"
+        assert "access-control-allow-origin" not in c.options("/v1/graphs", headers=pre).headers

@@ -622,6 +622,10 @@ class Service:
         handle = self.runs_live.get(run_id)
         if handle is None or handle.done:
             run = self.get_run(run_id)
+            if run["status"] not in FINAL_RUN_STATES:  # executed by another replica: only that one can stop it
+                raise ServiceError(
+                    409, "run on another replica", f"run {run_id} is {run['status']} on another daemon replica"
+                )
             raise ServiceError(409, "run already finished", f"run {run_id} is {run['status']}")
         handle.cancel.set()
         return self.wait_run(run_id, 30.0, handle)

@@ -53,6 +53,7 @@ OPTIONAL_EXTRAS: dict[str, tuple[str, str]] = {
             "db",
             "dependencies",
             "errors",
+            "leader",
             "metrics",
             "service",
             "store",

@@ -209,6 +209,8 @@ def test_two_replicas_one_leader_shared_state_sse_and_takeover(postgres_url, ray
         on_a = _run_on(ca, gid, "60", mode="async").json()["id"]
         acknowledged["runs"] += [on_b, on_a]
         _wait(lambda: all(cb.get(f"/v1/runs/{i}").json()["status"] == "running" for i in (on_a, on_b)), 30)
+        refused = cb.post(f"/v1/runs/{on_a}/cancel")  # only the replica executing a run can stop it
+        assert refused.status_code == 409 and refused.json()["title"] == "run on another replica", refused.text
         time.sleep(0.5)  # both runs are past their first op's start
         a.kill()
         killed_at = time.monotonic()

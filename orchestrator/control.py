@@ -133,6 +133,10 @@ class Controller:
         self._plan = plan
         self.observations: deque[Observation] = deque(maxlen=5000)  # measured vs predicted op latencies
         self.calibrations: deque[dict[str, Any]] = deque(maxlen=1000)  # every refit applied, for GET /v1/hardware
+        # refits applied per device since start, multiplied; and that product when each plan was made
+        # (plans not listed were made before any refit of this process: the shipped catalog)
+        self.slowdown: dict[str, float] = {}
+        self.plan_slowdown: dict[str, dict[str, float]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.leading: Callable[[], bool] = lambda: True  # only the leader's loop acts (orchestrator.leader)
@@ -176,12 +180,20 @@ class Controller:
         return replans
 
     # ------------------------------------------------------------------ online calibration
-    def observe(self, records: Iterable[dict[str, Any]]) -> None:
-        """Keep a succeeded run's op records as evidence for the next refit."""
+    def plan_made(self, plan_id: str, slowdown: dict[str, float]) -> None:
+        """Remember the refits in effect when a plan was made (``slowdown``, taken before planning), so
+        its runs' records are compared with what the current catalog predicts, not the plan's old figure."""
+        if slowdown:
+            self.plan_slowdown[plan_id] = dict(slowdown)
+
+    def observe(self, records: Iterable[dict[str, Any]], plan_id: str | None = None) -> None:
+        """Keep a succeeded run's op records (of the plan ``plan_id``) as evidence for the next refit."""
         from costmodels.online import observations_from_records
 
+        made_with = self.plan_slowdown.get(plan_id or "", {})
+        scale = {d: s / made_with.get(d, 1.0) for d, s in self.slowdown.items()}
         try:
-            self.observations.extend(observations_from_records(records))
+            self.observations.extend(observations_from_records(records, scale))
         except Exception:  # noqa: BLE001 - a record we cannot read is no evidence; the run itself is fine
             log.exception("op records unusable for online calibration")
             self.metrics.calibration_failures.inc()
@@ -196,6 +208,7 @@ class Controller:
             self.catalog = catalog
             self.observations.clear()  # they were measured against the old predictions
             for device, scale in applied.items():
+                self.slowdown[device] = self.slowdown.get(device, 1.0) * scale
                 eff = catalog.hardware[device].efficiency
                 self.metrics.efficiency.labels(device, "compute").set(eff.compute)
                 self.metrics.efficiency.labels(device, "memory").set(eff.memory)

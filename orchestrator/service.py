@@ -275,7 +275,7 @@ class Service:
         spec = self.get_graph(graph_id)["spec"]
         if cluster and cluster not in list_clusters():  # names only: a path would read the daemon's files
             raise ServiceError(422, "unknown cluster", f"{cluster!r}; known: {', '.join(list_clusters())}")
-        catalog = self.catalog
+        catalog, slowdown = self.catalog, dict(self.control.slowdown)  # the refits this plan is made with
         inventory = load_cluster(cluster, catalog) if cluster else self.cluster
         opts = PlanOptions(rate_per_s=rate_per_s, sla_ms=sla_ms, ttft_ms=ttft_ms)
         request = {"sla_ms": sla_ms, "rate_per_s": rate_per_s, "ttft_ms": ttft_ms, "cluster": inventory.name}
@@ -303,7 +303,9 @@ class Service:
             )
             request |= q
         self.metrics.solve_seconds.observe(plan.solve_seconds)
-        return self.store.add_plan(graph_id, request, plan.model_dump(mode="json"))
+        stored = self.store.add_plan(graph_id, request, plan.model_dump(mode="json"))
+        self.control.plan_made(stored["id"], slowdown)
+        return stored
 
     def _replan(self, graph_id: str, sla_ms: float | None, rate_per_s: float, ttft_ms: float | None) -> dict[str, Any]:
         return self.create_plan(graph_id, sla_ms, rate_per_s, None, ttft_ms)
@@ -517,7 +519,7 @@ class Service:
         """Run on the pool, store the outcome, then wake the waiters; they are woken whatever fails."""
         from workers.executor import RunError
 
-        runner = live.runner
+        runner, plan_id = live.runner, live.plan_id  # the plan whose predictions the records carry
 
         def on_event(kind: str, node: str, data: dict) -> None:
             event = {"event": kind, "node": node, "data": data, "t": time.time()}
@@ -562,7 +564,7 @@ class Service:
                 records,
             )
             if status == "succeeded":
-                self.control.observe(records)
+                self.control.observe(records, plan_id)
         except Exception as exc:  # noqa: BLE001 - a bug past the run itself: still wake the waiters
             log.exception("finishing run %s failed", run_id)
             final, handle.failure = None, handle.failure or f"the outcome of run {run_id} was lost: {exc}"

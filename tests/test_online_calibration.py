@@ -96,3 +96,32 @@ def test_daemon_replans_with_the_refitted_catalog(tmp_path):
     llm_ms2 = sum(o["predicted_latency_ms"] for o in second["ops"] if o["source_node"] == "answer")
     assert 1.4 * llm_ms < llm_ms2 < 3.1 * llm_ms  # moved toward the measured 3x, by half a step in log space
     service.stop()
+
+
+def test_refits_do_not_compound_while_a_deployment_keeps_its_plan(tmp_path):
+    """Runs of one plan keep carrying that plan's prediction after a refit: each pass must compare them
+    with what the refitted catalog predicts, so the correction converges on the measured 3x instead of
+    multiplying another √3 in at every pass (3^4 = 81x after eight passes, as the daemon did)."""
+    import yaml
+
+    from orchestrator.service import Service
+    from orchestrator.settings import Settings
+
+    service = Service(Settings(data_dir=tmp_path, control_enabled=False))
+    gid = service.create_graph(yaml.safe_load(yaml.safe_dump(GRAPH.model_dump(mode="json", exclude_none=True))))["id"]
+    first = service.create_plan(gid, None, 0.01)
+    llm_ms = sum(o["predicted_latency_ms"] for o in first["plan"]["ops"] if o["source_node"] == "answer")
+    records = [
+        {"device": "local-cpu", "kind": "llm", "measured_ms": 3 * llm_ms, "predicted_ms": llm_ms, "detail": {}}
+    ] * 20
+    for _ in range(8):  # the deployment still runs the first plan: its records carry its prediction
+        service.control.observe(records, first["id"])
+        service.control.calibrate()
+    again = service.create_plan(gid, None, 0.01)
+    llm_ms_again = sum(o["predicted_latency_ms"] for o in again["plan"]["ops"] if o["source_node"] == "answer")
+    assert 2.2 * llm_ms < llm_ms_again < 3.3 * llm_ms, llm_ms_again / llm_ms
+    # the new plan already predicts the measured latency: its own runs are no reason to refit
+    measured_now = [{**r, "measured_ms": llm_ms_again, "predicted_ms": llm_ms_again} for r in records]
+    service.control.observe(measured_now, again["id"])
+    assert service.control.calibrate() == {}
+    service.stop()

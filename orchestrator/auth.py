@@ -1,6 +1,8 @@
 """API keys: ``hta_<id>_<secret>``, stored as SHA-256 of the whole key (keys are 192-bit random, so
 a fast hash is enough), with a scope: read < write < admin. A request's key is looked up by its id
-and its hash compared in constant time; keys are listed and revoked by id, and never logged."""
+and its hash compared in constant time; keys are listed and revoked by id, and never logged. Keys can
+also come from a file (``api_keys_file``: a Kubernetes Secret mounted into the daemon's pod), imported
+at start; a key revoked in the database stays revoked."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -27,11 +30,60 @@ def create_key(sessions: sessionmaker, scope: str, name: str = "") -> tuple[str,
     """Store a new key; returns (key id, the key). The key itself is shown once and never stored."""
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; choose one of {', '.join(SCOPES)}")
-    key_id = secrets.token_hex(4)
-    key = f"{KEY_PREFIX}_{key_id}_{secrets.token_urlsafe(24)}"
+    key = generate_key()
+    key_id = key_id_of(key)
     with sessions.begin() as s:
         s.add(ApiKeyRow(id=key_id, key_hash=hash_key(key), scope=scope, name=name))
     return key_id, key
+
+
+class KeysFileError(ValueError):
+    """The API keys file cannot be used as it is (the message names the line; never the key)."""
+
+
+def read_keys_file(path: Path) -> list[tuple[str, str, str]]:
+    """(key id, key hash, scope) per key line of ``path`` (``<scope> <key>``; blank lines and ``#``
+    comments skipped); KeysFileError names the first bad line, never the key."""
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as exc:
+        raise KeysFileError(f"API keys file {path}: {exc.strerror or exc}") from None
+    keys: list[tuple[str, str, str]] = []
+    for n, line in enumerate(lines, 1):
+        fields = line.split()
+        if not fields or fields[0].startswith("#"):
+            continue
+        if len(fields) != 2 or fields[0] not in SCOPES:
+            raise KeysFileError(f"API keys file {path}, line {n}: expected '<scope> <key>' with scope one of {SCOPES}")
+        key_id = key_id_of(fields[1])
+        if not key_id or len(fields[1]) < len(KEY_PREFIX) + 2 + 8 + 24:
+            raise KeysFileError(
+                f"API keys file {path}, line {n}: not a key of the form {KEY_PREFIX}_<id>_<secret> "
+                "(id without '_', secret of 24+ characters; `hetagent keys generate` prints one)"
+            )
+        keys.append((key_id, hash_key(fields[1]), fields[0]))
+    return keys
+
+
+def import_keys_file(sessions: sessionmaker, path: Path) -> int:
+    """Store the keys of ``path`` that the database lacks; returns how many were added. A key whose id
+    is stored with another hash is an error (two keys cannot share an id); one already stored, revoked
+    or not, is left as it is."""
+    added = 0
+    with sessions.begin() as s:
+        for key_id, digest, scope in read_keys_file(path):
+            row = s.get(ApiKeyRow, key_id)
+            if row is None:
+                s.add(ApiKeyRow(id=key_id, key_hash=digest, scope=scope, name=f"from {path.name}"))
+                added += 1
+            elif not hmac.compare_digest(row.key_hash, digest):
+                raise KeysFileError(f"API keys file {path}: key id {key_id!r} is already stored for another key")
+    return added
+
+
+def generate_key() -> str:
+    """A fresh key of the stored form, not stored (for a keys file)."""
+    return f"{KEY_PREFIX}_{secrets.token_hex(4)}_{secrets.token_urlsafe(24)}"
 
 
 CACHE_TTL_S = 10.0  # a key revoked by another process stops working within this time (at once in this one)

@@ -743,6 +743,13 @@ def serve(
         _fail(str(exc))
     if lock is not None:
         lock.close()
+    if settings.api_keys_file is not None:  # a bad keys file is a clear error before the server starts
+        from orchestrator.auth import KeysFileError, read_keys_file
+
+        try:
+            read_keys_file(settings.api_keys_file)
+        except KeysFileError as exc:
+            _fail(str(exc))
     uvicorn.run(create_app(settings), host=host, port=port, log_level="info", timeout_graceful_shutdown=30)
 
 
@@ -843,10 +850,11 @@ def runs_get(run_id: str, url: str = _URL_OPT, api_key: str | None = _KEY_OPT) -
 from orchestrator.cli_costmodel import costmodel_app  # noqa: E402  (its commands import lazily)
 
 app.add_typer(costmodel_app, name="costmodel")
-from orchestrator.cli_keys import keys_list, keys_revoke  # noqa: E402  (imports the database lazily)
+from orchestrator.cli_keys import keys_generate, keys_list, keys_revoke  # noqa: E402  (imports the database lazily)
 
 keys_app.command("list")(keys_list)
 keys_app.command("revoke")(keys_revoke)
+keys_app.command("generate")(keys_generate)
 from orchestrator.cli_simulate import simulate as _simulate  # noqa: E402  (imports the simulator lazily)
 
 app.command("simulate")(_simulate)

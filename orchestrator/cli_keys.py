@@ -64,3 +64,16 @@ def keys_revoke(
         sys.stderr.write(f"error: no API key with id {key_id!r}\n")
         raise typer.Exit(2)
     sys.stderr.write(f"revoked key {row['id']} (scope {row['scope']})\n")
+
+
+def keys_generate(
+    scope: str = typer.Option("write", "--scope", help="read, write or admin (the line's first field)."),
+) -> None:
+    """Print a new key as a keys-file line ('<scope> <key>'), without storing it: for `api_keys_file`
+    (HETAGENT_API_KEYS_FILE), e.g. a Kubernetes Secret the Helm chart mounts (apiKeys.existingSecret)."""
+    from orchestrator.auth import SCOPES, generate_key
+
+    if scope not in SCOPES:
+        sys.stderr.write(f"error: unknown scope {scope!r}; choose one of {', '.join(SCOPES)}\n")
+        raise typer.Exit(2)
+    sys.stdout.write(f"{scope} {generate_key()}\n")

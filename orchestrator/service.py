@@ -76,6 +76,11 @@ class Service:
             window_s=settings.control_window_s, min_dwell_s=settings.control_dwell_s, band=settings.control_band
         )
         self.store = Store(settings.db_url(), new_replica_id())
+        if settings.api_keys_file is not None:
+            from orchestrator.auth import import_keys_file
+
+            added = import_keys_file(self.store.sessions, settings.api_keys_file)
+            log.info("API keys file %s: %d key(s) added", settings.api_keys_file, added)
         catalog = load_catalog()
         self.cluster = load_cluster(settings.cluster, catalog)
         self.metrics = Metrics()

@@ -54,6 +54,11 @@ class Settings(BaseModel):
     rate_limit_burst: int = Field(
         int(_env("RATE_LIMIT_BURST", "100")), ge=1, description="Requests a key may make at once (bucket size)."
     )
+    api_keys_file: Path | None = Field(
+        Path(_env("API_KEYS_FILE", "")) if _env("API_KEYS_FILE") else None,
+        description="File of '<scope> <key>' lines (e.g. a mounted Kubernetes Secret) whose keys are added to the "
+        "database at start; a key revoked there stays revoked.",
+    )
     cors_origins: list[str] = Field(
         [o for o in _env("CORS_ORIGINS", "").split(",") if o],
         description="Browser origins allowed to call the API (CORS); empty: CORS off.",

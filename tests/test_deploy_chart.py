@@ -530,3 +530,23 @@ def test_versions_agree_with_pyproject():
     for dockerfile, repo in built.items():
         assert f"| `{dockerfile}` | `{repo}`" in readme
         assert f"-t {repo}:" in dockerfiles[dockerfile]
+
+
+def test_api_keys_come_from_an_existing_secret_mounted_as_the_daemons_keys_file():
+    objs = render_chart({"apiKeys": {"existingSecret": "ops-keys", "existingSecretKey": "keys.txt"}})
+    assert not [o for o in objs if o["kind"] == "Secret"]  # the user's Secret; the chart makes none
+    pod = _one(objs, "Deployment")["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    path = {e["name"]: e.get("value") for e in c["env"]}["HETAGENT_API_KEYS_FILE"]
+    (mount,) = [m for m in c["volumeMounts"] if path.startswith(m["mountPath"].rstrip("/") + "/")]
+    assert mount["readOnly"] is True
+    (volume,) = [v for v in pod["volumes"] if v["name"] == mount["name"]]
+    assert volume["secret"]["secretName"] == "ops-keys"
+    (item,) = volume["secret"]["items"]
+    assert item["key"] == "keys.txt" and mount["mountPath"].rstrip("/") + "/" + item["path"] == path
+    for obj in objs:
+        if obj["kind"] == "ConfigMap":
+            assert "ops-keys" not in json.dumps(obj)
+    # without one, the daemon gets no keys file
+    (c,) = _one(render_chart({}), "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "HETAGENT_API_KEYS_FILE" not in {e["name"] for e in c["env"]}

@@ -94,6 +94,21 @@ def _load(model_dir: Path):
     return model, tok
 
 
+def _unigram_entropy_nats(model_dir: Path) -> float:
+    """Cross-entropy per token of predicting the corpus from its own token frequencies, no context."""
+    import collections
+    import math
+
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    counts: collections.Counter[int] = collections.Counter()
+    for s in tm.corpus_sources():
+        counts.update(tok(s.text, verbose=False)["input_ids"])
+    n = sum(counts.values())
+    return -sum(c / n * math.log(c / n) for c in counts.values())
+
+
 def test_training_report(tiny_model_dir):
     report = json.loads((tiny_model_dir / tm.REPORT_FILE).read_text())
     assert report["recipe_hash"] == tm.recipe_hash()
@@ -106,7 +121,10 @@ def test_training_report(tiny_model_dir):
     assert corpus_tokens_seen + 216 * 300 < report["tokens_seen"] < corpus_tokens_seen + 216 * 1300
     # the first batch is scored by a random model: about ln(2048) = 7.62 nats per token
     assert 7.1 < report["initial_loss"] < 8.1
-    assert report["final_loss"] < 0.6 * report["initial_loss"]
+    # it learned more than word frequencies: it beats the best context-free (unigram) predictor of
+    # the same corpus by a nat per token. A fixed share of the initial loss was flaky: each docs edit
+    # grows the corpus, and the final loss of the fixed 360 steps has drifted 4.27 -> 4.66.
+    assert report["final_loss"] < _unigram_entropy_nats(tiny_model_dir) - 1.0, report["final_loss"]
     names = [s["name"] for s in report["sources"]]
     assert "README.md" in names and "examples/graphs/indexes/product-docs.jsonl" in names
     assert any(n.startswith("docs/") for n in names)

@@ -34,3 +34,19 @@ def flaky_once(marker: str, **_):
         path.write_text("failed")
         raise ConnectionError("transient failure on purpose")
     return "second try"
+
+
+def hash_vector(text: str, dimension: str = "64", **_):
+    """A cheap deterministic embedding (hashed character trigrams, L2-normalised) for vector_search
+    graphs that must not load a model (bench/soak.py)."""
+    import hashlib
+    import math
+
+    dim = int(dimension)
+    vec = [0.0] * dim
+    padded = f"  {text.lower()}  "
+    for i in range(len(padded) - 2):
+        h = int.from_bytes(hashlib.blake2b(padded[i : i + 3].encode(), digest_size=4).digest(), "little")
+        vec[h % dim] += 1.0 if h & (1 << 31) else -1.0
+    norm = math.sqrt(sum(v * v for v in vec)) or 1.0
+    return [v / norm for v in vec]

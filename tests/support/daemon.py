@@ -53,7 +53,8 @@ class Daemon:
     SQLAlchemy URL) instead of SQLite in the data dir. ``scopes``: keys created before the first start
     (``keys[scope]``; ``key`` is the write one). ``env``: extra environment (e.g. ``HETAGENT_*``
     settings) over the test defaults. ``args``: extra `serve` flags. ``preexec_fn``: run in the child
-    before exec (e.g. a resource limit)."""
+    before exec (e.g. a resource limit). ``log_dir``: where the logs go (default the data dir; elsewhere
+    when the data dir is made to fail, e.g. a full disk)."""
 
     def __init__(
         self,
@@ -68,6 +69,7 @@ class Daemon:
         scopes: Sequence[str] = ("write",),
         ready_timeout_s: float = 180.0,
         preexec_fn: Callable[[], Any] | None = None,
+        log_dir: Path | None = None,
     ):
         self.data_dir = Path(data_dir) if data_dir is not None else Path(tempfile.mkdtemp(prefix="hetagent-d-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -80,6 +82,7 @@ class Daemon:
         self.scopes = tuple(scopes)
         self.ready_timeout_s = ready_timeout_s
         self.preexec_fn = preexec_fn
+        self.log_dir = Path(log_dir) if log_dir is not None else self.data_dir
         self.env = {
             **os.environ,
             "RAY_AUTH_MODE": "disabled",
@@ -136,7 +139,7 @@ class Daemon:
             if scope not in self.keys:
                 self.keys[scope] = self.create_key(scope, name=f"test-{scope}")
         self.starts += 1
-        self.log_path = self.data_dir / f"daemon-{self.starts}.log"
+        self.log_path = self.log_dir / f"daemon-{self.starts}.log"
         with open(self.log_path, "wb") as log:  # the child keeps its own copy of the descriptor
             self.proc = subprocess.Popen(
                 self.command(),

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hetagent.service")
 
 MAX_UNSTORED_RUNS = 1000  # outcomes kept in memory when the database refused them
+RAY_CHECK_INTERVAL_S = 1.0  # how often the daemon checks that its Ray cluster still answers
+RAY_RETRY_AFTER_S = 5  # Retry-After of the 503s while Ray is reconnecting
 
 
 class ServiceError(Exception):
@@ -97,6 +99,11 @@ class Service:
         self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="run")
         self._deploy_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="deploy")
         self.ready = threading.Event()
+        self.ray_up = threading.Event()  # cleared while the Ray cluster is lost and being reconnected
+        self.ray_up.set()
+        self.ray_problem = ""  # why Ray is not up (the 503s' detail)
+        self._uses_ray = False  # set once this service connected to Ray (a deployment's pools): then it is watched
+        self._stopping = threading.Event()
 
     @property
     def catalog(self) -> Catalog:
@@ -111,10 +118,12 @@ class Service:
         self.leadership.start()
         if self.settings.control_enabled:
             self.control.start(self.settings.control_interval_s)
+        threading.Thread(target=self._watch_ray, name="ray-watch", daemon=True).start()
         self.ready.set()
 
     def stop(self) -> None:
         """Stop the loop and the writer, and the pools this process started."""
+        self._stopping.set()
         self.control.stop()
         self.leadership.stop()
         self.store.close()
@@ -137,7 +146,7 @@ class Service:
             live = self.live.get(dep_id)
             if dep_id in self._starting:
                 continue
-            if live is None and (state == "ready" or leader):
+            if live is None and (state == "ready" or leader) and self.ray_up.is_set():
                 self._starting.add(dep_id)
                 self._deploy_pool.submit(self._bring_up if state == "starting" else self._attach, dep_id)
             elif live is not None and not leader and state == "ready" and live.plan_id != plan_id:
@@ -147,6 +156,65 @@ class Service:
             live = self.live.pop(dep_id, None)
             if live is not None:
                 self._deploy_pool.submit(self._drain, live)
+
+    def _watch_ray(self) -> None:
+        """Notice that the Ray cluster is gone (its head died: every pool with it) and reconnect."""
+        from workers.executor import ray_lost
+
+        while not self._stopping.wait(RAY_CHECK_INTERVAL_S):
+            try:
+                lost = ray_lost() if self._uses_ray else None
+                if lost:
+                    self._reconnect_ray(lost)
+            except Exception:  # noqa: BLE001 - the watch must go on
+                log.exception("watching the Ray cluster failed")
+
+    def _reconnect_ray(self, why: str) -> None:
+        """Not ready (503s naming Ray) until the daemon is back on a new Ray by itself: this replica's
+        deployments' pools are forgotten (their runs in flight fail naming Ray, see workers.executor), the dead
+        connection is shut down, ``ensure_ray`` connects again — to ``ray_address``, or starts a new local Ray —
+        retried with backoff, and the deployments are attached again from their stored plans, as after a
+        restart (``_attach``): same ids, so clients keep theirs."""
+        import ray
+
+        from workers.executor import ensure_ray
+
+        t0 = time.monotonic()
+        self.ray_problem = f"{why}; reconnecting"
+        self.ray_up.clear()
+        log.error("%s: reconnecting", why)
+        lost = {}
+        for dep_id in list(self.live):
+            self._starting.add(dep_id)  # the renewal thread's sync leaves them to this
+            live = self.live.pop(dep_id, None)
+            if live is not None:
+                lost[dep_id] = live
+        end = time.monotonic() + 30.0
+        while any(live.in_flight for live in lost.values()) and time.monotonic() < end:
+            time.sleep(0.1)
+        delay_s = 1.0
+        while not self._stopping.is_set():
+            with contextlib.suppress(Exception):
+                ray.shutdown()
+            try:
+                ensure_ray(self.settings.ray_address, [p.type for p in self.cluster.devices])
+                break
+            except Exception as exc:  # noqa: BLE001 - the head may take a while to come back: try again
+                self.ray_problem = f"{why}; reconnecting failed ({type(exc).__name__}: {exc}), again in {delay_s:g} s"
+                log.error("%s", self.ray_problem)
+                self._stopping.wait(delay_s)
+                delay_s = min(2 * delay_s, 30.0)
+        if self._stopping.is_set():
+            return
+        for dep_id in lost:
+            self._attach(dep_id)
+        self.ray_up.set()
+        log.warning("Ray is back after %.1f s; %d deployment(s) attached again", time.monotonic() - t0, len(lost))
+
+    def _need_ray(self) -> None:
+        """Refuse work that needs Ray while it is being reconnected: a 503 naming Ray, with Retry-After."""
+        if not self.ray_up.is_set():
+            raise ServiceError(503, "Ray unavailable", self.ray_problem, retry_after_s=RAY_RETRY_AFTER_S)
 
     def _attach(self, dep_id: str) -> None:
         """Start this replica's pools for a deployment that is ``ready`` (up on another replica, or
@@ -363,6 +431,7 @@ class Service:
     # ------------------------------------------------------------------ deployments
     def create_deployment(self, graph_id: str, plan_id: str | None) -> dict[str, Any]:
         """Answer at once (``starting``); pools come up on a thread, then ``ready`` or ``failed``."""
+        self._need_ray()
         with self.store.transaction() as s:
             if self.store.graph_row(s, graph_id) is None:
                 raise not_found("graph", graph_id)
@@ -433,6 +502,7 @@ class Service:
         ):
             model_dir = build_tiny_model(self.settings.data_dir / "models" / "tiny-llama")
         ensure_ray(self.settings.ray_address, [p.type for p in self.cluster.devices])
+        self._uses_ray = True
         runner = GraphRunner(
             graph, plan, data_dir=self.settings.data_dir, model_dir=model_dir, egress=list(self.settings.tool_allow)
         )
@@ -486,6 +556,7 @@ class Service:
         return self.get_deployment(graph_id, dep_id)
 
     def _ready_deployment(self, graph_id: str) -> tuple[str, LiveDeployment]:
+        self._need_ray()
         for dep_id, live in list(self.live.items()):  # the hot path: no database read
             if live.graph_id == graph_id and live.runner is not None:
                 return dep_id, live

@@ -3,13 +3,15 @@
 The driver never touches intermediate outputs: each call receives its upstream results as Ray
 object references (top-level arguments, resolved by Ray on the worker), renders its templates
 there and returns an envelope {output, started_at, service_ms}. The driver waits on references
-(`ray.wait`) to dispatch successors, enforce per-op timeouts, retry idempotent ops (and any op
-whose actor died — Ray restarts the actor), and cancel everything in flight when one op fails.
+(`ray.wait`) to dispatch successors, enforce per-op timeouts, retry idempotent ops (and any idempotent
+op whose actor died — Ray restarts the actor; a non-idempotent tool whose actor died mid-call fails the run,
+since its side effect may have happened), and cancel everything in flight when one op fails.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import threading
 import time
 import uuid
@@ -152,6 +154,25 @@ def ensure_ray(address: str | None = None, devices: list[str] | None = None) -> 
         resources=resources,
         runtime_env={"env_vars": {"PYTHONPATH": path}},
     )
+
+
+def ray_lost(timeout_s: float = 1.0) -> str | None:
+    """Why the Ray cluster this process is connected to is gone — its GCS accepts no connection — or None
+    (it answers, or this process is not connected). A TCP connect: cheap enough to poll every second."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    try:
+        address = ray.get_runtime_context().gcs_address
+        host, port = address.rsplit(":", 1)
+    except Exception:  # noqa: BLE001 - shut down meanwhile: not connected
+        return None
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            return None
+    except OSError as exc:
+        return f"the Ray cluster is unreachable (its GCS at {address}: {exc.strerror or exc})"
 
 
 class GraphRunner:
@@ -553,6 +574,17 @@ class GraphRunner:
             except StopIteration:
                 fail(unit.nodes[0], unit_device(uid), "the op's stream ended without a result")
             except RayActorError as exc:  # a worker died: Ray restarts it; the unit runs again (a split: from prefill)
+                lost = ray_lost()
+                if lost:
+                    fail(unit.nodes[0], unit_device(uid), f"{lost}; the op's worker is gone ({type(exc).__name__})")
+                once = [n for n in unit.nodes if not getattr(nodes[n], "idempotent", True)]
+                if once:  # never fused with others (workers.units): the unit is this one tool
+                    fail(
+                        once[0],
+                        unit_device(uid),
+                        "its worker died mid-call and the op is not idempotent, so it is not run again "
+                        f"(its side effect may have happened): {type(exc).__name__}",
+                    )
                 allowed = 1 + max(nodes[n].retries for n in unit.nodes)
                 actors = [pools[pid].actors[i] for pid, i in picks if i < len(pools[pid].actors)]
                 if attempt <= allowed and all(self._await_restart(a) for a in actors):
@@ -571,7 +603,7 @@ class GraphRunner:
                     submit(uid)
                     submit_ready(descendants[uid])
                     continue
-                fail(unit.nodes[0], unit_device(uid), f"worker died {attempt} times: {exc}")
+                fail(unit.nodes[0], unit_device(uid), ray_lost() or f"worker died {attempt} times: {exc}")
             except (RayTaskError, TaskCancelledError, GetTimeoutError) as exc:
                 cause = exc.cause if isinstance(exc, RayTaskError) and exc.cause is not None else exc
                 node = getattr(cause, "node", None) or unit.nodes[0]
@@ -622,7 +654,7 @@ class GraphRunner:
         from ray.exceptions import GetTimeoutError, RayActorError
 
         end = time.monotonic() + within_s
-        while time.monotonic() < end:
+        while time.monotonic() < end and not ray_lost():
             try:
                 ray.get(actor.ping.remote(), timeout=5)
                 return True

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from orchestrator.dependencies import Read, get_service
-from orchestrator.service import Service, ServiceError
+from orchestrator.service import RAY_RETRY_AFTER_S, Service, ServiceError
 
 router = APIRouter(tags=["system"])
 
@@ -18,11 +18,13 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Database migrated, catalog loaded, recovery done; which replica this is and whether it leads",
+    summary="Database migrated, catalog loaded, recovery done, Ray answering; which replica this is, whether it leads",
 )
 def readyz(service: Service = Depends(get_service)) -> dict[str, Any]:
     if not service.ready.is_set():
         raise ServiceError(503, "not ready", "recovering state from the database", retry_after_s=1)
+    if not service.ray_up.is_set():
+        raise ServiceError(503, "not ready", service.ray_problem, retry_after_s=RAY_RETRY_AFTER_S)
     return {"status": "ready", **service.leadership.status()}
 
 

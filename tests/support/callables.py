@@ -50,3 +50,13 @@ def hash_vector(text: str, dimension: str = "64", **_):
         vec[h % dim] += 1.0 if h & (1 << 31) else -1.0
     norm = math.sqrt(sum(v * v for v in vec)) or 1.0
     return [v / norm for v in vec]
+
+
+def slow_telling_pid(pid_file: str, seconds: str = "30", **_):
+    """Write this worker's pid to ``pid_file``, then sleep: a test kills the worker mid-op by that pid.
+    The call after a restart finds the file there and returns after 0.2 s (a short second try)."""
+    path = Path(pid_file)
+    first = not path.exists()
+    path.write_text(str(os.getpid()))
+    time.sleep(float(seconds) if first else 0.2)
+    return f"done by {os.getpid()}"

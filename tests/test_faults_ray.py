@@ -3,7 +3,8 @@ starts itself, real processes killed with SIGKILL while runs are in flight.
 
 * a worker actor's process killed mid-op: an idempotent op is run again on the restarted actor and the run
   succeeds, its events and record say so; a non-idempotent tool op is not run again (its HTTP service sees
-  one call) and the run ends ``failed`` naming the op;
+  one call) and the run ends ``failed`` naming the op; a replica that died more often than Ray restarts it
+  (``max_restarts``) is replaced by a new actor, and the run and the deployment go on;
 * the whole local Ray head killed (GCS, raylet, workers): /readyz turns 503 problem+json with Retry-After and
   names Ray, a run submitted meanwhile is refused with a 503 naming Ray, a run in flight ends ``failed``
   naming Ray, and the daemon starts a new local Ray by itself, becomes ready and brings the same deployment
@@ -36,7 +37,7 @@ kind: AgentGraph
 metadata: {{name: {name}}}
 spec:
   sla: {{e2e_ms: 60000}}
-  inputs: {{pid_file: {{type: string}}, seconds: {{type: string}}}}
+  inputs: {{{inputs}}}
   nodes:
 {nodes}
   outputs: {{out: "{{{{ nodes.{sink}.output }}}}"}}
@@ -54,6 +55,15 @@ SLOW_NODES = """\
       kind: transform
       function: tests.support.callables:join
       inputs: {x: "{{ nodes.crunch.output }}"}
+"""
+
+# a transform that kills its own worker process on its first ``times`` calls
+FRAGILE_NODES = """\
+    - name: fragile
+      kind: transform
+      function: tests.support.callables:crash_times
+      inputs: {counter: "{{ inputs.counter }}", times: "{{ inputs.times }}"}
+      retries: 3
 """
 
 # a non-idempotent HTTP tool (a side effect: e.g. a payment)
@@ -123,7 +133,9 @@ def slow_deployment(daemon: Daemon) -> tuple[str, str]:
 
 
 def _deploy(c: httpx.Client, name: str, nodes: str, sink: str) -> tuple[str, str]:
-    doc = GRAPH.format(name=name, nodes=nodes, sink=sink)
+    names = ("counter", "times") if nodes is FRAGILE_NODES else ("pid_file", "seconds")
+    inputs = ", ".join(f"{n}: {{type: string}}" for n in names)
+    doc = GRAPH.format(name=name, nodes=nodes, sink=sink, inputs=inputs)
     g = c.post("/v1/graphs", content=doc, headers={"Content-Type": "application/yaml"})
     assert g.status_code == 201, g.text
     gid = g.json()["id"]
@@ -201,7 +213,7 @@ def test_killed_worker_mid_op_idempotent_op_is_retried_and_the_run_completes(
         assert crunch["attempts"] == 2
         retries = [e for e in _events(c, run_id) if e.get("event") == "retry"]
         assert [e["node"] for e in retries] == ["crunch"]
-        assert "worker died" in retries[0]["data"]["error"]
+        assert "worker died" in retries[0]["data"]["error"] and retries[0]["data"]["worker"] == "restarted"
 
 
 def test_killed_worker_mid_non_idempotent_tool_fails_the_run_naming_the_op(
@@ -226,6 +238,22 @@ def test_killed_worker_mid_non_idempotent_tool_fails_the_run_naming_the_op(
         assert "'charge'" in run["error"] and "not idempotent" in run["error"], run["error"]
         time.sleep(2.0)  # a retry, had there been one, would have called the tool again by now
         assert len(tool_server.calls) == 1, tool_server.calls  # the side effect happened once
+
+
+def test_a_replica_whose_restarts_are_spent_is_replaced_and_the_pool_goes_on(daemon: Daemon, tmp_path: Path):
+    """Ray restarts an actor ``max_restarts`` (2) times; its third death leaves it dead for good. The runner puts
+    a new actor in its place, so the run (within its retries) and the deployment go on."""
+    counter = tmp_path / "deaths"
+    with daemon.client() as c:
+        gid, _ = _deploy(c, "fragile", FRAGILE_NODES, "fragile")
+        run = _finished(c, _async_run(c, gid, {"counter": str(counter), "times": "3"}), 150)
+        assert run["status"] == "succeeded", run
+        assert counter.read_text() == "3" and run["outputs"]["out"] == "survived 3 deaths", run
+        assert run["records"][0]["attempts"] == 4
+        retries = [e["data"]["worker"] for e in _events(c, run_id=run["id"]) if e.get("event") == "retry"]
+        assert retries == ["restarted", "restarted", "replaced"], retries
+        again = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"counter": str(counter), "times": "3"}})
+        assert again.status_code == 200 and again.json()["status"] == "succeeded", again.text
 
 
 def _connections(p: psutil.Process) -> list:

@@ -586,8 +586,10 @@ class GraphRunner:
                         f"(its side effect may have happened): {type(exc).__name__}",
                     )
                 allowed = 1 + max(nodes[n].retries for n in unit.nodes)
-                actors = [pools[pid].actors[i] for pid, i in picks if i < len(pools[pid].actors)]
-                if attempt <= allowed and all(self._await_restart(a) for a in actors):
+                revived = (
+                    [self._revive(p, i) for p, i in picks if i < len(pools[p].actors)] if attempt <= allowed else None
+                )
+                if revived is not None and all(revived):
                     withdraw(uid)
                     emit(
                         "retry",
@@ -595,6 +597,7 @@ class GraphRunner:
                         {
                             "error": f"worker died: {type(exc).__name__}",
                             "rerun": "from prefill" if unit.split else "whole op",
+                            "worker": "replaced" if "replaced" in revived else "restarted",
                         },
                     )
                     for d in [u for u in units if u in descendants[uid] and u in submitted]:
@@ -647,17 +650,33 @@ class GraphRunner:
             sum(r.planned_cost_usd for r in records),
         )
 
+    def _revive(self, pool_id: str, i: int) -> str | None:
+        """Bring a pool's replica back after its worker died: "restarted" when Ray restarted it, "replaced"
+        when it was dead for good (its ``max_restarts`` spent) and a new actor took its place — so a pool
+        outlives any number of worker deaths; None when neither answers (or Ray itself is gone)."""
+        pool = self.pools[pool_id]
+        if self._await_restart(pool.actors[i]):
+            return "restarted"
+        if ray_lost():
+            return None
+        cls, payload, weights = self._pool_payload(pool)
+        pool.actors[i] = cls.remote(payload, str(self.data_dir), weights)
+        return "replaced" if self._await_restart(pool.actors[i]) else None
+
     @staticmethod
     def _await_restart(actor: Any, within_s: float = RESTART_TIMEOUT_S) -> bool:
-        """Wait until Ray has restarted a dead actor (its constructor ran again); False if it stays down."""
+        """Wait until Ray has restarted a dead actor (its constructor ran again); False if it stays down:
+        dead for good (Ray answers ActorDiedError, not ActorUnavailableError, once no restart is left)."""
         import ray
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import ActorDiedError, GetTimeoutError, RayActorError
 
         end = time.monotonic() + within_s
         while time.monotonic() < end and not ray_lost():
             try:
                 ray.get(actor.ping.remote(), timeout=5)
                 return True
+            except ActorDiedError:
+                return False
             except (RayActorError, GetTimeoutError):
                 time.sleep(0.2)
         return False

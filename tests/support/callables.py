@@ -60,3 +60,14 @@ def slow_telling_pid(pid_file: str, seconds: str = "30", **_):
     path.write_text(str(os.getpid()))
     time.sleep(float(seconds) if first else 0.2)
     return f"done by {os.getpid()}"
+
+
+def crash_times(counter: str, times: str = "1", **_):
+    """Kill this worker process on each of the first ``times`` calls (counted in the file ``counter``), then
+    say how many deaths came before."""
+    path = Path(counter)
+    deaths = int(path.read_text()) if path.exists() else 0
+    if deaths < int(times):
+        path.write_text(str(deaths + 1))
+        os._exit(1)
+    return f"survived {deaths} deaths"

@@ -251,6 +251,7 @@ def closed_loop(client: Callable[[], httpx.Client], gid: str, clients: int, seco
     mean e2e of the completed runs; a closed loop without think time), which a short window on a slow machine
     still reads."""
     done: list[tuple[float, float]] = []  # (finish time, client ms)
+    output_tokens: list[int] = []  # the LLM calls' generated tokens, over the runs that succeeded
     failed: list[str] = []
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
@@ -264,6 +265,11 @@ def closed_loop(client: Callable[[], httpx.Client], gid: str, clients: int, seco
                 with lock:
                     if row["ok"]:
                         done.append((time.perf_counter(), row["client_ms"]))
+                        output_tokens.extend(
+                            (rec.get("detail") or {}).get("output_tokens") or 0
+                            for rec in row["records"]
+                            if rec.get("kind") == "llm"
+                        )
                     else:
                         failed.append(str(row["error"]))
 
@@ -285,7 +291,62 @@ def closed_loop(client: Callable[[], httpx.Client], gid: str, clients: int, seco
         "counted_runs_per_s": counted,
         "little_runs_per_s": little,
         "runs_per_s": counted if inside >= 3 * clients else little,
+        "output_tokens": sum(output_tokens),
         "errors": sorted(set(failed))[:3],
+    }
+
+
+# ----------------------------------------------------------------------------- the runtime's own CPU
+
+
+def _process_cpu_s(root_pid: int) -> dict[int, tuple[str, float]]:
+    """{pid: (argv[0], user + system CPU seconds)} of ``root_pid`` and its living descendants (/proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    seen: dict[int, tuple[str, float]] = {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            argv0 = (d / "cmdline").read_bytes().split(b"\0")[0].decode(errors="replace")
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        parent[int(d.name)] = int(fields[1])
+        seen[int(d.name)] = (argv0, (int(fields[11]) + int(fields[12])) / tick)
+    out = {}
+    for pid, row in seen.items():
+        p = pid
+        while p in parent and p != root_pid:
+            p = parent[p]
+        if p == root_pid:
+            out[pid] = row
+    return out
+
+
+def runtime_cpu(before: dict[int, tuple[str, float]], after: dict[int, tuple[str, float]], runs: int, tokens: int):
+    """The serving runtime's own CPU between two ``_process_cpu_s`` samples, as SimOptions' runtime_* fields.
+
+    Per output token: the LLM workers' processes (``ray::LLMWorker``: vLLM's front-end — output processing,
+    detokenising, streaming — beside the engine core, a process of its own). Per run: everything else of the
+    daemon's tree but the engine cores (``VLLM::EngineCore``: the plan's engine steps) and the host-op workers
+    (``ray::HostWorker``: the plan's host ops): the daemon, Ray's GCS, raylet and idle workers."""
+    groups: dict[str, float] = {}
+    for pid, (argv0, cpu_s) in after.items():
+        used = cpu_s - (before[pid][1] if pid in before else 0.0)
+        name = argv0.split()[0] if argv0.startswith(("ray::", "VLLM::")) else Path(argv0).name or "?"
+        groups[name] = groups.get(name, 0.0) + used
+    engine = sum(v for k, v in groups.items() if k.startswith("VLLM::"))
+    front = groups.get("ray::LLMWorker", 0.0)
+    host = groups.get("ray::HostWorker", 0.0)
+    rest = sum(groups.values()) - engine - front - host
+    return {
+        "cpu_s_by_process": {k: round(v, 3) for k, v in sorted(groups.items(), key=lambda kv: -kv[1])},
+        "runs": runs,
+        "output_tokens": tokens,
+        "runtime_cpu_s_per_run": rest / runs if runs else 0.0,
+        "runtime_cpu_s_per_output_token": front / tokens if tokens else 0.0,
     }
 
 
@@ -332,9 +393,17 @@ def fed_back(plan: Any, slowdown: dict[str, float]) -> Any:
     return plan.model_copy(update={"ops": ops})
 
 
-def simulate(plan: Any, graph_yaml: str, cluster: str, times_s: Sequence[float], seed: int, size_sigma: float) -> Any:
+def simulate(
+    plan: Any,
+    graph_yaml: str,
+    cluster: str,
+    times_s: Sequence[float],
+    seed: int,
+    size_sigma: float,
+    runtime: dict[str, Any] | None = None,
+) -> Any:
     """``hetagent simulate``'s path: the graph as the cluster serves it, compiled; the plan replayed on
-    ``times_s`` (the same arrival list the runs were sent at)."""
+    ``times_s`` (the same arrival list the runs were sent at); ``runtime``: SimOptions' runtime_* fields."""
     import yaml
 
     from compiler.ir import compile_graph
@@ -347,7 +416,7 @@ def simulate(plan: Any, graph_yaml: str, cluster: str, times_s: Sequence[float],
     spec = parse_graph(yaml.safe_load(graph_yaml), catalog)
     served = apply_model_overrides(spec, load_cluster(cluster, catalog), catalog)
     _, granular = compile_graph(served, catalog)
-    opts = SimOptions(seed=seed, size_sigma=size_sigma, sla_percentile=spec.spec.sla.percentile)
+    opts = SimOptions(seed=seed, size_sigma=size_sigma, sla_percentile=spec.spec.sla.percentile, **(runtime or {}))
     return run_simulation(plan, granular, catalog, list(times_s), opts)
 
 
@@ -431,22 +500,37 @@ def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| load | rate runs/s | runs (ok) | other CPU | measured p50 / p99 ms | (a) plan: sim p50 / p99 ms | "
         "(a) error p50 / p99 | (b) fed back: sim p50 / p99 ms | (b) error p50 / p99 | "
-        "TTFT p50 measured / (a) / (b) ms |"
+        "(c) + runtime CPU: sim p50 / p99 ms | (c) error p50 / p99 | TTFT p50 measured / (a) / (b) / (c) ms |"
     )
-    lines = [head, "|" + "---|" * 10]
+    lines = [head, "|" + "---|" * 12]
     for r in results:
         m, a, b = r["measured"], r["plan"], r["fed_back"]
+        c = r.get("runtime") or {"p50_ms": math.nan, "p99_ms": math.nan, "p50_error": math.nan, "p99_error": math.nan}
         lines.append(
             f"| {r['fraction']:.0%} | {r['rate_per_s']:.2f} | {r['runs']} ({r['succeeded']}) | "
             f"{_fmt(r['other_cpu'], '{:.0%}')} | {m['p50_ms']:.0f} / {m['p99_ms']:.0f} | "
             f"{a['p50_ms']:.0f} / {a['p99_ms']:.0f} | {a['p50_error']:+.0%} / {a['p99_error']:+.0%} | "
             f"{b['p50_ms']:.0f} / {b['p99_ms']:.0f} | {b['p50_error']:+.0%} / {b['p99_error']:+.0%} | "
-            f"{_fmt(m['ttft_p50_ms'])} / {_fmt(a['ttft_p50_ms'])} / {_fmt(b['ttft_p50_ms'])} |"
+            f"{c['p50_ms']:.0f} / {c['p99_ms']:.0f} | {c['p50_error']:+.0%} / {c['p99_error']:+.0%} | "
+            f"{_fmt(m['ttft_p50_ms'])} / {_fmt(a['ttft_p50_ms'])} / {_fmt(b['ttft_p50_ms'])} / "
+            f"{_fmt(c.get('ttft_p50_ms'))} |"
         )
     return "\n".join(lines)
 
 
-def resimulate(path: Path, slowdown: float, size_sigma: float) -> int:
+def runtime_options(out: dict[str, Any], plan: Any) -> dict[str, Any]:
+    """SimOptions' runtime_* fields from the capacity probe's measurement; the daemon shares the cores of the
+    plan's CPU device (on ``local``, its only device)."""
+    cpu = [d.device for d in plan.devices if d.device_class == "cpu"]
+    rt = out.get("runtime_cpu") or {}
+    return {
+        "runtime_device": cpu[0] if len(cpu) == 1 else None,
+        "runtime_cpu_s_per_run": rt.get("runtime_cpu_s_per_run", 0.0),
+        "runtime_cpu_s_per_output_token": rt.get("runtime_cpu_s_per_output_token", 0.0),
+    }
+
+
+def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool = False) -> int:
     """Simulate a finished validation's rows again (the same arrival lists: rate and seed), with the LLM ops
     slowed by ``slowdown``: e.g. the measured ÷ planned ratio of the light rate, to see whether the queueing
     model holds once the service time is right. The plan is the stored one, else planned again (deterministic)
@@ -476,14 +560,17 @@ def resimulate(path: Path, slowdown: float, size_sigma: float) -> int:
                 f"re-planned {plan.predicted_e2e_ms} ms, the run's plan {done['plan']['predicted_e2e_ms']}"
             )
     slowed = fed_back(plan, {o.device: slowdown for o in plan.ops})
-    print(f"{done['graph']} ({done['date']}): LLM ops × {slowdown:g}")
+    runtime = runtime_options(done, plan) if runtime_cpu else None
+    if runtime_cpu and "runtime_cpu" not in done:
+        raise SystemExit(f"{path} has no runtime_cpu measurement (made before it was measured)")
+    print(f"{done['graph']} ({done['date']}): LLM ops × {slowdown:g}; runtime CPU {runtime or 'not charged'}")
     print("| load | rate runs/s | runs (ok) | measured p50 / p99 ms | sim p50 / p99 ms | error p50 / p99 |")
     print("|---|---|---|---|---|---|")
     for r in done["results"]:
         times = arrival_times("poisson", r["rate_per_s"], done.get("duration_s", 90.0), r["seed"])
         if len(times) != r["runs"]:
             raise SystemExit(f"{len(times)} arrivals regenerated, the run had {r['runs']}: pass the run's --duration")
-        sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma)
+        sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma, runtime)
         m = r["measured"]
         print(
             f"| {r['fraction']:.0%} | {r['rate_per_s']:.2f} | {r['runs']} ({r['succeeded']}) | "
@@ -524,9 +611,14 @@ def main() -> int:
         help="No runs: re-read this --json output and simulate its rows again with --slowdown on the LLM ops.",
     )
     p.add_argument("--slowdown", type=float, default=1.0, help="With --resimulate: the LLM ops' slowdown.")
+    p.add_argument(
+        "--runtime-cpu",
+        action="store_true",
+        help="With --resimulate: charge the runtime's CPU the run measured (its runtime_cpu) to the simulation.",
+    )
     a = p.parse_args()
     if a.resimulate is not None:
-        return resimulate(a.resimulate, a.slowdown, a.size_sigma)
+        return resimulate(a.resimulate, a.slowdown, a.size_sigma, a.runtime_cpu)
     if a.profiles_data_dir is not None:
         if not (a.profiles_data_dir / "profiles").is_dir():
             raise SystemExit(f"{a.profiles_data_dir}/profiles is not a folder: run `hetagent calibrate` for it first")
@@ -568,15 +660,19 @@ def main() -> int:
             print(f"warm-up {i}: {row['status']} {_fmt(row['e2e_ms'])} ms", flush=True)
         engine_seqs = max((int(e["batch"]) for e in plan.engines), default=1)
         if a.capacity is None:
+            assert d.proc is not None  # started by __enter__
+            cpu0 = _process_cpu_s(d.proc.pid)
             with other_load() as load:
                 cap = closed_loop(d.client, gid, engine_seqs, a.capacity_s)
             cap["other_cpu"] = load.fraction
+            out["runtime_cpu"] = runtime_cpu(cpu0, _process_cpu_s(d.proc.pid), cap["runs"], cap["output_tokens"])
             out["capacity"] = cap
             capacity = cap["runs_per_s"]
             if not capacity > 0:
                 raise SystemExit(f"no run completed in the capacity probe: {cap['errors']}")
         else:
             out["capacity"] = {"given_runs_per_s": a.capacity}
+            out["runtime_cpu"] = {"runtime_cpu_s_per_run": 0.0, "runtime_cpu_s_per_output_token": 0.0}
             capacity = a.capacity
         print(f"capacity {capacity:.2f} runs/s (plan: {out['plan']['capacity_per_s']:.2f})", flush=True)
         for k, frac in enumerate(fractions):
@@ -588,6 +684,7 @@ def main() -> int:
             sims = {
                 "plan": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma),
                 "fed_back": simulate(fed_back(plan, slowdown), graph_yaml, a.cluster, times, seed, a.size_sigma),
+                "runtime": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma, runtime_options(out, plan)),
             }
             res = {"fraction": frac, "rate_per_s": rate, "seed": seed, **compare(rows, sims)}
             res["other_cpu"] = load.fraction

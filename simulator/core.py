@@ -28,6 +28,13 @@ Model (the planner's notation, planner/ilp.py; what the plan fixes is read from 
                  cores per slot (a tool: TOOL_CPU_S_PER_CALL / l_c), a CPU engine step its cores_per_replica;
                  a service starting while the pool is oversubscribed is stretched by demand ÷ capacity
                  (processor sharing, evaluated at the service's start)
+    Runtime CPU  the serving runtime's own work (SimOptions.runtime_*, measured: bench/simulator_validation.py):
+                 c_run core-seconds per run (the daemon, Ray) on the pool of the device the daemon shares,
+                 charged at arrival, and c_tok per generated token (an engine's front-end: output processing,
+                 streaming) on its CPU engine's pool, charged as steps end; a charge is background demand spread
+                 over the next τ = 1 s and served first (servers.CorePool: the daemon at nice 0, Ray workers at 15),
+                 so what starts on those cores meanwhile gets capacity − D.
+                 GPU engines' front-ends run on host CPUs that are not a pool here: not charged
     TTFT         arrival → the end of the first decode step of the final LLM (a streaming LLM if any, else the
                  last decode in topological order, as the planner picks it)
 
@@ -79,6 +86,20 @@ class SimOptions(BaseModel):
     sla_percentile: float = Field(50.0, gt=0, lt=100, description="Runs that must meet the SLA (spec), %.")
     max_num_batched_tokens: int = Field(
         DEFAULT_MAX_NUM_BATCHED_TOKENS, ge=1, description="Token budget of one prefill step (engine args win)."
+    )
+    runtime_device: str | None = Field(
+        None,
+        description="The CPU device type whose cores the daemon shares (`local-cpu` on `local`); None: the daemon "
+        "runs on cores of its own and runtime_cpu_s_per_run is not charged.",
+    )
+    runtime_cpu_s_per_run: float = Field(
+        0.0, ge=0, description="Core-seconds the daemon and Ray spend per run, on runtime_device's cores (measured)."
+    )
+    runtime_cpu_s_per_output_token: float = Field(
+        0.0,
+        ge=0,
+        description="Core-seconds a CPU engine's front-end spends per generated token (output processing, "
+        "streaming), on the engine's cores (measured).",
     )
 
 
@@ -199,6 +220,14 @@ class _Simulation:
         self.llm_nodes = sorted({o.source_node for o in graph.ops if o.kind in ("prefill", "decode")})
         self.node_op = {o.source_node: o for o in graph.ops if o.kind in ("prefill", "decode")}
         self.cores = self._core_pools()
+        self.runtime_pool: CorePool | None = None
+        if opts.runtime_device is not None and opts.runtime_cpu_s_per_run > 0:
+            self.runtime_pool = self.cores.get(opts.runtime_device)
+            if self.runtime_pool is None:
+                raise SimulationError(
+                    f"runtime_device {opts.runtime_device!r} is not a CPU device of this plan "
+                    f"(its CPU devices: {sorted(self.cores) or 'none'})"
+                )
         order = graph.topological()
         self.index = {o.name: i for i, o in enumerate(order)}
         edges = {(e.src, e.dst): e for e in plan.edges}
@@ -253,6 +282,7 @@ class _Simulation:
                 sizes=lambda task: task[0].sizes[op.source_node],
                 first_token=self.first_token,
                 cores_per_step=cores,
+                cpu_s_per_token=self.opts.runtime_cpu_s_per_output_token if pool is not None else 0.0,
             )
         latency_s = p.predicted_latency_ms / 1000.0
         slots = max(1, round(p.throughput_per_replica * latency_s))
@@ -329,6 +359,8 @@ class _Simulation:
         return int(min(max(1, round(x)), SIZE_CAP * mean))
 
     def arrive(self, run: _Run, now: float) -> None:
+        if self.runtime_pool is not None:
+            self.runtime_pool.charge(self.opts.runtime_cpu_s_per_run, now)
         for i in self.sources:
             self.ready((run, i), now)
 

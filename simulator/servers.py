@@ -7,6 +7,7 @@ busy time, the time-integral of its queue length, waits and completed calls.
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections import deque
 from collections.abc import Callable
@@ -16,6 +17,7 @@ from typing import Any
 # A task: (run, op index). The core reads the run's drawn sizes through ``sizes``.
 Task = tuple[Any, int]
 SEGMENT_STEPS = 32  # most decode steps one event covers: their mean context moves by ±16 tokens, half the grid
+MIN_LEFT_SHARE = 0.05  # of a core pool, left to the plan's ops however much the runtime's own work demands
 # The event heap: (time, tie-breaking counter, callback, argument); callback(argument, time).
 Event = tuple[float, int, Callable[[Any, float], None], Any]
 
@@ -38,15 +40,41 @@ class StepTimes:
 
 @dataclass
 class CorePool:
-    """The cores of one CPU device type in the plan, time-shared by every host task and CPU engine step on it."""
+    """The cores of one CPU device type in the plan, time-shared by every host task and CPU engine step on it,
+    and by the runtime's own work there (``charge``: the daemon's per run, an engine front-end's per token).
+
+    The runtime's work is a background demand in cores, each charge spread over the next ``tau_s`` seconds
+    (an exponentially weighted rate: D(t) = Σ_i c_i·exp(−(t − t_i)/τ)/τ), served first: the daemon runs at
+    nice 0 and Ray's workers at nice 15 (Ray's default worker niceness), so the plan's ops get what is left.
+    A service starting at t is stretched by (cores held) ÷ (capacity − D(t)) when that exceeds 1 (processor
+    sharing at its start); what is left is floored at MIN_LEFT_SHARE of the capacity."""
 
     capacity: float  # cores × sockets allocated
     in_use: float = 0.0
+    tau_s: float = 1.0
+    background_cores: float = 0.0  # D at background_t
+    background_t: float = 0.0
+    charged_s: float = 0.0  # Σ core-seconds charged
 
-    def acquire(self, cores: float) -> float:
-        """Take ``cores`` for a service starting now; the returned factor (≥ 1) stretches it when oversubscribed."""
+    def charge(self, cpu_s: float, now: float) -> None:
+        """``cpu_s`` core-seconds of the runtime's own work, done from ``now`` on."""
+        self.background_cores = self.background(now) + cpu_s / self.tau_s
+        self.background_t = now
+        self.charged_s += cpu_s
+
+    def background(self, now: float) -> float:
+        if self.background_cores == 0.0:
+            return 0.0
+        return self.background_cores * math.exp(-max(0.0, now - self.background_t) / self.tau_s)
+
+    def acquire(self, cores: float, now: float) -> float:
+        """Take ``cores`` for a service starting ``now``; the returned factor (≥ 1) stretches it when
+        oversubscribed."""
         self.in_use += cores
-        return max(1.0, self.in_use / self.capacity) if self.capacity > 0 else 1.0
+        if self.capacity <= 0:
+            return 1.0
+        left = max(self.capacity - self.background(now), MIN_LEFT_SHARE * self.capacity)
+        return max(1.0, self.in_use / left)
 
     def release(self, cores: float) -> None:
         self.in_use = max(0.0, self.in_use - cores)
@@ -123,7 +151,7 @@ class SlotServer(Replica):
         if self.exponential and self.rng is not None and s > 0:
             s = self.rng.expovariate(1.0 / s)
         if self.cores is not None and self.cores_per_call:
-            s *= self.cores.acquire(self.cores_per_call)
+            s *= self.cores.acquire(self.cores_per_call, now)
         self.stats.busy_s += s
         heapq.heappush(self.heap, (now + s, self.tick(), self._finish, task))
 
@@ -182,7 +210,7 @@ class PrefillEngine(Replica):
         tokens = sum(c for _, c in batch)
         dt = self.step_s(len(batch), tokens / len(batch))
         if self.cores is not None and self.cores_per_step:
-            dt *= self.cores.acquire(self.cores_per_step)
+            dt *= self.cores.acquire(self.cores_per_step, now)
         self.stats.busy_s += dt
         self.stats.steps += 1
         self.stats.batch_sum += len(batch)
@@ -220,6 +248,7 @@ class DecodeEngine(Replica):
     sizes: Callable[[Task], tuple[int, int]] = lambda task: (1, 1)  # (prompt, output) tokens
     first_token: Callable[[Task, float], None] = lambda task, now: None
     cores_per_step: float = 0.0
+    cpu_s_per_token: float = 0.0  # the engine front-end's work per generated token, charged to ``cores``
     finish_heap: list[tuple[int, int, Task, int]] = field(default_factory=list)  # (last step, seq, task, ctx0)
     step_no: int = 0
     ctx_base: float = 0.0  # Σ (prompt − join step) over running sequences: context sum = ctx_base + B·step_no
@@ -264,7 +293,7 @@ class DecodeEngine(Replica):
         self.stepping = True
         factor = 1.0
         if self.cores is not None and self.cores_per_step:
-            factor = self.cores.acquire(self.cores_per_step)
+            factor = self.cores.acquire(self.cores_per_step, now)
         k = min(running[0][0] - self.step_no, SEGMENT_STEPS)
         dt = self.step_s(b, self.ctx_base / b + self.step_no + (k - 1) / 2.0) * factor
         self.seg_start, self.seg_dt, self.seg_steps, self.seg_joined = now, dt, k, joined
@@ -277,6 +306,8 @@ class DecodeEngine(Replica):
         if self.cores is not None and self.cores_per_step:
             self.cores.release(self.cores_per_step)
         k, b = self.seg_steps, len(self.finish_heap)
+        if self.cores is not None and self.cpu_s_per_token:
+            self.cores.charge(self.cpu_s_per_token * k * b, now)
         st = self.stats
         st.busy_s += now - self.seg_start
         st.steps += k

@@ -353,3 +353,48 @@ def test_sliced_plans_are_refused_clearly():
     plan.ops[1].slices = [piece]
     with pytest.raises(SimulationError, match="slices requests by size"):
         simulate(plan, graph, load_catalog(), [0.0])
+
+
+def _cpu_device(cores: int):
+    from planner.plan import DeviceUsage
+
+    return DeviceUsage(
+        device="xeon-8592",
+        device_class="cpu",
+        allocated=1,
+        busy_fraction=0.0,
+        usd_per_hour_per_device=1.0,
+        cores=cores,
+        usd_per_hour=1.0,
+    )
+
+
+def test_runtime_cpu_is_work_the_cores_also_do():
+    """The daemon's per-run CPU comes out of the same cores: a saturated 1-core socket finishes when the ops'
+    and the runtime's core-seconds are both done (work conservation), whatever the sharing rule."""
+    plan, graph = _one_transform(10.0)
+    plan.ops[0].cores_per_replica = 1
+    plan.devices = [_cpu_device(1)]
+    arrivals = [i / 80.0 for i in range(8000)]  # 100 s at 80 runs/s: 0.8 of the core without the runtime
+    quiet = simulate(plan, graph, load_catalog(), arrivals, SimOptions(size_sigma=0))
+    assert quiet.horizon_s == pytest.approx(100.0, rel=0.01)  # keeps up
+    busy = SimOptions(size_sigma=0, runtime_device="xeon-8592", runtime_cpu_s_per_run=0.005)
+    loaded = simulate(plan, graph, load_catalog(), arrivals, busy)
+    # 8,000 × (10 + 5) ms = 120 core-seconds on one core: it cannot keep up, and ends when the work is done
+    assert loaded.horizon_s == pytest.approx(120.0, rel=0.03)
+    assert loaded.p99_ms > 10 * quiet.p99_ms
+
+
+def test_runtime_cpu_per_token_slows_a_cpu_engine_and_needs_a_cpu_device():
+    catalog = load_catalog()
+    plan, graph, _ = _decode_only(8, 128, 64)
+    cpu = catalog.device("xeon-8592")
+    plan.ops[0].device, plan.ops[0].device_class, plan.ops[0].cores_per_replica = cpu.name, "cpu", cpu.cores
+    plan.devices = [_cpu_device(cpu.cores or 1)]
+    arrivals = [i * 0.05 for i in range(40)]
+    base = simulate(plan, graph, catalog, arrivals, SimOptions(size_sigma=0))
+    per_token = SimOptions(size_sigma=0, runtime_cpu_s_per_output_token=0.02)  # ~1,100 tokens/s: ~22 cores
+    slowed = simulate(plan, graph, catalog, arrivals, per_token)
+    assert slowed.p50_ms > 1.2 * base.p50_ms
+    with pytest.raises(SimulationError, match=r"runtime_device 'b200' is not a CPU device of this plan"):
+        simulate(plan, graph, catalog, arrivals, SimOptions(runtime_device="b200", runtime_cpu_s_per_run=0.1))

@@ -54,8 +54,15 @@ def test_replayed_runs_leave_at_the_simulators_arrival_times_and_both_are_compar
     assert len(times) >= 5
     with bench.Daemon(tmp_path / "d") as d, d.client() as c:
         gid, plan_doc = bench.deploy(c, GRAPH, 8.0, timeout_s=240)
+        daemon_pid = d.proc.pid
+        cpu0 = bench._process_cpu_s(daemon_pid)
         rows = bench.replay(d.client, gid, times, lambda i: {"brief": f"mail run{i}@example.com"})
+        cpu1 = bench._process_cpu_s(daemon_pid)
         slowdown = bench.device_slowdown(c.get("/v1/hardware").json())
+    # the daemon and the Ray it started are its tree; the runs cost the daemon CPU time
+    assert daemon_pid in cpu1 and any(argv0 == "ray::HostWorker" for argv0, _ in cpu1.values())
+    runtime = bench.runtime_cpu(cpu0, cpu1, len(times), 0)
+    assert runtime["runtime_cpu_s_per_run"] > 0 and runtime["runtime_cpu_s_per_output_token"] == 0.0
     # every arrival became one run, in order, sent no earlier than its scheduled time, and it ran for real
     assert [r["arrival_s"] for r in rows] == times
     assert all(r["sent_s"] >= r["arrival_s"] for r in rows)
@@ -75,6 +82,22 @@ def test_replayed_runs_leave_at_the_simulators_arrival_times_and_both_are_compar
     assert result["plan"]["p50_ms"] == pytest.approx(5.0, abs=0.5)
     e2e = sorted(r["e2e_ms"] for r in rows)
     assert e2e[0] <= result["measured"]["p50_ms"] <= e2e[-1]
+
+
+def test_runtime_cpu_splits_the_tree_into_engine_front_end_host_ops_and_the_rest(bench):
+    before = {1: ("python", 10.0), 2: ("VLLM::EngineCore", 5.0), 3: ("ray::LLMWorker", 1.0), 4: ("raylet", 0.5)}
+    after = {
+        1: ("python", 14.0),  # the daemon: +4 s
+        2: ("VLLM::EngineCore", 65.0),  # the engine's steps: priced by the plan, not the runtime
+        3: ("ray::LLMWorker", 3.0),  # +2 s of front-end for 1,000 tokens
+        4: ("raylet", 1.5),  # +1 s
+        5: ("ray::HostWorker", 7.0),  # started in the window: the plan's host ops, not the runtime
+        6: ("ray::IDLE", 1.0),  # started in the window: +1 s
+    }
+    rt = bench.runtime_cpu(before, after, 10, 1000)
+    assert rt["runtime_cpu_s_per_run"] == pytest.approx((4 + 1 + 1) / 10)
+    assert rt["runtime_cpu_s_per_output_token"] == pytest.approx(2 / 1000)
+    assert rt["cpu_s_by_process"]["VLLM::EngineCore"] == pytest.approx(60.0)
 
 
 def test_compare_reads_percentiles_and_signed_errors(bench):

@@ -226,12 +226,16 @@ class HostWorker:
         return out
 
 
+STREAM_INTERVAL_S = 0.05  # a streamed LLM node's text reaches the caller in chunks at most this often
+
+
 class LLMWorker:
     """A replica of one engine group of the plan: one vLLM ``AsyncLLM`` serving one or more LLM nodes
     (on a CPU tier every node of one model shares an engine, as the lowering groups them).
 
     Unsplit nodes: ``run`` returns ``{node: envelope}``; ``run_stream`` (``num_returns="streaming"``)
-    first yields ``{"delta": text}`` items as tokens arrive, then that result. Split nodes (prefill
+    first yields ``{"delta": text}`` items as tokens arrive (the first token at once, then what came in
+    each ``STREAM_INTERVAL_S``), then that result. Split nodes (prefill
     and decode in different engine groups): ``prefill`` computes the prompt's KV cache under a fresh
     handle and returns a *hand-off* (token ids, KV payload); Ray moves it to the decode replica, whose
     ``decode``/``decode_stream`` injects the KV and generates. On CPU the payload is the KV blocks'
@@ -312,13 +316,20 @@ class LLMWorker:
         for attempt in range(1, node.retries + 2):
             result: dict[str, Any] = {}
             sent = False
-            try:
+            held, held_since = "", 0.0  # text not yet streamed: the first token goes at once, then a chunk a
+            try:  # STREAM_INTERVAL_S (a Ray item and a daemon event per token cost ~1.5 ms of CPU each)
                 async for delta in self.llm.deltas(
                     prompt, node.expected.output_tokens, node.temperature, result, kv_transfer_params=kv_params
                 ):
                     if stream:
-                        sent = True
-                        yield {"delta": delta}
+                        now = time.perf_counter()
+                        held += delta
+                        if not sent or now - held_since >= STREAM_INTERVAL_S:
+                            sent = True
+                            yield {"delta": held}
+                            held, held_since = "", now
+                if held:
+                    yield {"delta": held}
                 break
             except Exception as exc:  # noqa: BLE001
                 if sent or attempt > node.retries or kv_params is not None:  # injected KV is used once

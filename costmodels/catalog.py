@@ -189,6 +189,19 @@ class DevicePool(_Strict):
     capex_usd: float | None = Field(None, gt=0, description="Overrides the catalog capex.")
 
 
+class RuntimeCpu(_Strict):
+    """The serving runtime's own CPU work where it shares cores with the plan's ops (``local``: one machine runs
+    the daemon, Ray, the engines and the host ops). Measured, not modelled: bench/simulator_validation.py prints
+    the figures of a machine (its ``runtime_cpu``). The simulator charges it (simulator/core.py, Runtime CPU)."""
+
+    device: str = Field(description="The CPU device type (of this cluster) whose cores the daemon and Ray share.")
+    cpu_s_per_run: float = Field(ge=0, description="Core-seconds of the daemon and Ray per run.")
+    cpu_s_per_output_token: float = Field(
+        ge=0, description="Core-seconds of a CPU engine's front-end per generated token (output processing, streaming)."
+    )
+    source: str = Field("", description="Where the figures come from: command, machine, date.")
+
+
 class ClusterInventory(_Strict):
     """A cluster: device pools plus the economics needed for TCO."""
 
@@ -203,6 +216,9 @@ class ClusterInventory(_Strict):
         description="Serve model A as model B on this cluster (catalog ids): a development machine runs large LLMs "
         "as a small one so the same graphs plan and run there.",
     )
+    runtime_cpu: RuntimeCpu | None = Field(
+        None, description="The runtime's CPU on cores the plan's ops use; None: the daemon has cores of its own."
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> ClusterInventory:
@@ -210,6 +226,8 @@ class ClusterInventory(_Strict):
         dup = {n for n in names if names.count(n) > 1}
         if dup:
             raise ValueError(f"device types listed twice: {sorted(dup)}")
+        if self.runtime_cpu is not None and self.runtime_cpu.device not in names:
+            raise ValueError(f"runtime_cpu.device {self.runtime_cpu.device!r} is not a device of the cluster: {names}")
         return self
 
     def pool(self, device_type: str) -> DevicePool:

@@ -36,7 +36,7 @@ def simulate(
     from planner.pipeline import apply_model_overrides
     from planner.plan import Plan
     from simulator.arrivals import ArrivalError, arrival_times
-    from simulator.core import SimOptions, SimulationError, simulate as run_simulation
+    from simulator.core import SimOptions, SimulationError, runtime_options, simulate as run_simulation
 
     try:
         plan = Plan.model_validate_json(plan_json.read_text())
@@ -48,10 +48,12 @@ def simulate(
         spec, catalog = _load(graph)
         if spec.metadata.name != plan.graph:
             _fail(f"{plan_json} is a plan for graph {plan.graph!r}, but {graph} is {spec.metadata.name!r}")
-        served = apply_model_overrides(spec, load_cluster(plan.cluster, catalog), catalog)
-        _, granular = compile_graph(served, catalog)
+        cluster = load_cluster(plan.cluster, catalog)
+        _, granular = compile_graph(apply_model_overrides(spec, cluster, catalog), catalog)
         times = arrival_times(arrivals, plan.rate_per_s if rate is None else rate, duration, seed)
-        opts = SimOptions(seed=seed, size_sigma=size_sigma, sla_percentile=spec.spec.sla.percentile)
+        opts = SimOptions(
+            seed=seed, size_sigma=size_sigma, sla_percentile=spec.spec.sla.percentile, **runtime_options(cluster)
+        )
         result = run_simulation(plan, granular, catalog, times, opts)
     except (*_user_errors(), ArrivalError, SimulationError, ValidationError) as exc:
         _fail(str(exc))

@@ -70,7 +70,7 @@ def plan_with_queueing(
     from compiler.ir import compile_graph
     from planner.ilp import PlanningError
     from planner.pipeline import apply_model_overrides, plan_spec
-    from simulator.core import SimOptions, SimulationError, simulate
+    from simulator.core import SimOptions, SimulationError, runtime_options, simulate
 
     q = graph.spec.sla.percentile if percentile is None else percentile
     if not 0 < q < 100:
@@ -79,7 +79,7 @@ def plan_with_queueing(
         raise PlanningError(f"shrink must be in (0, 1), got {shrink}")
     _, granular = compile_graph(apply_model_overrides(graph, cluster, catalog), catalog)
     times = _arrival_times(arrivals, opts.rate_per_s, runs, seed)  # the same every iteration: the plans differ
-    sim_opts = SimOptions(seed=seed, sla_percentile=q)
+    sim_opts = SimOptions(seed=seed, sla_percentile=q, **runtime_options(cluster))
 
     history: list[SimulatedIteration] = []
     best: tuple[Plan, SimulationCheck] | None = None
@@ -162,7 +162,7 @@ def simulate_plan(
     from compiler.ir import compile_graph
     from planner.ilp import PlanningError
     from planner.pipeline import apply_model_overrides
-    from simulator.core import SimOptions, SimulationError, simulate
+    from simulator.core import SimOptions, SimulationError, runtime_options, simulate
 
     q = graph.spec.sla.percentile if percentile is None else percentile
     if not 0 < q < 100:
@@ -170,7 +170,9 @@ def simulate_plan(
     _, granular = compile_graph(apply_model_overrides(graph, cluster, catalog), catalog)
     times = _arrival_times(arrivals, plan.rate_per_s, runs, seed)
     try:
-        r = simulate(plan, granular, catalog, times, SimOptions(seed=seed, sla_percentile=q))
+        r = simulate(
+            plan, granular, catalog, times, SimOptions(seed=seed, sla_percentile=q, **runtime_options(cluster))
+        )
     except SimulationError as exc:
         raise PlanningError(f"cannot simulate this plan: {exc}") from None
     return _check(r, arrivals, q, seed, iteration=1, max_utilisation=plan.max_utilisation, planned_sla_ms=plan.sla_ms)

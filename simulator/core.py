@@ -59,7 +59,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from costmodels import work as W
-from costmodels.catalog import Catalog, DeviceClass, DeviceType
+from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DeviceType
 from costmodels.granular import GranularGraph, GranularOp
 from costmodels.roofline import TOOL_CPU_S_PER_CALL, roofline_step_s
 from planner.plan import LatencyHistogram, Plan, PlannedEdge, PlannedOp
@@ -89,8 +89,8 @@ class SimOptions(BaseModel):
     )
     runtime_device: str | None = Field(
         None,
-        description="The CPU device type whose cores the daemon shares (`local-cpu` on `local`); None: the daemon "
-        "runs on cores of its own and runtime_cpu_s_per_run is not charged.",
+        description="The CPU device type whose cores the daemon shares (`local-cpu` on `local`; a cluster's "
+        "runtime_cpu: runtime_options); None, or a device the plan does not use: runtime_cpu_s_per_run is not charged.",
     )
     runtime_cpu_s_per_run: float = Field(
         0.0, ge=0, description="Core-seconds the daemon and Ray spend per run, on runtime_device's cores (measured)."
@@ -189,6 +189,18 @@ class _Op:
     n_pred: int
 
 
+def runtime_options(cluster: ClusterInventory) -> dict[str, Any]:
+    """SimOptions' runtime_* fields from a cluster's measured ``runtime_cpu`` (none: nothing charged)."""
+    rt = cluster.runtime_cpu
+    if rt is None:
+        return {}
+    return {
+        "runtime_device": rt.device,
+        "runtime_cpu_s_per_run": rt.cpu_s_per_run,
+        "runtime_cpu_s_per_output_token": rt.cpu_s_per_output_token,
+    }
+
+
 def simulate(
     plan: Plan, graph: GranularGraph, catalog: Catalog, arrivals: Sequence[float], options: SimOptions | None = None
 ) -> SimResult:
@@ -220,14 +232,13 @@ class _Simulation:
         self.llm_nodes = sorted({o.source_node for o in graph.ops if o.kind in ("prefill", "decode")})
         self.node_op = {o.source_node: o for o in graph.ops if o.kind in ("prefill", "decode")}
         self.cores = self._core_pools()
-        self.runtime_pool: CorePool | None = None
+        self.runtime_pool: CorePool | None = None  # None: the daemon's cores are none of the plan's
         if opts.runtime_device is not None and opts.runtime_cpu_s_per_run > 0:
+            if catalog.hardware.get(opts.runtime_device, None) is None or (
+                catalog.hardware[opts.runtime_device].device_class is not DeviceClass.cpu
+            ):
+                raise SimulationError(f"runtime_device {opts.runtime_device!r} is not a CPU device of the catalog")
             self.runtime_pool = self.cores.get(opts.runtime_device)
-            if self.runtime_pool is None:
-                raise SimulationError(
-                    f"runtime_device {opts.runtime_device!r} is not a CPU device of this plan "
-                    f"(its CPU devices: {sorted(self.cores) or 'none'})"
-                )
         order = graph.topological()
         self.index = {o.name: i for i, o in enumerate(order)}
         edges = {(e.src, e.dst): e for e in plan.edges}

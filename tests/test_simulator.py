@@ -396,5 +396,28 @@ def test_runtime_cpu_per_token_slows_a_cpu_engine_and_needs_a_cpu_device():
     per_token = SimOptions(size_sigma=0, runtime_cpu_s_per_output_token=0.02)  # ~1,100 tokens/s: ~22 cores
     slowed = simulate(plan, graph, catalog, arrivals, per_token)
     assert slowed.p50_ms > 1.2 * base.p50_ms
-    with pytest.raises(SimulationError, match=r"runtime_device 'b200' is not a CPU device of this plan"):
+    with pytest.raises(SimulationError, match=r"runtime_device 'b200' is not a CPU device of the catalog"):
         simulate(plan, graph, catalog, arrivals, SimOptions(runtime_device="b200", runtime_cpu_s_per_run=0.1))
+    # the daemon on a CPU type the plan does not use takes none of the plan's cores
+    elsewhere = SimOptions(size_sigma=0, runtime_device="local-cpu", runtime_cpu_s_per_run=10.0)
+    assert simulate(plan, graph, catalog, arrivals, elsewhere).p50_ms == base.p50_ms
+
+
+def test_a_clusters_measured_runtime_cpu_reaches_the_simulation(tmp_path):
+    from costmodels.catalog import ClusterInventory
+    from simulator.core import runtime_options
+
+    local = load_cluster("local", load_catalog())
+    doc = local.model_dump(mode="json")
+    doc["runtime_cpu"] = {"device": "local-cpu", "cpu_s_per_run": 0.3, "cpu_s_per_output_token": 0.001}
+    opts = runtime_options(ClusterInventory.model_validate(doc))
+    assert opts == {
+        "runtime_device": "local-cpu",
+        "runtime_cpu_s_per_run": 0.3,
+        "runtime_cpu_s_per_output_token": 0.001,
+    }
+    doc["runtime_cpu"]["device"] = "xeon-8592"
+    with pytest.raises(ValueError, match="runtime_cpu.device 'xeon-8592' is not a device of the cluster"):
+        ClusterInventory.model_validate(doc)
+    doc.pop("runtime_cpu")
+    assert runtime_options(ClusterInventory.model_validate(doc)) == {}

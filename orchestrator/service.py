@@ -193,11 +193,13 @@ class Service:
         while any(live.in_flight for live in lost.values()) and time.monotonic() < end:
             time.sleep(0.1)
         delay_s = 1.0
+        t_drain = t_connect = time.monotonic()
         while not self._stopping.is_set():
             with contextlib.suppress(Exception):
                 ray.shutdown()
             try:
                 ensure_ray(self.settings.ray_address, [p.type for p in self.cluster.devices])
+                t_connect = time.monotonic()
                 break
             except Exception as exc:  # noqa: BLE001 - the head may take a while to come back: try again
                 self.ray_problem = f"{why}; reconnecting failed ({type(exc).__name__}: {exc}), again in {delay_s:g} s"
@@ -206,10 +208,18 @@ class Service:
                 delay_s = min(2 * delay_s, 30.0)
         if self._stopping.is_set():
             return
-        for dep_id in lost:
-            self._attach(dep_id)
+        for attached in [self._deploy_pool.submit(self._attach, dep_id) for dep_id in lost]:
+            attached.result()  # _attach notes its own failure on the deployment; the renewal tries again
         self.ray_up.set()
-        log.warning("Ray is back after %.1f s; %d deployment(s) attached again", time.monotonic() - t0, len(lost))
+        t_end = time.monotonic()
+        log.warning(
+            "Ray is back after %.1f s (runs in flight ended: %.1f s, reconnected: %.1f s, %d deployment(s) up: %.1f s)",
+            t_end - t0,
+            t_drain - t0,
+            t_connect - t_drain,
+            len(lost),
+            t_end - t_connect,
+        )
 
     def _need_ray(self) -> None:
         """Refuse work that needs Ray while it is being reconnected: a 503 naming Ray, with Retry-After."""

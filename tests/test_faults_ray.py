@@ -18,8 +18,10 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import shutil
 import signal
 import socketserver
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -120,9 +122,19 @@ def tool_server() -> Iterator[_ToolServer]:
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """The daemon's Ray keeps its files in a temp dir of its own (short: Ray's socket paths have a length limit)
+    where a dead `ray start` cluster left its address (``ray_current_cluster``, which a plain ``ray.init()``
+    would join): the daemon must start its own local Ray all the same, at first and after losing it."""
+    ray_tmp = Path(tempfile.mkdtemp(prefix="ht-ray-", dir="/tmp"))
+    (ray_tmp / "ray").mkdir()
+    (ray_tmp / "ray" / "ray_current_cluster").write_text("127.0.0.1:9\n")  # nothing listens on port 9
     # tool nodes may call this test's loopback server (the egress allow-list refuses loopback by default)
-    with Daemon(tmp_path_factory.mktemp("faults-ray"), env={"HETAGENT_TOOL_ALLOW": "127.0.0.1"}) as d:
-        yield d
+    env = {"HETAGENT_TOOL_ALLOW": "127.0.0.1", "RAY_TMPDIR": str(ray_tmp)}
+    try:
+        with Daemon(tmp_path_factory.mktemp("faults-ray"), env=env) as d:
+            yield d
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

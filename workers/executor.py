@@ -148,6 +148,7 @@ def ensure_ray(address: str | None = None, devices: list[str] | None = None) -> 
     # workers import user callables ('pkg.mod:fn') the way `python -m` would: from the current directory
     path = os.pathsep.join(p for p in (os.getcwd(), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(
+        address="local",  # a new local Ray, never the last `ray start` cluster of this machine (maybe long dead)
         num_cpus=os.cpu_count() or 1,
         include_dashboard=False,
         log_to_driver=False,

@@ -140,6 +140,14 @@ def _migrate(engine: Engine) -> None:
         command.upgrade(cfg, "head")
 
 
+def sqlite_path(url: str) -> Path | None:
+    """The database file of a SQLite URL (None for PostgreSQL or an in-memory SQLite)."""
+    if not url.startswith("sqlite"):
+        return None
+    path = url.split("///", 1)[-1]
+    return Path(path) if path and path != ":memory:" else None
+
+
 def open_database(url: str) -> sessionmaker:
     """Engine + session factory for ``url``, schema upgraded to the newest migration."""
     kwargs: dict[str, Any] = {}

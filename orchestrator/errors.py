@@ -1,5 +1,6 @@
 """RFC 9457 problem+json for every error the API returns: bad input is a 4xx, a database that
-refuses a write or is unreachable a 503 with Retry-After, never a 500."""
+refuses a write or is unreachable a 503 with Retry-After, a full disk under the database a 507 with
+Retry-After, never a 500."""
 
 from __future__ import annotations
 
@@ -31,7 +32,20 @@ def install(app: FastAPI) -> None:
 
     from compiler.spec import SpecError
     from orchestrator.service import ServiceError
-    from orchestrator.store import STORAGE_RETRY_AFTER_S, StorageError, storage_error
+    from orchestrator.store import STORAGE_RETRY_AFTER_S, StorageError, StorageFull, storage_error
+
+    def _storage_problem(request: Request, exc: StorageError, what: str) -> JSONResponse:
+        if isinstance(exc, StorageFull):  # the operator's problem, not a passing one: say which disk
+            store = getattr(getattr(request.app.state, "service", None), "store", None)
+            where = store.location() if store is not None else "the database"
+            return problem(
+                507,
+                "insufficient storage",
+                f"the disk holding {where} is full ({exc}); writes succeed again once space is freed there",
+                request,
+                retry_after_s=STORAGE_RETRY_AFTER_S,
+            )
+        return problem(503, "storage unavailable", f"{what}: {exc}", request, retry_after_s=STORAGE_RETRY_AFTER_S)
 
     @app.exception_handler(ServiceError)
     async def _service(request: Request, exc: ServiceError):
@@ -39,23 +53,11 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StorageError)
     async def _storage(request: Request, exc: StorageError):
-        return problem(
-            503,
-            "storage unavailable",
-            f"the database refused the write: {exc}",
-            request,
-            retry_after_s=STORAGE_RETRY_AFTER_S,
-        )
+        return _storage_problem(request, exc, "the database refused the write")
 
     @app.exception_handler(OperationalError)
     async def _database(request: Request, exc: OperationalError):  # locked, unreachable, read-only, disk full
-        return problem(
-            503,
-            "storage unavailable",
-            f"the database is unavailable: {storage_error(exc)}",
-            request,
-            retry_after_s=STORAGE_RETRY_AFTER_S,
-        )
+        return _storage_problem(request, storage_error(exc), "the database is unavailable")
 
     @app.exception_handler(SpecError)
     async def _spec(request: Request, exc: SpecError):

@@ -38,12 +38,11 @@ import socket
 import threading
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import IO, Any
 
 from sqlalchemy import delete, func, or_, select, update
 
-from orchestrator.db import LeaseRow, RunRow, utcnow
+from orchestrator.db import LeaseRow, RunRow, sqlite_path, utcnow
 from orchestrator.store import ACTIVE_RUN_STATES, Store
 
 log = logging.getLogger("hetagent.leader")
@@ -61,14 +60,6 @@ class ReplicaConflict(RuntimeError):
 def new_replica_id() -> str:
     """Names one daemon process in leases, run rows and logs: host, pid and a random suffix."""
     return f"{socket.gethostname()[:60]}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-
-
-def sqlite_path(url: str) -> Path | None:
-    """The database file of a SQLite URL (None for PostgreSQL or an in-memory SQLite)."""
-    if not url.startswith("sqlite"):
-        return None
-    path = url.split("///", 1)[-1]
-    return Path(path) if path and path != ":memory:" else None
 
 
 def lock_sqlite(url: str) -> IO[bytes] | None:

@@ -14,12 +14,13 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, cast
 
-from sqlalchemy import Table, bindparam, func, insert, select, update
+from sqlalchemy import Table, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -34,6 +35,7 @@ from orchestrator.db import (
     RunRow,
     new_id,
     open_database,
+    sqlite_path,
     utcnow,
 )
 
@@ -44,6 +46,8 @@ FINAL_RUN_STATES = ("succeeded", "failed", "cancelled", "interrupted")
 LIVE_DEPLOYMENT_STATES = ("starting", "ready")  # a graph has at most one deployment in these
 STOPPING_DEPLOYMENT_STATES = ("draining", "stopped")
 STORAGE_RETRY_AFTER_S = 5  # what a 503 for a refused write tells the client to wait
+OUTCOME_RETRY_EVERY_S = 1.0  # a run outcome the database refused is tried again this often ...
+OUTCOME_RETRY_FOR_S = 3600.0  # ... for this long, then given up (logged): the row stays as it is
 
 _RUNS = cast(Table, RunRow.__table__)  # typed FromClause; a declarative class's table is a Table
 RUN_INSERT = insert(_RUNS)
@@ -60,9 +64,11 @@ RUN_FINISH = (
         notes=bindparam("b_notes"),
     )
 )
+# only a run still in flight: never over an outcome stored meanwhile (``Store.store_unstored``); equalities,
+# not IN, since an expanding IN cannot take the writer's executemany
 RUN_FAIL = (
     update(_RUNS)
-    .where(_RUNS.c.id == bindparam("b_id"))
+    .where(_RUNS.c.id == bindparam("b_id"), or_(*(_RUNS.c.status == s for s in ACTIVE_RUN_STATES)))
     .values(status="failed", error=bindparam("b_error"), finished_at=bindparam("b_finished_at"))
 )
 OP_RECORD_INSERT = insert(cast(Table, OpRecordRow.__table__))
@@ -73,10 +79,25 @@ class StorageError(Exception):
     """The database refused or lost a write: the caller answers 503 (retry later), never a 500."""
 
 
+class StorageFull(StorageError):
+    """The disk holding the database is full (SQLite's SQLITE_FULL, PostgreSQL's disk_full, ENOSPC):
+    the caller answers 507; writes succeed again once space is freed."""
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """Whether a database error (or its DBAPI cause) says the disk is full."""
+    cause = getattr(exc, "orig", None) or exc
+    if getattr(cause, "sqlite_errorcode", None) == 13 or getattr(cause, "sqlstate", None) == "53100":
+        return True  # SQLITE_FULL; PostgreSQL's disk_full
+    text = str(cause).lower()
+    return "database or disk is full" in text or "no space left on device" in text
+
+
 def storage_error(exc: BaseException) -> StorageError:
     """A ``StorageError`` that names the database's own complaint, without SQLAlchemy's SQL dump."""
     cause = getattr(exc, "orig", None) or exc
-    return StorageError(f"{type(cause).__name__}: {cause}".strip())
+    cls = StorageFull if isinstance(exc, StorageFull) or is_disk_full(exc) else StorageError
+    return cls(f"{type(cause).__name__}: {cause}".strip())
 
 
 class GroupCommitWriter:
@@ -257,10 +278,27 @@ class Store:
         self.replica_id = replica_id  # this daemon process: written on the runs it executes
         self.sessions = open_database(url)
         self.writer = GroupCommitWriter(self.sessions.kw["bind"])
+        # run outcomes the database refused (run id -> since, fields, records), stored once it takes writes
+        self._unstored: dict[str, tuple[float, dict[str, Any], list[dict]]] = {}
+        self._unstored_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._retrier: threading.Thread | None = None
 
     def close(self) -> None:
-        """Commit queued writes and stop the writer (the daemon is stopping)."""
+        """Commit queued writes and stop the writer (the daemon is stopping); one last try for the run
+        outcomes still unstored."""
+        self._stop.set()
+        if self._retrier is not None:
+            self._retrier.join(timeout=10)
+        self.store_unstored()
         self.writer.close()
+
+    def location(self) -> str:
+        """Where the data lives, for messages: the SQLite file, or the database server."""
+        path = sqlite_path(self.url)
+        if path is not None:
+            return f"the database {path}"
+        return "the database server" if "://" in self.url else "the database"
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -527,17 +565,78 @@ class Store:
 
     def finish_run(self, run_id: str, fields: dict[str, Any], records: list[dict]) -> None:
         """A run's outcome, its per-op records and its last event (``end``), committed together before
-        anyone is answered."""
+        anyone is answered. When the database refuses them (``StorageError``), they are kept and tried
+        again every ``OUTCOME_RETRY_EVERY_S`` until it takes them (an outage, a full disk), so a run
+        accepted before the fault does not stay ``running`` once the database is back."""
         events = fields.get("events") or []
         last = [(EVENT_INSERT, {"run_id": run_id, "seq": len(events) - 1, "doc": events[-1]})] if events else []
-        self.writer.write(
-            (RUN_FINISH, {f"b_{k}": v for k, v in {"id": run_id, **fields}.items()}),
-            *last,
-            *[
-                (OP_RECORD_INSERT, {"run_id": run_id, "node": r["node"], "device": r["device"], "record": r})
-                for r in records
-            ],
-        )
+        try:
+            self.writer.write(
+                (RUN_FINISH, {f"b_{k}": v for k, v in {"id": run_id, **fields}.items()}),
+                *last,
+                *[
+                    (OP_RECORD_INSERT, {"run_id": run_id, "node": r["node"], "device": r["device"], "record": r})
+                    for r in records
+                ],
+            )
+        except StorageError:
+            self._keep_unstored(run_id, fields, records)
+            raise
+
+    def _keep_unstored(self, run_id: str, fields: dict[str, Any], records: list[dict]) -> None:
+        with self._unstored_lock:
+            self._unstored[run_id] = (time.monotonic(), fields, records)
+            if self._retrier is None and not self._stop.is_set():
+                self._retrier = threading.Thread(target=self._retry_loop, name="db-outcome-retry", daemon=True)
+                self._retrier.start()
+
+    def _retry_loop(self) -> None:
+        while not self._stop.wait(OUTCOME_RETRY_EVERY_S):
+            self.store_unstored()
+
+    def store_unstored(self) -> int:
+        """Try again to store the run outcomes the database refused; how many were stored. Stops at
+        the first refusal (the database is still down); gives up on one after ``OUTCOME_RETRY_FOR_S``."""
+        stored = 0
+        with self._unstored_lock:
+            pending = list(self._unstored.items())
+        for run_id, (since, fields, records) in pending:
+            try:
+                self._store_outcome(run_id, fields, records)
+            except SQLAlchemyError as exc:
+                if time.monotonic() - since > OUTCOME_RETRY_FOR_S:
+                    log.error("gave up storing the outcome of run %s: %s", run_id, storage_error(exc))
+                    with self._unstored_lock:
+                        self._unstored.pop(run_id, None)
+                    continue
+                break
+            except Exception:  # noqa: BLE001 - not the database's state (a value it cannot take): will not pass
+                log.exception("gave up storing the outcome of run %s", run_id)
+                with self._unstored_lock:
+                    self._unstored.pop(run_id, None)
+                continue
+            with self._unstored_lock:
+                self._unstored.pop(run_id, None)
+            stored += 1
+            log.warning("the outcome of run %s (%s) is stored now", run_id, fields.get("status"))
+        return stored
+
+    def _store_outcome(self, run_id: str, fields: dict[str, Any], records: list[dict]) -> None:
+        """A refused outcome, in one transaction: the run's row, the events the writer could not add
+        meanwhile, and its op records unless a write whose answer was lost already stored them."""
+        with self.sessions.begin() as s:
+            s.execute(RUN_FINISH, {f"b_{k}": v for k, v in {"id": run_id, **fields}.items()})
+            have = set(s.scalars(select(EventRow.seq).where(EventRow.run_id == run_id)).all())
+            events = fields.get("events") or []
+            missing = [{"run_id": run_id, "seq": i, "doc": e} for i, e in enumerate(events) if i not in have]
+            if missing:
+                s.execute(EVENT_INSERT, missing)
+            stored = s.scalar(select(func.count()).select_from(OpRecordRow).where(OpRecordRow.run_id == run_id))
+            if records and not stored:
+                s.execute(
+                    OP_RECORD_INSERT,
+                    [{"run_id": run_id, "node": r["node"], "device": r["device"], "record": r} for r in records],
+                )
 
     def fail_run(self, run_id: str, error: str) -> None:
         """The smallest write that ends a run (after its full outcome could not be stored)."""

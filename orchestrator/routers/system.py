@@ -23,8 +23,8 @@ def healthz() -> dict[str, str]:
 def readyz(service: Service = Depends(get_service)) -> dict[str, Any]:
     if not service.ready.is_set():
         raise ServiceError(503, "not ready", "recovering state from the database", retry_after_s=1)
-    if not service.ray_up.is_set():
-        raise ServiceError(503, "not ready", service.ray_problem, retry_after_s=RAY_RETRY_AFTER_S)
+    if not service.ray_up.is_set():  # unauthenticated: the cause with its addresses is in the log and in 503s to keys
+        raise ServiceError(503, "not ready", "the Ray cluster is lost; reconnecting", retry_after_s=RAY_RETRY_AFTER_S)
     return {"status": "ready", **service.leadership.status()}
 
 

@@ -38,8 +38,9 @@ while other jobs kept both cores busy (70 s of CPU in the training loop; see ``t
   = 1 (on a shared 2-core machine one thread is ~3x faster than two when the other core is busy,
   and it makes the result independent of the core count), so a build is bit-for-bit reproducible
   on a machine. The loss falls from ~7.6 (ln 2048) to 4.3-4.7 nats per token on corpus windows
-  (the corpus grows with the docs; its unigram entropy is ~6.4 nats per token); greedy text is English-like words ("The KV cache of the decode step reads the attention stores
-  the KV cache"), not knowledge.
+  (the corpus grows with the docs; its unigram entropy is ~6.4 nats per token); greedy text is
+  English-like words ("The KV cache of the decode step reads the attention stores the KV cache"),
+  not knowledge.
 
 ``training_report.json`` beside the weights records the recipe hash, steps, seconds, the initial and
 final loss and the corpus sources with their byte counts.

@@ -31,7 +31,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, deploy
 
 GRAPH = """
 apiVersion: hetagent.dev/v1alpha1
@@ -147,18 +147,7 @@ def slow_deployment(daemon: Daemon) -> tuple[str, str]:
 def _deploy(c: httpx.Client, name: str, nodes: str, sink: str) -> tuple[str, str]:
     names = ("counter", "times") if nodes is FRAGILE_NODES else ("pid_file", "seconds")
     inputs = ", ".join(f"{n}: {{type: string}}" for n in names)
-    doc = GRAPH.format(name=name, nodes=nodes, sink=sink, inputs=inputs)
-    g = c.post("/v1/graphs", content=doc, headers={"Content-Type": "application/yaml"})
-    assert g.status_code == 201, g.text
-    gid = g.json()["id"]
-    p = c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": 0.01})
-    assert p.status_code == 201 and p.json()["plan"]["feasible"], p.text
-    d = c.post(f"/v1/graphs/{gid}/deployments", json={})
-    assert d.status_code == 202, d.text
-    dep_id = d.json()["id"]
-    state = _wait(lambda: c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json(), lambda s: s["state"] != "starting")
-    assert state["state"] == "ready", state
-    return gid, dep_id
+    return deploy(c, GRAPH.format(name=name, nodes=nodes, sink=sink, inputs=inputs))
 
 
 def _wait(get, until, timeout_s: float = 180.0, every_s: float = 0.2):

@@ -27,7 +27,7 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +35,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.support.daemon import Daemon
+from tests.support.daemon import Daemon, deploy, wait_until as _until
 from tests.support.postgres import PostgresServer, postgres_server  # noqa: F401  (a pytest fixture)
 from tests.test_daemon import SLOW_GRAPH
 
@@ -49,34 +49,7 @@ def _graph(name: str) -> str:
 
 
 def _deploy(c: httpx.Client, name: str) -> str:
-    g = c.post("/v1/graphs", content=_graph(name), headers={"Content-Type": "application/yaml"})
-    assert g.status_code == 201, g.text
-    gid = g.json()["id"]
-    p = c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": 0.01})
-    assert p.status_code == 201 and p.json()["plan"]["feasible"], p.text
-    d = c.post(f"/v1/graphs/{gid}/deployments", json={})
-    assert d.status_code == 202, d.text
-    state = _until(
-        lambda: (
-            c.get(f"/v1/graphs/{gid}/deployments/{d.json()['id']}").json()["state"] in ("ready", "failed")
-            and c.get(f"/v1/graphs/{gid}/deployments/{d.json()['id']}").json()
-        ),
-        180,
-    )
-    assert state["state"] == "ready", state
-    return gid
-
-
-def _until(what: Callable[[], Any], timeout_s: float, every_s: float = 0.2) -> Any:
-    """``what()`` once truthy (HTTP errors retried); fails after ``timeout_s`` with the last value."""
-    deadline, last = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            last = what()
-            if last:
-                return last
-        time.sleep(every_s)
-    raise AssertionError(f"not reached in {timeout_s} s; last: {last!r}")
+    return deploy(c, _graph(name))[0]
 
 
 def _is_problem(r: httpx.Response) -> bool:

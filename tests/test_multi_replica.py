@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.support.daemon import wait_until as _wait
 from tests.support.postgres import postgres_url  # noqa: F401  (a pytest fixture)
 from tests.test_daemon import HETAGENT, ROOT, SLOW_GRAPH, Daemon
 
@@ -116,18 +117,6 @@ def ray_address(tmp_path_factory):
             os.killpg(head.pid, signal.SIGKILL)
             head.wait(30)
         log.close()
-
-
-def _wait(what, timeout_s: float, every_s: float = 0.2):
-    """``what()`` once it is truthy (it is retried on HTTP errors); fails with the last value after ``timeout_s``."""
-    deadline, last = time.monotonic() + timeout_s, None
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError):
-            last = what()
-            if last:
-                return last
-        time.sleep(every_s)
-    raise AssertionError(f"not reached in {timeout_s} s; last: {last}")
 
 
 def _events(c: httpx.Client, run_id: str, after: int = 0) -> list[tuple[int, dict]]:

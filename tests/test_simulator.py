@@ -306,10 +306,22 @@ def test_chunked_prefill_splits_a_prompt_over_the_token_budget():
     assert busy_b == pytest.approx(chunked_s, rel=0.02)
 
 
-def test_host_ops_time_share_the_cpu_cores():
-    """Two 1-core, 100 ms calls at once: 100 ms on a 2-core socket, 200 ms when they share one core."""
+def _cpu_device(cores: int):
     from planner.plan import DeviceUsage
 
+    return DeviceUsage(
+        device="xeon-8592",
+        device_class="cpu",
+        allocated=1,
+        busy_fraction=0.0,
+        usd_per_hour_per_device=1.0,
+        cores=cores,
+        usd_per_hour=1.0,
+    )
+
+
+def test_host_ops_time_share_the_cpu_cores():
+    """Two 1-core, 100 ms calls at once: 100 ms on a 2-core socket, 200 ms when they share one core."""
     ops = tuple(GranularOp(f"t{i}.transform", "transform", f"t{i}", fixed_latency_ms=100.0) for i in (1, 2))
     graph = GranularGraph("g", 1e9, None, ops, ())
     e2e = {}
@@ -317,17 +329,7 @@ def test_host_ops_time_share_the_cpu_cores():
         plan = _plan([_planned(o.name, "transform", "xeon-8592", "cpu", 100.0, 10.0) for o in ops])
         for o in plan.ops:
             o.cores_per_replica = 1
-        plan.devices = [
-            DeviceUsage(
-                device="xeon-8592",
-                device_class="cpu",
-                allocated=1,
-                busy_fraction=0.0,
-                usd_per_hour_per_device=1.0,
-                cores=cores,
-                usd_per_hour=1.0,
-            )
-        ]
+        plan.devices = [_cpu_device(cores)]
         e2e[cores] = simulate(plan, graph, load_catalog(), [0.0]).p50_ms
     assert e2e == {1: pytest.approx(200.0), 2: pytest.approx(100.0)}
 
@@ -353,20 +355,6 @@ def test_sliced_plans_are_refused_clearly():
     plan.ops[1].slices = [piece]
     with pytest.raises(SimulationError, match="slices requests by size"):
         simulate(plan, graph, load_catalog(), [0.0])
-
-
-def _cpu_device(cores: int):
-    from planner.plan import DeviceUsage
-
-    return DeviceUsage(
-        device="xeon-8592",
-        device_class="cpu",
-        allocated=1,
-        busy_fraction=0.0,
-        usd_per_hour_per_device=1.0,
-        cores=cores,
-        usd_per_hour=1.0,
-    )
 
 
 def test_runtime_cpu_is_work_the_cores_also_do():

@@ -248,3 +248,35 @@ class Daemon:
 
     def __exit__(self, *exc: object) -> None:
         self.terminate()
+
+
+def wait_until(what: Callable[[], Any], timeout_s: float, every_s: float = 0.2) -> Any:
+    """``what()`` once it is truthy (retried on HTTP errors); fails after ``timeout_s`` with the last value."""
+    deadline, last = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError):
+            last = what()
+            if last:
+                return last
+        time.sleep(every_s)
+    raise AssertionError(f"not reached in {timeout_s} s; last: {last!r}")
+
+
+def deploy(c: httpx.Client, spec_yaml: str, rate_per_s: float = 0.01, timeout_s: float = 180.0) -> tuple[str, str]:
+    """Create, plan and deploy a graph from its YAML through the API; (graph id, deployment id) once ready."""
+    g = c.post("/v1/graphs", content=spec_yaml, headers={"Content-Type": "application/yaml"})
+    assert g.status_code == 201, g.text
+    gid = g.json()["id"]
+    p = c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": rate_per_s})
+    assert p.status_code == 201 and p.json()["plan"]["feasible"], p.text
+    d = c.post(f"/v1/graphs/{gid}/deployments", json={})
+    assert d.status_code == 202, d.text
+    dep_id = d.json()["id"]
+
+    def settled() -> dict[str, Any] | None:
+        state = c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()
+        return state if state["state"] != "starting" else None
+
+    state = wait_until(settled, timeout_s)
+    assert state["state"] == "ready", state
+    return gid, dep_id

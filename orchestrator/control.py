@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hetagent.control")
 
 # (graph id, sla_ms, rate_per_s, ttft_ms) -> the stored plan document, as POST .../plans answers it
+MAX_PLAN_SLOWDOWNS = 10_000  # plans whose refits-at-planning are remembered (a dict per plan made otherwise grows)
 PlanFn = Callable[[str, float | None, float, float | None], dict[str, Any]]
 
 
@@ -185,6 +186,8 @@ class Controller:
         its runs' records are compared with what the current catalog predicts, not the plan's old figure."""
         if slowdown:
             self.plan_slowdown[plan_id] = dict(slowdown)
+            while len(self.plan_slowdown) > MAX_PLAN_SLOWDOWNS:  # the oldest plans' runs: compared as made first
+                del self.plan_slowdown[next(iter(self.plan_slowdown))]
 
     def observe(self, records: Iterable[dict[str, Any]], plan_id: str | None = None) -> None:
         """Keep a succeeded run's op records (of the plan ``plan_id``) as evidence for the next refit."""

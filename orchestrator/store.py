@@ -300,6 +300,11 @@ class Store:
             return f"the database {path}"
         return "the database server" if "://" in self.url else "the database"
 
+    def ping(self) -> None:
+        """One round trip to the database (/readyz); raises SQLAlchemyError when it does not answer."""
+        with self.sessions() as s:
+            s.execute(select(1))
+
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """One atomic unit over several of the ``s``-taking calls below (check, then insert)."""

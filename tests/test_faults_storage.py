@@ -275,7 +275,9 @@ def test_database_outage_503s_then_resumes_without_restart(tmp_path, postgres_se
             _until(lambda: len(load.ledger.runs_done) >= 5, 60, 0.05)
             down_at = time.monotonic()
             postgres_server.stop("fast")
-            time.sleep(OUTAGE_S)
+            time.sleep(OUTAGE_S / 2)
+            readyz_down = httpx.get(f"{d.url}/readyz", timeout=30)  # a load balancer routes away meanwhile
+            time.sleep(OUTAGE_S / 2)
             postgres_server.start()
             up_at = time.monotonic()
 
@@ -285,6 +287,9 @@ def test_database_outage_503s_then_resumes_without_restart(tmp_path, postgres_se
             _until(lambda: all(answered_after(w) for w in ("graph", "sync", "async")), 120, 0.1)
             resumed_s = time.monotonic() - up_at
             time.sleep(1.0)
+            assert httpx.get(f"{d.url}/readyz", timeout=30).status_code == 200
+        assert readyz_down.status_code == 503 and int(readyz_down.headers["retry-after"]) > 0, readyz_down.text
+        assert readyz_down.json()["detail"] == "the database does not answer", readyz_down.text
         ledger, answers = load.ledger, load.ledger.answers
         assert ledger.errors == [], ledger.errors[:3]  # no reset connection, no timeout: an answer to each
         during = [a for a in answers if down_at <= a[0] < up_at]

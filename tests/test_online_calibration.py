@@ -125,3 +125,19 @@ def test_refits_do_not_compound_while_a_deployment_keeps_its_plan(tmp_path):
     service.control.observe(measured_now, again["id"])
     assert service.control.calibrate() == {}
     service.stop()
+
+
+def test_the_refits_remembered_per_plan_are_bounded(monkeypatch, tmp_path):
+    """A daemon that makes plans all day must not keep a dict per plan for ever (seen as memory growth in
+    bench/soak.py): past the bound, the oldest plan's entry goes first."""
+    from orchestrator import control
+    from orchestrator.service import Service
+    from orchestrator.settings import Settings
+
+    monkeypatch.setattr(control, "MAX_PLAN_SLOWDOWNS", 50)
+    service = Service(Settings(data_dir=tmp_path, control_enabled=False))
+    for i in range(120):
+        service.control.plan_made(f"p{i}", {"local-cpu": 1.0 + i})
+    kept = service.control.plan_slowdown
+    assert len(kept) == 50 and "p0" not in kept and kept["p119"] == {"local-cpu": 120.0} and "p70" in kept
+    service.stop()

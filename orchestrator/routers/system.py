@@ -4,9 +4,11 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
 
 from orchestrator.dependencies import Read, get_service
 from orchestrator.service import RAY_RETRY_AFTER_S, Service, ServiceError
+from orchestrator.store import STORAGE_RETRY_AFTER_S
 
 router = APIRouter(tags=["system"])
 
@@ -18,13 +20,20 @@ def healthz() -> dict[str, str]:
 
 @router.get(
     "/readyz",
-    summary="Database migrated, catalog loaded, recovery done, Ray answering; which replica this is, whether it leads",
+    summary="Database migrated and answering, catalog loaded, recovery done, Ray answering; which replica this is, "
+    "whether it leads",
 )
 def readyz(service: Service = Depends(get_service)) -> dict[str, Any]:
     if not service.ready.is_set():
         raise ServiceError(503, "not ready", "recovering state from the database", retry_after_s=1)
     if not service.ray_up.is_set():  # unauthenticated: the cause with its addresses is in the log and in 503s to keys
         raise ServiceError(503, "not ready", "the Ray cluster is lost; reconnecting", retry_after_s=RAY_RETRY_AFTER_S)
+    try:
+        service.store.ping()
+    except SQLAlchemyError:  # the cause names the server: it goes to the log and to 503s of keyed requests
+        raise ServiceError(
+            503, "not ready", "the database does not answer", retry_after_s=STORAGE_RETRY_AFTER_S
+        ) from None
     return {"status": "ready", **service.leadership.status()}
 
 

@@ -37,7 +37,9 @@ log = logging.getLogger("hetagent.control")
 
 # (graph id, sla_ms, rate_per_s, ttft_ms) -> the stored plan document, as POST .../plans answers it
 MAX_PLAN_SLOWDOWNS = 10_000  # plans whose refits-at-planning are remembered (a dict per plan made otherwise grows)
-PlanFn = Callable[[str, float | None, float, float | None], dict[str, Any]]
+# (graph id, the deployed plan's stored request — SLA, TTFT, and arrivals/percentile if it was planned under
+# queueing — and the new rate) -> the stored new plan
+PlanFn = Callable[[str, dict[str, Any], float], dict[str, Any]]
 
 
 @dataclass
@@ -266,12 +268,12 @@ class Controller:
         planned = plan["rate_per_s"]
         new_rate = max(self.policy.min_rate_per_s, rate * self.policy.headroom)
         request = dict(ctx.request)
-        new = self._plan(ctx.graph_id, request.get("sla_ms"), new_rate, request.get("ttft_ms"))
+        new = self._plan(ctx.graph_id, request, new_rate)
         cap = new["plan"].get("max_rate_per_s")
         if not new["plan"]["feasible"] and cap and cap > planned:
             # more load than the inventory sustains: scale to the most it can carry, and say so
             reason += f"; capped at the inventory's highest sustainable rate, {cap:.3g}/s"
-            new = self._plan(ctx.graph_id, request.get("sla_ms"), cap * 0.99, request.get("ttft_ms"))
+            new = self._plan(ctx.graph_id, request, cap * 0.99)
         if not new["plan"]["feasible"]:
             self.store.note_deployment(dep_id, f"re-plan at {new_rate:.3g}/s infeasible: {new['plan'].get('reason')}")
             live.last_change = at

@@ -390,8 +390,15 @@ class Service:
         self.control.plan_made(stored["id"], slowdown)
         return stored
 
-    def _replan(self, graph_id: str, sla_ms: float | None, rate_per_s: float, ttft_ms: float | None) -> dict[str, Any]:
-        return self.create_plan(graph_id, sla_ms, rate_per_s, None, ttft_ms)
+    def _replan(self, graph_id: str, request: dict[str, Any], rate_per_s: float) -> dict[str, Any]:
+        """The control loop's re-plan at a new rate, as the deployed plan was asked for: its cluster, SLA and
+        TTFT, and its arrival process and percentile when it was planned under queueing (so a bursty plan stays
+        checked by the simulator)."""
+        keys = ("arrivals", "percentile", "seed", "simulation_runs")
+        queueing = {k: request[k] for k in keys if k in request} or None
+        cluster = request.get("cluster")
+        cluster = None if cluster in (None, self.cluster.name) else cluster  # the daemon's own may be a path
+        return self.create_plan(graph_id, request.get("sla_ms"), rate_per_s, cluster, request.get("ttft_ms"), queueing)
 
     def get_plan(self, graph_id: str, plan_id: str) -> dict[str, Any]:
         """A plan of this graph (another graph's plan id is a 404, not a leak)."""

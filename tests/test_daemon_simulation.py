@@ -236,3 +236,29 @@ def test_bad_simulation_input_is_a_422_naming_the_field(client, extra, field, re
     paths = [e["path"] for e in problem["errors"]]
     assert any(p.split(".")[-1] == field for p in paths), paths
     assert reason in problem["detail"], problem["detail"]
+
+
+def test_the_control_loops_replan_keeps_the_arrival_process_it_was_planned_under(tmp_path):
+    """A deployment planned under bursty arrivals at p99 is re-planned (a new rate) under the same arrivals and
+    percentile, so its plan stays checked by the simulator; one planned on service times stays so."""
+    service = Service(Settings(data_dir=tmp_path, control_enabled=False))
+    try:
+        gid = service.create_graph(ONE_OP)["id"]
+        queueing = {"arrivals": "bursty:2", "percentile": 99, "seed": 5, "simulation_runs": None}
+        bursty = service.create_plan(gid, None, 2.0, "homogeneous_h100", None, queueing)
+        assert bursty["plan"]["simulation"]["arrivals"] == "bursty:2"
+        again = service._replan(gid, bursty["request"], 4.0)
+        assert again["request"]["arrivals"] == "bursty:2" and again["request"]["percentile"] == 99
+        sim = again["plan"]["simulation"]
+        assert (sim["arrivals"], sim["percentile"], sim["seed"], again["plan"]["rate_per_s"]) == (
+            "bursty:2",
+            99,
+            5,
+            4.0,
+        )
+        assert again["plan"]["cluster"] == "homogeneous_h100"  # the deployed plan's, not the daemon's (local)
+        plain = service.create_plan(gid, None, 2.0, "homogeneous_h100")
+        replanned = service._replan(gid, plain["request"], 4.0)
+        assert replanned["plan"]["simulation"] is None and "arrivals" not in replanned["request"]
+    finally:
+        service.stop()

@@ -28,6 +28,7 @@ def test_placement_change_rebuilds_pools_without_dropping_runs(tmp_path):
     doc = yaml.safe_load((ROOT / "configs/clusters/local.yaml").read_text())
     doc["name"] = "two_tiers"
     doc["devices"] = [{"type": "xeon-8592", "count": 1, "per_node": 1}]
+    doc.pop("runtime_cpu", None)  # measured for local-cpu, which this cluster does not have
     cluster.write_text(yaml.safe_dump(doc))
     graph = {
         "apiVersion": "hetagent.dev/v1alpha1",

@@ -303,6 +303,18 @@ class Service:
         from planner.pipeline import apply_model_overrides
 
         graph = parse_graph(doc, self.catalog)  # SpecError → 422
+        allowed = self.settings.function_modules
+        for node in graph.spec.nodes:  # a callable runs code in the workers: only modules the server allows
+            function = getattr(node, "function", None) or ""
+            module = function.split(":")[0]
+            if module and not any(module == m or module.startswith(m + ".") for m in allowed):
+                raise ServiceError(
+                    422,
+                    "callable not allowed",
+                    f"node {node.name!r}: {function!r} is outside the modules graphs may call here "
+                    f"({', '.join(allowed) or 'none'}); the server's function_modules (HETAGENT_FUNCTION_MODULES) "
+                    "lists them",
+                )
         if len(graph.spec.nodes) > self.settings.max_graph_nodes:
             raise ServiceError(
                 413, "graph too large", f"{len(graph.spec.nodes)} nodes; the limit is {self.settings.max_graph_nodes}"

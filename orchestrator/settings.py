@@ -68,6 +68,11 @@ class Settings(BaseModel):
         description="Hosts, addresses or networks (CIDR) that tool nodes may call although they are loopback, "
         "link-local or private; every other such target is refused (public addresses are always allowed).",
     )
+    function_modules: list[str] = Field(
+        [m for m in _env("FUNCTION_MODULES", "workers.transforms,workers.tools").split(",") if m],
+        description="Python modules (and their submodules) whose callables a graph's transform and tool nodes "
+        "may name in 'function'; a graph naming any other is refused (a callable runs code in the workers).",
+    )
     max_graph_nodes: int = Field(500, description="Largest accepted agent graph, in spec nodes.")
     control_interval_s: float = Field(
         float(_env("CONTROL_INTERVAL_S", "10")),

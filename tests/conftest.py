@@ -6,7 +6,13 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-for key, value in {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "DO_NOT_TRACK": "1"}.items():
+TEST_FUNCTION_MODULES = "workers.transforms,workers.tools,tests.support.callables"  # the daemons tests start
+for key, value in {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "DO_NOT_TRACK": "1",
+    "HETAGENT_FUNCTION_MODULES": TEST_FUNCTION_MODULES,  # graphs may call the tests' own callables
+}.items():
     os.environ.setdefault(key, value)
 
 

@@ -20,7 +20,7 @@ import pytest
 
 from compiler.spec import ToolNode
 from orchestrator import auth
-from tests.test_daemon import Daemon, _deploy
+from tests.test_daemon import ROOT, Daemon, _deploy
 from workers.egress import EgressRefused, check_target
 from workers.ops import ToolError, ToolOp
 
@@ -390,3 +390,57 @@ def test_cors_is_off_by_default_and_configurable(tmp_path):
         ok = c.options("/v1/graphs", headers={**pre, "Origin": "https://ui.example"})
         assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://ui.example"
         assert "access-control-allow-origin" not in c.options("/v1/graphs", headers=pre).headers
+
+
+def test_graphs_may_call_only_the_modules_the_server_allows(tmp_path):
+    """A transform's or tool's 'function' runs code in the workers: a graph naming a module outside
+    function_modules (default: the shipped workers.transforms and workers.tools) is refused with a 422 that
+    names the node, the callable and the setting; nothing is stored."""
+    from fastapi.testclient import TestClient
+
+    from orchestrator.service import Service
+    from orchestrator.settings import Settings
+
+    def graph(function: str, kind: str = "transform") -> dict:
+        node = {"name": "n", "kind": kind, "function": function, "inputs": {"text": "{{ inputs.text }}"}}
+        if kind == "tool":
+            node["expected"] = {"latency_ms": 1}
+        return {
+            "apiVersion": "hetagent.dev/v1alpha1",
+            "kind": "AgentGraph",
+            "metadata": {"name": "callables"},
+            "spec": {"sla": {"e2e_ms": 1000}, "inputs": {"text": {"type": "string"}}, "nodes": [node]},
+        }
+
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "HETAGENT_FUNCTION_MODULES"}  # tests/conftest.py sets it
+    probe = "from orchestrator.settings import Settings; print(Settings().function_modules)"
+    default = subprocess.run(
+        [sys.executable, "-c", probe], env=env, cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert default.stdout.strip() == "['workers.transforms', 'workers.tools']", default
+    settings = Settings(
+        data_dir=tmp_path, control_enabled=False, function_modules=["workers.transforms", "workers.tools"]
+    )
+    service = Service(settings)
+    _, key = auth.create_key(service.store.sessions, "write")
+    from orchestrator.app import create_app
+
+    with TestClient(create_app(settings, service)) as c:
+        c.headers["Authorization"] = f"Bearer {key}"
+        for function, kind in (
+            ("os:system", "transform"),
+            ("subprocess:run", "tool"),
+            ("workers.transformsx:f", "transform"),
+        ):
+            r = c.post("/v1/graphs", json=graph(function, kind))
+            assert r.status_code == 422 and r.headers["content-type"].startswith("application/problem+json"), r.text
+            body = r.json()
+            assert body["title"] == "callable not allowed" and f"node 'n': '{function}'" in body["detail"], body
+            assert "HETAGENT_FUNCTION_MODULES" in body["detail"], body
+        assert c.get("/v1/graphs").json() == []
+        ok = c.post("/v1/graphs", json=graph("workers.transforms:redact_pii"))
+        assert ok.status_code == 201, ok.text

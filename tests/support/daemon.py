@@ -88,6 +88,10 @@ class Daemon:
             "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
             "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p),
+            # graphs of tests and bench/soak.py call tests/support/callables.py (the default allows workers' only)
+            "HETAGENT_FUNCTION_MODULES": os.environ.get(
+                "HETAGENT_FUNCTION_MODULES", "workers.transforms,workers.tools,tests.support.callables"
+            ),
             **(env or {}),
         }
         if database_url is None:

@@ -7,7 +7,12 @@ while other jobs kept both cores busy (70 s of CPU in the training loop; see ``t
 
 * **Corpus** (English prose only; every source ships with the project or with Python itself):
 
-  - the project's own ``README.md`` and ``docs/*.md`` (MIT, like the project);
+  - the project's own ``README.md`` and ``docs/*.md`` (MIT, like the project), **frozen**: their prose as of one
+    commit, kept in ``costmodels/tiny_corpus_docs.json.gz`` (``frozen_from`` names the commit). Read live, every
+    docs edit retrained the model (~95 s in every test run) into a different one, and one such build
+    answered RAG prompts with a loop ("the KV cache of the KV cache ...") and failed its tests. The
+    snapshot is a build that passed them; ``python -m costmodels.tiny_model --freeze-docs`` re-freezes the
+    working tree's docs (then run tests/test_tiny_model.py on the new build);
   - the RAG example's documents, ``examples/graphs/indexes/product-docs.jsonl`` (the ``text`` fields);
   - the Python language reference and library topics that CPython ships as
     ``<stdlib>/pydoc_data/topics.py`` (the text ``help("assert")`` prints; ~465 KB of English prose
@@ -172,9 +177,34 @@ def _read_topics(path: Path) -> dict[str, str]:
     raise RuntimeError(f"{path} has no topics dict")
 
 
-def _corpus_files() -> tuple[list[Path], Path, Path]:
-    markdown = [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))] if p.is_file()]
-    return markdown, ROOT / "examples" / "graphs" / "indexes" / "product-docs.jsonl", _topics_path()
+FROZEN_DOCS = Path(__file__).resolve().parent / "tiny_corpus_docs.json.gz"  # README + docs prose, one commit's
+
+
+def _markdown_files() -> list[Path]:
+    return [p for p in [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))] if p.is_file()]
+
+
+def _corpus_files() -> tuple[Path, Path, Path]:
+    return FROZEN_DOCS, ROOT / "examples" / "graphs" / "indexes" / "product-docs.jsonl", _topics_path()
+
+
+def freeze_docs(out: Path = FROZEN_DOCS) -> Path:
+    """Write the working tree's README and docs prose as the corpus's frozen project part."""
+    import gzip
+    import subprocess
+
+    rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    sources = [
+        {
+            "name": str(p.relative_to(ROOT)),
+            "file_bytes": p.stat().st_size,
+            "text": _markdown_prose(p.read_text("utf-8")),
+        }
+        for p in _markdown_files()
+    ]
+    doc = {"frozen_from": f"{rev or 'unknown'} (working tree)", "sources": sources}
+    out.write_bytes(gzip.compress(json.dumps(doc, ensure_ascii=False, indent=0).encode(), mtime=0))
+    return out
 
 
 _MEMO: dict[str, Any] = {}  # the last corpus read, keyed by its files' paths, sizes and mtimes
@@ -183,13 +213,13 @@ _MEMO: dict[str, Any] = {}  # the last corpus read, keyed by its files' paths, s
 def corpus_sources() -> list[CorpusSource]:
     """The English training corpus, in a fixed order (see the module docstring)."""
     markdown, jsonl, topics = _corpus_files()
-    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in [*markdown, jsonl, topics] if p.is_file())
+    key = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in [markdown, jsonl, topics] if p.is_file())
     if _MEMO.get("key") == key:
         return list(_MEMO["sources"])
-    sources = []
-    for path in markdown:
-        raw = path.read_text(encoding="utf-8")
-        sources.append(CorpusSource(str(path.relative_to(ROOT)), str(path), path.stat().st_size, _markdown_prose(raw)))
+    import gzip
+
+    frozen = json.loads(gzip.decompress(markdown.read_bytes()))
+    sources = [CorpusSource(d["name"], str(markdown), d["file_bytes"], d["text"]) for d in frozen["sources"]]
     if jsonl.is_file():
         texts = [json.loads(line)["text"] for line in jsonl.read_text(encoding="utf-8").splitlines() if line.strip()]
         sources.append(CorpusSource(str(jsonl.relative_to(ROOT)), str(jsonl), jsonl.stat().st_size, "\n\n".join(texts)))
@@ -614,6 +644,9 @@ def _loadavg() -> list[float] | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["--freeze-docs"]:
+        print(freeze_docs())
+        return 0
     out = Path(args[0]) if args else default_tiny_model_dir()
     path = build_tiny_model(out)
     print(path)

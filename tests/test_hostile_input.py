@@ -371,7 +371,8 @@ def test_stateful_schemathesis_over_the_whole_api_has_no_5xx(tmp_path):
                     )
 
         start = time.monotonic()
-        while time.monotonic() - start < STATEFUL_BUDGET_S and sum(calls.values()) < 600:
+        deployed = ("POST", "/v1/graphs/{graph_id}/deployments", 202)  # random sequences reach it most runs, not all
+        while time.monotonic() - start < STATEFUL_BUDGET_S and (sum(calls.values()) < 600 or deployed not in calls):
             try:
                 Machine.run(
                     settings=hypothesis.settings(

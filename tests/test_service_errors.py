@@ -29,7 +29,7 @@ spec:
   nodes:
     - name: lookup
       kind: tool
-      function: no_such_module_anywhere:lookup
+      function: tests.support.callables.no_such_module:lookup  # allowed by function_modules, not importable
       inputs: {text: "{{ inputs.text }}"}
       expected: {latency_ms: 10}
 """
@@ -149,7 +149,9 @@ def test_bring_up_failure_of_any_kind_ends_failed_with_the_error(daemon):
         gid = c.post("/v1/graphs", content=BROKEN_TOOL_GRAPH, headers={"Content-Type": "application/yaml"}).json()["id"]
         c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": 0.01}).raise_for_status()
         dep = _settle(c, gid, c.post(f"/v1/graphs/{gid}/deployments", json={}).json()["id"])
-        assert dep["state"] == "failed" and "No module named 'no_such_module_anywhere'" in dep["detail"], dep
+        assert (
+            dep["state"] == "failed" and "No module named 'tests.support.callables.no_such_module'" in dep["detail"]
+        ), dep
 
 
 def test_a_refused_result_write_wakes_the_waiter_with_a_503(daemon):

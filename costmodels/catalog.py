@@ -199,6 +199,13 @@ class RuntimeCpu(_Strict):
     cpu_s_per_output_token: float = Field(
         ge=0, description="Core-seconds of a CPU engine's front-end per generated token (output processing, streaming)."
     )
+    engine_cores_busy: float | None = Field(
+        None,
+        gt=0,
+        description="Cores a CPU engine keeps busy while it steps, measured (its CPU-seconds ÷ its stepping seconds "
+        "on an idle machine); below cores_per_replica where part of a step is single-threaded. None: the plan's "
+        "cores_per_replica.",
+    )
     source: str = Field("", description="Where the figures come from: command, machine, date.")
 
 

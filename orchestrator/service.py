@@ -96,7 +96,7 @@ class Service:
         self.runs_live: dict[str, RunHandle] = {}
         self._unstored: deque[str] = deque()  # runs kept in runs_live because their outcome was not stored
         self._unstored_lock = threading.Lock()
-        self._pool = ThreadPoolExecutor(max_workers=32, thread_name_prefix="run")
+        self._pool = ThreadPoolExecutor(max_workers=settings.max_runs_in_flight, thread_name_prefix="run")
         self._deploy_pool = ThreadPoolExecutor(max_workers=4, thread_name_prefix="deploy")
         self.ready = threading.Event()
         self.ray_up = threading.Event()  # cleared while the Ray cluster is lost and being reconnected

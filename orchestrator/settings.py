@@ -73,6 +73,13 @@ class Settings(BaseModel):
         description="Python modules (and their submodules) whose callables a graph's transform and tool nodes "
         "may name in 'function'; a graph naming any other is refused (a callable runs code in the workers).",
     )
+    max_runs_in_flight: int = Field(
+        int(_env("MAX_RUNS_IN_FLIGHT", "256")),
+        ge=1,
+        description="Runs this daemon executes at once (its run threads); more wait, accepted, for a thread. Keep it "
+        "above what the engines batch (their max_num_seqs) or it caps their batches (the simulator models it: "
+        "SimOptions.max_runs_in_flight).",
+    )
     max_graph_nodes: int = Field(500, description="Largest accepted agent graph, in spec nodes.")
     control_interval_s: float = Field(
         float(_env("CONTROL_INTERVAL_S", "10")),

@@ -25,7 +25,8 @@ Model (the planner's notation, planner/ilp.py; what the plan fixes is read from 
                  plan's estimate has beyond the bare roofline (tensor-parallel all-reduce, a calibrated or
                  profiled device)
     CPU cores    every CPU device type has a pool of cores × sockets allocated; a host call holds its k_c/l_c
-                 cores per slot (a tool: TOOL_CPU_S_PER_CALL / l_c), a CPU engine step its cores_per_replica;
+                 cores per slot (a tool: TOOL_CPU_S_PER_CALL / l_c), a CPU engine step its cores_per_replica
+                 (or, if fewer, the measured engine_cores_busy: part of a step is single-threaded);
                  a service starting while the pool is oversubscribed is stretched by demand ÷ capacity
                  (processor sharing, evaluated at the service's start)
     Runtime CPU  the serving runtime's own work (SimOptions.runtime_*, measured: bench/simulator_validation.py):
@@ -35,6 +36,8 @@ Model (the planner's notation, planner/ilp.py; what the plan fixes is read from 
                  over the next τ = 1 s and served first (servers.CorePool: the daemon at nice 0, Ray workers at 15),
                  so what starts on those cores meanwhile gets capacity − D.
                  GPU engines' front-ends run on host CPUs that are not a pool here: not charged
+    Run threads  with max_runs_in_flight = m (the daemon's Settings.max_runs_in_flight), at most m runs are in
+                 the graph at once; later arrivals wait FIFO for one to finish, and their e2e and TTFT count it
     TTFT         arrival → the end of the first decode step of the final LLM (a streaming LLM if any, else the
                  last decode in topological order, as the planner picks it)
 
@@ -52,6 +55,7 @@ import heapq
 import itertools
 import math
 import random
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -100,6 +104,18 @@ class SimOptions(BaseModel):
         ge=0,
         description="Core-seconds a CPU engine's front-end spends per generated token (output processing, "
         "streaming), on the engine's cores (measured).",
+    )
+    engine_cores_busy: float | None = Field(
+        None,
+        gt=0,
+        description="Cores a CPU engine step holds (measured: a cluster's runtime_cpu.engine_cores_busy); None or "
+        "more than the plan's cores_per_replica: cores_per_replica.",
+    )
+    max_runs_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description="Runs the daemon executes at once (Settings.max_runs_in_flight, its run threads); later arrivals "
+        "wait, FIFO, and their e2e counts the wait. None: no limit.",
     )
 
 
@@ -198,6 +214,7 @@ def runtime_options(cluster: ClusterInventory) -> dict[str, Any]:
         "runtime_device": rt.device,
         "runtime_cpu_s_per_run": rt.cpu_s_per_run,
         "runtime_cpu_s_per_output_token": rt.cpu_s_per_output_token,
+        "engine_cores_busy": rt.engine_cores_busy,
     }
 
 
@@ -256,6 +273,8 @@ class _Simulation:
             rec.replicas = [self._replica(rec, step) for _ in range(rec.planned.replicas)]
         self.ttft_op = self._ttft_op()
         self.sources = [i for i, rec in enumerate(self.ops) if rec.n_pred == 0]
+        self.in_flight = 0  # runs started and not finished (max_runs_in_flight)
+        self.admission: deque[_Run] = deque()  # runs arrived, waiting for a run thread
 
     # ------------------------------------------------------------------ building
 
@@ -276,6 +295,8 @@ class _Simulation:
         common: dict[str, Any] = dict(heap=self.heap, tick=self.tick, done=self.op_done, cores=pool)
         if step is not None:
             cores = float(p.cores_per_replica) if pool is not None else 0.0
+            if cores and self.opts.engine_cores_busy is not None:
+                cores = min(cores, self.opts.engine_cores_busy)
             if op.kind == "prefill":
                 budget = int(p.execution.get("engine_args", {}).get("max_num_batched_tokens") or 0)
                 return PrefillEngine(
@@ -370,6 +391,14 @@ class _Simulation:
         return int(min(max(1, round(x)), SIZE_CAP * mean))
 
     def arrive(self, run: _Run, now: float) -> None:
+        limit = self.opts.max_runs_in_flight
+        if limit is not None and self.in_flight >= limit:
+            self.admission.append(run)  # accepted; waits for one of the daemon's run threads
+            return
+        self.start(run, now)
+
+    def start(self, run: _Run, now: float) -> None:
+        self.in_flight += 1
         if self.runtime_pool is not None:
             self.runtime_pool.charge(self.opts.runtime_cpu_s_per_run, now)
         for i in self.sources:
@@ -385,6 +414,9 @@ class _Simulation:
         run.left -= 1
         if run.left == 0:
             run.finish = now
+            self.in_flight -= 1
+            if self.admission:
+                self.start(self.admission.popleft(), now)
         for j, edge in self.ops[i].succ:
             delay = self._transfer_s(run, self.ops[i].op, edge)
             if delay > 0:

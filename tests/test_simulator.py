@@ -403,9 +403,46 @@ def test_a_clusters_measured_runtime_cpu_reaches_the_simulation(tmp_path):
         "runtime_device": "local-cpu",
         "runtime_cpu_s_per_run": 0.3,
         "runtime_cpu_s_per_output_token": 0.001,
+        "engine_cores_busy": None,
     }
+    doc["runtime_cpu"]["engine_cores_busy"] = 1.3
+    assert runtime_options(ClusterInventory.model_validate(doc))["engine_cores_busy"] == 1.3
     doc["runtime_cpu"]["device"] = "xeon-8592"
     with pytest.raises(ValueError, match="runtime_cpu.device 'xeon-8592' is not a device of the cluster"):
         ClusterInventory.model_validate(doc)
     doc.pop("runtime_cpu")
     assert runtime_options(ClusterInventory.model_validate(doc)) == {}
+
+
+def test_a_cpu_engine_holding_fewer_cores_is_not_slowed_by_what_the_others_leave():
+    """A decode engine on a 2-core socket while the daemon's work of one arrival (0.8 core-s, spread over
+    τ = 1 s) runs: a step that holds both cores is stretched; one that keeps only 1 core busy (measured
+    engine_cores_busy) fits beside it and takes its unloaded time."""
+    catalog = load_catalog()
+    plan, graph, _ = _decode_only(1, 64, 32)
+    plan.ops[0].device, plan.ops[0].device_class, plan.ops[0].cores_per_replica = "xeon-8592", "cpu", 2
+    plan.devices = [_cpu_device(2)]
+    charge = dict(size_sigma=0, runtime_device="xeon-8592", runtime_cpu_s_per_run=0.8)
+    alone = simulate(plan, graph, catalog, [0.0], SimOptions(size_sigma=0)).p50_ms
+    both_cores = simulate(plan, graph, catalog, [0.0], SimOptions(**charge)).p50_ms
+    one_core = simulate(plan, graph, catalog, [0.0], SimOptions(**charge, engine_cores_busy=1.0)).p50_ms
+    assert both_cores > 1.05 * alone
+    assert one_core == pytest.approx(alone)
+    # more than the plan's cores is not taken: the plan's 2 stand
+    assert simulate(plan, graph, catalog, [0.0], SimOptions(**charge, engine_cores_busy=4.0)).p50_ms == both_cores
+
+
+def test_runs_past_the_daemons_run_threads_wait_for_one():
+    """A 10 ms op with 10 slots never queues at 50 runs/s; with one run thread (max_runs_in_flight = 1) the
+    daemon is an M/D/1 queue of μ = 100/s in front of it: mean wait ρ/(2μ(1 − ρ)) = 5 ms (Pollaczek–Khinchine)."""
+    catalog = load_catalog()
+    op = GranularOp(name="t.transform", kind="transform", source_node="t", fixed_latency_ms=10.0)
+    graph = GranularGraph("g", 1000.0, None, (op,), ())
+    plan = _plan([_planned("t.transform", "transform", "xeon-8592", "cpu", 10.0, 1000.0)])  # 10 slots
+    arrivals = arrival_times("poisson", 50.0, 2000.0, seed=5)  # ~100,000 runs
+    free = simulate(plan, graph, catalog, arrivals, SimOptions(seed=5))
+    assert free.mean_ms == pytest.approx(10.0, abs=0.01)
+    one = simulate(plan, graph, catalog, arrivals, SimOptions(seed=5, max_runs_in_flight=1))
+    assert one.mean_ms - 10.0 == pytest.approx(0.5 / (2 * 100.0 * 0.5) * 1000.0, rel=0.05)
+    assert one.completed == free.completed == len(arrivals)
+    assert one.ops["t.transform"].mean_wait_ms == 0.0  # the wait is before the graph, not at the op

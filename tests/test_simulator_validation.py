@@ -80,8 +80,10 @@ def test_replayed_runs_leave_at_the_simulators_arrival_times_and_both_are_compar
     assert result["plan"]["p50_ms"] == sim.p50_ms
     # host ops of 2 + 3 ms with no queueing at 8 runs/s: the simulated e2e is their sum, whatever was measured
     assert result["plan"]["p50_ms"] == pytest.approx(5.0, abs=0.5)
+    client = sorted(r["client_ms"] for r in rows)  # the measured e2e is the client's, as the simulator's
+    assert client[0] <= result["measured"]["p50_ms"] <= client[-1]
     e2e = sorted(r["e2e_ms"] for r in rows)
-    assert e2e[0] <= result["measured"]["p50_ms"] <= e2e[-1]
+    assert e2e[0] <= result["measured"]["runtime_p50_ms"] <= e2e[-1]
 
 
 def test_runtime_cpu_splits_the_tree_into_engine_front_end_host_ops_and_the_rest(bench):
@@ -100,17 +102,34 @@ def test_runtime_cpu_splits_the_tree_into_engine_front_end_host_ops_and_the_rest
     assert rt["cpu_s_by_process"]["VLLM::EngineCore"] == pytest.approx(60.0)
 
 
+def test_engine_cores_are_its_core_process_cpu_over_its_requests_time(bench):
+    before = {2: ("VLLM::EngineCore", 5.0), 3: ("ray::LLMWorker", 1.0)}
+    after = {2: ("VLLM::EngineCore", 8.9), 3: ("ray::LLMWorker", 4.0)}  # 3.9 core-s of the engine core only
+    llm = {"kind": "llm", "detail": {"e2e_ms": 1500.0}}
+    rows = [
+        {"ok": True, "records": [{"kind": "transform", "detail": {}}, llm]},
+        {"ok": True, "records": [llm]},
+        {"ok": False, "records": [{"kind": "llm", "detail": {"e2e_ms": 9e9}}]},  # failed runs do not count
+    ]
+    out = bench.engine_cores(before, after, rows)
+    assert out["runs"] == 2 and out["engine_s"] == pytest.approx(3.0)
+    assert out["engine_cores_busy"] == pytest.approx(3.9 / 3.0)
+    assert bench.engine_cores(before, before, rows)["engine_cores_busy"] is None  # no CPU seen: unknown
+
+
 def test_compare_reads_percentiles_and_signed_errors(bench):
-    """Hand-made rows: e2e 1…101 ms → p50 51, p99 100 (interpolated between order statistics)."""
+    """Hand-made rows: client e2e 1…101 ms → p50 51, p99 100 (interpolated between order statistics); the
+    runtime's e2e (1 ms less each) is reported beside it, not compared."""
 
     class Sim:
         p50_ms, p99_ms, ttft_p50_ms, ttft_p99_ms, completed, ops = 61.2, 80.0, None, None, 101, {}
 
-    rows = [{"ok": True, "e2e_ms": float(v), "ttft_ms": None, "client_ms": float(v) + 1} for v in range(1, 102)]
+    rows = [{"ok": True, "e2e_ms": float(v) - 1, "ttft_ms": None, "client_ms": float(v)} for v in range(1, 102)]
     rows.append({"ok": False, "e2e_ms": None, "ttft_ms": None, "client_ms": 5.0})
     out = bench.compare(rows, {"plan": Sim()})
     assert (out["runs"], out["succeeded"], out["failed"]) == (102, 101, 1)
     assert out["measured"]["p50_ms"] == 51.0 and out["measured"]["p99_ms"] == 100.0
+    assert out["measured"]["runtime_p50_ms"] == 50.0 and out["measured"]["runtime_p99_ms"] == 99.0
     assert out["measured"]["ttft_p50_ms"] is None
     assert out["plan"]["p50_error"] == pytest.approx(0.2)  # 61.2 vs 51: 20 % pessimistic
     assert out["plan"]["p99_error"] == pytest.approx(-0.2)  # 80 vs 100: 20 % optimistic

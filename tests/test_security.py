@@ -345,6 +345,27 @@ def test_tool_op_egress_policy(echo):
     assert ToolOp(node, {"egress": ["127.0.0.1"]}, ".")({"q": 2}) == {"echo": {"q": 2}}
 
 
+def test_connections_are_checked_on_the_address_they_are_opened_to(echo):
+    """The request hook checks the URL; the transport checks again where it connects, on the address it opens
+    the socket to, so a DNS answer that turns internal after the hook's lookup (rebinding) is refused there.
+    Here the hook is left out (a client with the transport alone), as if the hook's lookup had said public."""
+    from workers.egress import checked_transport
+
+    port = echo.rsplit(":", 1)[1]
+    before = _Echo.hits
+    for url in (f"http://localhost:{port}/x", f"{echo}/x"):
+        with httpx.Client(transport=checked_transport([])) as c, pytest.raises(EgressRefused) as err:
+            c.post(url, json={"q": 1})
+        assert "127.0.0.1" in str(err.value) or "::1" in str(err.value)
+        assert "tool_allow" in str(err.value)
+    assert _Echo.hits == before  # no connection reached the server
+    # allowed by address: "localhost" is resolved once and each answer tried in order (the echo listens on
+    # 127.0.0.1 only, so ::1 first, where the resolver says so, is refused by the server and 127.0.0.1 follows)
+    with httpx.Client(transport=checked_transport(["127.0.0.0/8", "::1"])) as c:
+        assert c.post(f"http://localhost:{port}/x", json={"q": 3}).json() == {"echo": {"q": 3}}
+    assert _Echo.hits == before + 1
+
+
 TOOL_GRAPH = """
 apiVersion: hetagent.dev/v1alpha1
 kind: AgentGraph

@@ -314,7 +314,13 @@ class ToolOp:
         if self.url:
             import httpx
 
-            self._client = httpx.Client(timeout=self.timeout_s, event_hooks={"request": [self._check_egress]})
+            from workers.egress import checked_transport
+
+            self._client = httpx.Client(
+                timeout=self.timeout_s,
+                event_hooks={"request": [self._check_egress]},
+                transport=checked_transport(self.egress) if self.egress is not None else None,
+            )
         elif self.function:
             self._fn = load_callable(self.function)
         else:
@@ -359,6 +365,8 @@ class ToolOp:
     def _http(self, inputs: dict[str, Any], attempt: int) -> Any:
         import httpx
 
+        from workers.egress import EgressRefused
+
         assert self._client is not None and self.url is not None  # a client exists only for a url
         kwargs: dict[str, Any] = {"params": inputs} if self.method == "GET" else {"json": inputs}
         try:
@@ -381,6 +389,10 @@ class ToolOp:
                         attempts=attempt,
                     )
                 ctype = resp.headers.get("content-type", "")
+        except EgressRefused as exc:  # the connection's own check (a DNS answer changed since the request hook's)
+            err = ToolError(self.name, str(exc), url=self.url, attempts=attempt)
+            err._final = True
+            raise err from None
         except httpx.TimeoutException as exc:
             raise ToolTimeout(
                 self.name,

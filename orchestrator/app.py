@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None, service: Service | None = None)
     )
     errors.install(app)
     app.state.rate_limiter = RateLimiter(settings.rate_limit_per_s, settings.rate_limit_burst)
+    app.state.auth_failures = RateLimiter(settings.auth_failures_per_s, settings.auth_failures_burst)  # per address
     if settings.cors_origins:  # off unless origins are configured: browsers on other sites get no answer
         from fastapi.middleware.cors import CORSMiddleware
 

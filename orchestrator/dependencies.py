@@ -1,5 +1,5 @@
 """FastAPI dependencies: the service, and API-key auth with scopes (401 no/invalid key, 403 scope,
-429 over the key's rate limit)."""
+429 over the key's rate limit or, per client address, over the wrong keys it may present)."""
 
 from __future__ import annotations
 
@@ -31,8 +31,20 @@ def require(scope: str) -> Callable[..., str]:
         key = creds.credentials if creds is not None else request.headers.get("x-api-key")
         if not key:
             raise HTTPException(401, "an API key is required: 'Authorization: Bearer <key>'")
+        address = request.client.host if request.client is not None else ""
+        failures = request.app.state.auth_failures
+        blocked_s = failures.wait_s(address)
+        if blocked_s > 0:  # before the lookup: while blocked, a right key is not told apart from a wrong one
+            raise ServiceError(
+                429,
+                "too many wrong API keys",
+                f"this address presented more wrong API keys than {service.settings.auth_failures_per_s:g}/s "
+                f"(burst {service.settings.auth_failures_burst}; settings auth_failures_per_s, auth_failures_burst)",
+                retry_after_s=retry_after_s(blocked_s),
+            )
         have = lookup_scope(service.store.sessions, key)
         if have is None:
+            failures.take(address)
             raise HTTPException(401, "unknown or revoked API key")
         if not allows(have, scope):
             raise HTTPException(403, f"this key has scope '{have}'; this call needs '{scope}'")

@@ -125,6 +125,16 @@ class RateLimiter:
             self._buckets[key] = (tokens, now)
             return (1.0 - tokens) / self.rate_per_s
 
+    def wait_s(self, key: str) -> float:
+        """Like ``take`` without taking: 0 when a token is there, else the seconds until one is due."""
+        if self.rate_per_s <= 0:
+            return 0.0
+        now = time.monotonic()
+        with self._lock:
+            tokens, at = self._buckets.get(key, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
+
     def _forget_full(self, now: float) -> None:
         for k, (tokens, at) in list(self._buckets.items()):
             if tokens + (now - at) * self.rate_per_s >= self.burst:

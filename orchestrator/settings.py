@@ -54,6 +54,16 @@ class Settings(BaseModel):
     rate_limit_burst: int = Field(
         int(_env("RATE_LIMIT_BURST", "100")), ge=1, description="Requests a key may make at once (bucket size)."
     )
+    auth_failures_per_s: float = Field(
+        float(_env("AUTH_FAILURES_PER_S", "1")),
+        ge=0,
+        description="Wrong API keys a client address may present per second (token bucket of auth_failures_burst); "
+        "past it every request from that address gets 429, a right key too, until the bucket refills: keys cannot be "
+        "guessed at speed. Behind a proxy all clients share its address. 0: no limit.",
+    )
+    auth_failures_burst: int = Field(
+        int(_env("AUTH_FAILURES_BURST", "20")), ge=1, description="Wrong keys an address may present at once."
+    )
     api_keys_file: Path | None = Field(
         Path(_env("API_KEYS_FILE", "")) if _env("API_KEYS_FILE") else None,
         description="File of '<scope> <key>' lines (e.g. a mounted Kubernetes Secret) whose keys are added to the "

@@ -230,6 +230,27 @@ def test_rate_limit_per_key_429_with_retry_after(tmp_path):
         assert c.get("/v1/graphs", headers=ha).status_code == 200  # the bucket refilled
 
 
+def test_wrong_keys_from_one_address_are_limited_before_the_lookup(tmp_path):
+    """Guessing keys: past auth_failures_burst wrong keys an address gets 429 — for a right key too, so a guess
+    cannot be told right while blocked; a missing key is no guess and costs nothing; other addresses go on."""
+    from fastapi.testclient import TestClient
+
+    app = _app(tmp_path, auth_failures_per_s=0.5, auth_failures_burst=3)
+    with TestClient(app) as c:
+        good = {"Authorization": f"Bearer {auth.create_key(app.state.service.store.sessions, 'read')[1]}"}
+        assert {c.get("/v1/graphs").status_code for _ in range(10)} == {401}  # no key: not counted
+        assert c.get("/v1/graphs", headers=good).status_code == 200
+        wrong = [c.get("/v1/graphs", headers={"Authorization": f"Bearer hta_00000000_guess{i}"}) for i in range(4)]
+        assert [r.status_code for r in wrong] == [401, 401, 401, 429]
+        r = c.get("/v1/graphs", headers=good)
+        assert r.status_code == 429 and r.headers["content-type"] == "application/problem+json"
+        assert int(r.headers["retry-after"]) >= 1 and "auth_failures_per_s" in r.json()["detail"]
+        other = TestClient(app, client=("203.0.113.7", 50000))  # another client address: its own bucket
+        assert other.get("/v1/graphs", headers=good).status_code == 200
+        time.sleep(int(r.headers["retry-after"]))
+        assert c.get("/v1/graphs", headers=good).status_code == 200  # the bucket refilled
+
+
 def test_rate_limit_zero_is_off(app_and_keys):
     _, c, keys = app_and_keys  # this app runs with rate_limit_per_s=0
     h = {"Authorization": f"Bearer {keys['read']}"}

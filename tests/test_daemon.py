@@ -3,21 +3,17 @@ HTTP client, SQLite in a temporary data dir, a local Ray started by the daemon."
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import signal
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import httpx
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-HETAGENT = [sys.executable, "-m", "orchestrator.cli"]
+from tests.support.daemon import HETAGENT, ROOT, Daemon, deploy, free_port, wait_until
+
+# a control loop quick enough to scale out and back in within a test (test_control_loop_scales_out_then_in)
+CONTROL_ENV = {"HETAGENT_CONTROL_WINDOW_S": "3", "HETAGENT_CONTROL_DWELL_S": "4", "HETAGENT_CONTROL_BAND": "0.3"}
 
 BUSY_GRAPH = """
 apiVersion: hetagent.dev/v1alpha1
@@ -48,116 +44,12 @@ SLOW_GRAPH = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Daemon:
-    def __init__(self, data_dir: Path):
-        self.data_dir = data_dir
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.proc: subprocess.Popen | None = None
-        self.env = {
-            **os.environ,
-            "HETAGENT_CONTROL_WINDOW_S": "3",
-            "HETAGENT_CONTROL_DWELL_S": "4",
-            "HETAGENT_CONTROL_BAND": "0.3",
-            "RAY_AUTH_MODE": "disabled",
-            "PYTHONPATH": str(ROOT),
-        }
-
-    def key(self, scope: str) -> str:
-        out = subprocess.run(
-            [*HETAGENT, "keys", "create", "--scope", scope, "--data-dir", str(self.data_dir)],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            env=self.env,
-            check=True,
-        )
-        return out.stdout.strip()
-
-    def start(self) -> None:
-        # stays open while the daemon runs (it is the daemon's stdout)
-        self.log = open(self.data_dir / f"daemon-{time.time():.0f}.log", "w")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                *HETAGENT,
-                "serve",
-                "--port",
-                str(self.port),
-                "--data-dir",
-                str(self.data_dir),
-                "--control-interval-s",
-                "0.5",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited: {(self.data_dir / self.log.name).read_text()[-3000:]}")
-            time.sleep(0.2)
-        raise RuntimeError("daemon not ready in 60 s")
-
-    def kill(self) -> None:
-        """SIGKILL the daemon's whole process group (the daemon and the local Ray it started)."""
-        if self.proc is not None:
-            # the local Ray the daemon started lives in its process group: it goes too
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(30)
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(40)
-        self.kill()
-
-
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("daemon"))
-    d.keys = {scope: d.key(scope) for scope in ("read", "write", "admin")}  # before the daemon runs
-    d.start()
-    yield d
-    d.stop()
-
-
-def _client(d: Daemon, scope: str = "write") -> httpx.Client:
-    return httpx.Client(base_url=d.url, headers={"Authorization": f"Bearer {d.keys[scope]}"}, timeout=120)
-
-
-def _deploy(c: httpx.Client, graph_yaml: str, rate: float = 0.01) -> tuple[str, str, str]:
-    g = c.post("/v1/graphs", content=graph_yaml, headers={"Content-Type": "application/yaml"})
-    assert g.status_code == 201, g.text
-    gid = g.json()["id"]
-    p = c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": rate})
-    assert p.status_code == 201 and p.json()["plan"]["feasible"], p.text
-    d = c.post(f"/v1/graphs/{gid}/deployments", json={})
-    assert d.status_code == 202, d.text
-    dep_id = d.json()["id"]
-    deadline = time.monotonic() + 300  # a vLLM engine on a loaded 2-core machine can take minutes to start
-    while time.monotonic() < deadline:
-        state = c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()
-        if state["state"] in ("ready", "failed"):
-            break
-        time.sleep(0.2)
-    assert state["state"] == "ready", state
-    return gid, p.json()["id"], dep_id
+    with Daemon(
+        tmp_path_factory.mktemp("daemon"), scopes=("read", "write", "admin"), env=CONTROL_ENV, control_interval_s=0.5
+    ) as d:
+        yield d
 
 
 def _metric(text: str, name: str, **labels: str) -> float:
@@ -169,8 +61,9 @@ def _metric(text: str, name: str, **labels: str) -> float:
 
 
 def test_full_flow_graph_plan_deployment_run_metrics(daemon):
-    with _client(daemon) as c:
-        gid, plan_id, dep_id = _deploy(c, BUSY_GRAPH)
+    with daemon.client() as c:
+        gid, dep_id = deploy(c, BUSY_GRAPH)
+        plan_id = c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()["plan_id"]
         r = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "mail me at a@b.com"}})
         assert r.status_code == 200, r.text
         run = r.json()
@@ -220,7 +113,7 @@ def test_auth_401_and_403(daemon):
 
 
 def test_bad_input_is_a_clear_4xx_problem(daemon):
-    with _client(daemon) as c:
+    with daemon.client() as c:
         cyclic = BUSY_GRAPH.replace("dependencies: [crunch]", "dependencies: [crunch]").replace(
             'inputs: {seconds: "0.1"}', 'inputs: {seconds: "{{ nodes.redact.output }}"}'
         )
@@ -244,8 +137,8 @@ def test_bad_input_is_a_clear_4xx_problem(daemon):
 
 
 def test_control_loop_scales_out_then_in(daemon):
-    with _client(daemon) as c:
-        gid, _, dep_id = _deploy(c, BUSY_GRAPH.replace("name: busy", "name: loadstep"))
+    with daemon.client() as c:
+        gid, dep_id = deploy(c, BUSY_GRAPH.replace("name: busy", "name: loadstep"))
         # a load step: ~10 runs/s for 8 s; each run holds a core for 0.1 s, so 10/s (planned with 1.2x
         # headroom) needs a second replica of `crunch` on this 2-core CPU
         scaled_out = None
@@ -286,22 +179,18 @@ def test_control_loop_scales_out_then_in(daemon):
 
 
 def test_restart_mid_run_loses_nothing(tmp_path):
-    d = Daemon(tmp_path)
-    d.keys = {"write": d.key("write")}
-    d.start()
-    try:
-        with _client(d) as c:
-            gid, plan_id, dep_id = _deploy(c, SLOW_GRAPH)
+    with Daemon(tmp_path) as d:
+        with d.client() as c:
+            gid, dep_id = deploy(c, SLOW_GRAPH)
+            plan_id = c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()["plan_id"]
             done = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "a@b.com", "seconds": "0"}}).json()
             assert done["status"] == "succeeded"
             slow = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "x", "seconds": "30"}, "mode": "async"})
             slow_id = slow.json()["id"]
-            deadline = time.monotonic() + 10
-            while c.get(f"/v1/runs/{slow_id}").json()["status"] != "running" and time.monotonic() < deadline:
-                time.sleep(0.1)
+            wait_until(lambda: c.get(f"/v1/runs/{slow_id}").json()["status"] == "running", 10, 0.1)
         d.kill()  # SIGKILL mid-run
         d.start()
-        with _client(d) as c:
+        with d.client() as c:
             assert c.get(f"/v1/graphs/{gid}").json()["name"] == "slow"
             assert c.get(f"/v1/graphs/{gid}/plans/{plan_id}").json()["plan"]["feasible"]
             interrupted = c.get(f"/v1/runs/{slow_id}").json()
@@ -309,17 +198,10 @@ def test_restart_mid_run_loses_nothing(tmp_path):
             again = c.get(f"/v1/runs/{done['id']}").json()
             assert again["status"] == "succeeded" and again["outputs"] == {"clean": "[EMAIL]"}
             assert [r["node"] for r in again["records"]] == ["crunch", "redact"]
-            deadline = time.monotonic() + 120  # the deployment comes back by itself
-            while time.monotonic() < deadline:
-                state = c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()["state"]
-                if state == "ready":
-                    break
-                time.sleep(0.2)
-            assert state == "ready"
+            # the deployment comes back by itself
+            wait_until(lambda: c.get(f"/v1/graphs/{gid}/deployments/{dep_id}").json()["state"] == "ready", 120)
             after = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "ok", "seconds": "0"}}).json()
             assert after["status"] == "succeeded"
-    finally:
-        d.stop()
 
 
 def test_keys_are_stored_hashed(daemon):
@@ -336,7 +218,7 @@ def test_schemathesis_finds_no_server_errors(daemon):
     import schemathesis
     from hypothesis import HealthCheck, given, settings
 
-    with _client(daemon) as c:  # real ids so path parameters can hit existing resources too
+    with daemon.client() as c:  # real ids so path parameters can hit existing resources too
         gid = c.post(
             "/v1/graphs",
             content=BUSY_GRAPH.replace("name: busy", "name: fuzz"),
@@ -379,8 +261,8 @@ def test_rag_graph_through_the_api_streams_tokens_and_exports_engine_metrics(dae
     doc = yaml.safe_load((ROOT / "examples/graphs/rag_agent.yaml").read_text())
     doc["spec"]["sla"] = {"e2e_ms": 120000}  # the example's 3 s SLA is for GPUs
     doc["spec"]["nodes"][-1]["expected"]["output_tokens"] = 16
-    with _client(daemon) as c:
-        gid, _, dep_id = _deploy(c, yaml.safe_dump(doc))
+    with daemon.client() as c:
+        gid, dep_id = deploy(c, yaml.safe_dump(doc), timeout_s=300)  # a vLLM engine can take minutes to start
         run = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"question": "What is KV cache offloading?"}}).json()
         assert run["status"] == "succeeded", run
         answer = next(r for r in run["records"] if r["node"] == "answer")
@@ -401,10 +283,10 @@ def test_a_real_prometheus_scrapes_the_daemon(daemon, tmp_path):
     exposition = httpx.get(f"{daemon.url}/metrics").text
     lint = subprocess.run(["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True)
     assert lint.returncode == 0, lint.stdout + lint.stderr
-    with _client(daemon) as c:  # at least one run of a graph of its own
-        gid, _, dep_id = _deploy(c, BUSY_GRAPH.replace("name: busy", "name: scraped"))
+    with daemon.client() as c:  # at least one run of a graph of its own
+        gid, dep_id = deploy(c, BUSY_GRAPH.replace("name: busy", "name: scraped"))
         assert c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "x"}}).json()["status"] == "succeeded"
-    port = _free_port()
+    port = free_port()
     (tmp_path / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s}\n"
         f"scrape_configs: [{{job_name: hetagent, static_configs: [{{targets: ['127.0.0.1:{daemon.port}']}}]}}]\n"
@@ -443,7 +325,7 @@ def test_a_real_prometheus_scrapes_the_daemon(daemon, tmp_path):
     finally:
         prom.terminate()
         prom.wait(30)
-        with _client(daemon) as c:
+        with daemon.client() as c:
             c.delete(f"/v1/graphs/{gid}/deployments/{dep_id}")
 
 
@@ -457,7 +339,7 @@ def test_cli_client_commands(daemon, tmp_path):
     assert applied.returncode == 0, applied.stderr
     gid, name, version = applied.stdout.split()
     assert name == "clitest" and version == "v1"
-    with _client(daemon) as c:
+    with daemon.client() as c:
         c.post(f"/v1/graphs/{gid}/plans", json={"rate_per_s": 0.1}).raise_for_status()
         dep = c.post(f"/v1/graphs/{gid}/deployments", json={}).json()["id"]
         while c.get(f"/v1/graphs/{gid}/deployments/{dep}").json()["state"] == "starting":
@@ -479,5 +361,5 @@ def test_cli_client_commands(daemon, tmp_path):
         env={**env, "HETAGENT_API_KEY": daemon.keys["read"]},
     )
     assert denied.returncode == 2 and "403" in denied.stderr and "Traceback" not in denied.stderr
-    with _client(daemon) as c:
+    with daemon.client() as c:
         c.delete(f"/v1/graphs/{gid}/deployments/{dep}")

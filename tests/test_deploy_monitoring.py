@@ -123,7 +123,7 @@ def test_snapshot_sends_the_queries_grafana_would_and_says_what_is_wrong(tmp_pat
 
     from orchestrator.cli import app
     from orchestrator.dashboard_snapshot import expand, legend
-    from tests.test_daemon import _free_port
+    from tests.support.daemon import free_port
 
     sent = expand(
         'sum(rate(x{graph=~"$graph", device=~"${device}"}[$__rate_interval])) / sum(increase(y[$__range]))',
@@ -135,7 +135,7 @@ def test_snapshot_sends_the_queries_grafana_would_and_says_what_is_wrong(tmp_pat
     assert legend("{{graph}} on {{ device }}", {"graph": "rag", "device": "l4"}) == "rag on l4"
     bad = CliRunner().invoke(app, ["dashboard", "snapshot", "--prometheus", "http://x", "--var", "graph"])
     assert bad.exit_code == 2 and "NAME=REGEX" in bad.output
-    gone = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    gone = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     down = CliRunner().invoke(app, ["dashboard", "snapshot", "--prometheus", gone, "-o", str(tmp_path)])
     assert down.exit_code == 2 and f"Prometheus at {gone}" in down.output and not list(tmp_path.iterdir())
 
@@ -274,9 +274,9 @@ class SyntheticVLLM:
 
 
 def _prometheus(tmp_path: Path, targets: list[str]):
-    from tests.test_daemon import _free_port
+    from tests.support.daemon import free_port
 
-    port = _free_port()
+    port = free_port()
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "scrape_configs": [{"job_name": "hetagent", "static_configs": [{"targets": targets}]}],
@@ -319,21 +319,20 @@ def test_every_panel_query_returns_data_from_a_real_prometheus_scraping_the_daem
 
     from orchestrator.cli import app
     from orchestrator.dashboard_snapshot import annotation_exprs, expand, panels
-    from tests.test_daemon import Daemon, _client, _deploy
+    from tests.support.daemon import Daemon, deploy
+    from tests.test_daemon import CONTROL_ENV
 
-    daemon = Daemon(tmp_path / "daemon")
-    daemon.data_dir.mkdir()
-    daemon.keys = {"write": daemon.key("write")}
+    daemon = Daemon(tmp_path / "daemon", env=CONTROL_ENV, control_interval_s=0.5)
     vllm = SyntheticVLLM()
     prom = None
     stop = threading.Event()
     try:
         daemon.start()
-        with _client(daemon) as c:
-            gid, _, _ = _deploy(c, MONITORED_GRAPH, rate=0.5)
+        with daemon.client() as c:
+            gid, _ = deploy(c, MONITORED_GRAPH, rate_per_s=0.5)
 
         def drive() -> None:  # runs until the queries are done: rates over the last seconds stay non-zero
-            with _client(daemon) as c:
+            with daemon.client() as c:
                 i = 0
                 while not stop.is_set():
                     seconds = "0.1" if i % 4 == 0 else "0.005"  # every 4th run misses the 60 ms SLA
@@ -401,4 +400,4 @@ def test_every_panel_query_returns_data_from_a_real_prometheus_scraping_the_daem
             prom_proc.terminate()
             prom_proc.wait(30)
         vllm.close()
-        daemon.stop()
+        daemon.terminate()

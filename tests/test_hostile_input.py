@@ -32,7 +32,8 @@ from hypothesis import HealthCheck, Phase, given, settings, strategies as st
 from compiler.limits import DocumentError, check_document, check_json_text, load_yaml
 from compiler.spec import SpecError, load_graph, parse_graph_text
 from costmodels.catalog import load_catalog
-from tests.test_daemon import BUSY_GRAPH, Daemon
+from tests.support.daemon import Daemon
+from tests.test_daemon import BUSY_GRAPH
 
 CATALOG = load_catalog()
 GRAPH = yaml.safe_load(BUSY_GRAPH)
@@ -340,9 +341,9 @@ def test_stateful_schemathesis_over_the_whole_api_has_no_5xx(tmp_path):
     import hypothesis
     import schemathesis
 
-    d = Daemon(tmp_path)
-    key = d.key("admin")
+    d = Daemon(tmp_path, scopes=("admin",))
     d.start()
+    key = d.keys["admin"]
     try:
         doc, _ = _openapi_for_stateful(httpx.get(f"{d.url}/openapi.json", timeout=30).json())
         schema = schemathesis.openapi.from_dict(doc)

@@ -20,7 +20,7 @@ import pytest
 
 from compiler.spec import ToolNode
 from orchestrator import auth
-from tests.test_daemon import ROOT, Daemon, _deploy
+from tests.support.daemon import ROOT, Daemon, deploy
 from workers.egress import EgressRefused, check_target
 from workers.ops import ToolError, ToolOp
 
@@ -407,11 +407,10 @@ def test_daemon_refuses_loopback_tools_unless_allowed(tmp_path, echo):
     """`hetagent serve` passes its tool_allow (empty) to the workers: a graph aimed at a loopback
     service fails its run with the URL and the setting named; the server is never called."""
     d = Daemon(tmp_path)
-    d.keys = {"write": d.key("write")}
     d.start()
     try:
-        with httpx.Client(base_url=d.url, headers={"Authorization": f"Bearer {d.keys['write']}"}, timeout=120) as c:
-            gid, _, _ = _deploy(c, TOOL_GRAPH.format(url=echo))
+        with d.client() as c:
+            gid, _ = deploy(c, TOOL_GRAPH.format(url=echo))
             before = _Echo.hits
             run = c.post(f"/v1/graphs/{gid}/runs", json={"inputs": {"text": "hi"}}).json()
     finally:

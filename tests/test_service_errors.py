@@ -17,7 +17,8 @@ import time
 import httpx
 import pytest
 
-from tests.test_daemon import BUSY_GRAPH, ROOT, Daemon, _client, _deploy, _metric
+from tests.support.daemon import ROOT, Daemon, deploy
+from tests.test_daemon import BUSY_GRAPH, CONTROL_ENV, _metric
 
 BROKEN_TOOL_GRAPH = """
 apiVersion: hetagent.dev/v1alpha1
@@ -57,11 +58,8 @@ def _settle(c: httpx.Client, gid: str, dep_id: str, timeout_s: float = 120) -> d
 
 @pytest.fixture(scope="module")
 def daemon(tmp_path_factory):
-    d = Daemon(tmp_path_factory.mktemp("errors"))
-    d.keys = {"write": d.key("write")}
-    d.start()
-    yield d
-    d.stop()
+    with Daemon(tmp_path_factory.mktemp("errors"), env=CONTROL_ENV, control_interval_s=0.5) as d:
+        yield d
 
 
 def test_layers_run_one_way():
@@ -117,7 +115,7 @@ def test_calibration_failure_is_logged_counted_and_the_loop_goes_on(tmp_path, ca
 
 
 def test_bring_up_failure_of_any_kind_ends_failed_with_the_error(daemon):
-    with _client(daemon) as c:
+    with daemon.client() as c:
         gid = c.post(
             "/v1/graphs",
             content=BUSY_GRAPH.replace("name: busy", "name: refused"),
@@ -155,8 +153,8 @@ def test_bring_up_failure_of_any_kind_ends_failed_with_the_error(daemon):
 
 
 def test_a_refused_result_write_wakes_the_waiter_with_a_503(daemon):
-    with _client(daemon) as c:
-        gid, _, dep_id = _deploy(c, BUSY_GRAPH.replace("name: busy", "name: unstored"))
+    with daemon.client() as c:
+        gid, dep_id = deploy(c, BUSY_GRAPH.replace("name: busy", "name: unstored"))
         _sql(
             daemon,
             "CREATE TRIGGER refuse_results BEFORE UPDATE OF status ON runs WHEN NEW.status <> 'running' "

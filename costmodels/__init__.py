@@ -7,6 +7,7 @@ they load on first use, so ``import costmodels`` costs nothing.
 
 from __future__ import annotations
 
+import collections.abc  # not `from ... import`: tests/test_layers.py reads this file's from-imports as the API
 import importlib
 from typing import TYPE_CHECKING, Any
 
@@ -69,15 +70,29 @@ _EXPORTS: dict[str, str] = {
 __all__ = list(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562), so ``import costmodels`` stays light."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+def lazy_exports(
+    namespace: dict[str, Any], exports: collections.abc.Mapping[str, str]
+) -> tuple[collections.abc.Callable[[str], Any], collections.abc.Callable[[], list[str]]]:
+    """A package's module-level ``__getattr__`` and ``__dir__`` (PEP 562) for its public API: each name of
+    ``exports`` (name -> the module defining it) is imported on first use and kept in ``namespace`` (the
+    package's ``globals()``), so importing the package imports none of its modules. Every package uses it::
+
+        __getattr__, __dir__ = costmodels.lazy_exports(globals(), _EXPORTS)
+    """
+    package = namespace["__name__"]
+
+    def __getattr__(name: str) -> Any:
+        module = exports.get(name)
+        if module is None:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        value = getattr(importlib.import_module(module), name)
+        namespace[name] = value
+        return value
+
+    def __dir__() -> list[str]:
+        return sorted(set(namespace) | set(exports))
+
+    return __getattr__, __dir__
 
 
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS)

@@ -7,8 +7,9 @@ below are the public API; they load on first use, so ``import workers`` does not
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+import costmodels  # its lazy_exports loads the names below on first use
 
 if TYPE_CHECKING:
     from workers.executor import (
@@ -33,16 +34,4 @@ _EXPORTS: dict[str, str] = {
 }
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    """Import a public name's module on first use (PEP 562), so ``import workers`` stays light."""
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = costmodels.lazy_exports(globals(), _EXPORTS)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.db import utcnow
 from orchestrator.metrics import Metrics
-from orchestrator.store import Store
+from orchestrator.store import NotLeader, Store
 
 if TYPE_CHECKING:
     from costmodels.catalog import Catalog
@@ -144,6 +144,7 @@ class Controller:
         self._thread: threading.Thread | None = None
         self.leading: Callable[[], bool] = lambda: True  # only the leader's loop acts (orchestrator.leader)
         self.rate_from_db = False  # several replicas: count every replica's runs, not this one's arrivals
+        self.fence_lease: str | None = None  # several replicas: re-plans are recorded only under this lease
 
     # ------------------------------------------------------------------ the loop
     def start(self, interval_s: float) -> None:
@@ -282,8 +283,14 @@ class Controller:
         if not live.runner.scale_to(Plan.model_validate(new["plan"])):
             changes["applied"] = "placement changed: pools rebuilt"
             self.rebuild(dep_id, new["plan"])
-        live.plan_id = new["id"]
-        self.store.record_replan(dep_id, reason, ctx.plan_id, new["id"], changes, pools_json(live.runner))
+        live.plan_id = new["id"]  # if the record is refused, the stored plan differs and sync follows it back
+        try:
+            self.store.record_replan(
+                dep_id, reason, ctx.plan_id, new["id"], changes, pools_json(live.runner), self.fence_lease
+            )
+        except NotLeader as exc:  # stalled past the lease's ttl: the successor's decisions stand
+            log.warning("%s", exc)
+            return None
         self.metrics.replans.labels(ctx.graph_name, reason.split()[0] if reason.startswith("rate") else "sla").inc()
         self.metrics.set_deployment(ctx.graph_name, new["plan"], live.runner.graph.spec.sla)
         live.last_change = time.monotonic() if now is None else now

@@ -10,9 +10,11 @@ Design (what a reader needs to know to operate it):
   expires_at < now())`` (an ``INSERT … ON CONFLICT DO NOTHING`` when the row is missing); the one
   whose statement changes a row leads until its lease expires (``ttl_s``, 10 s). Times are the
   database's clock (``now()``), so replicas on hosts with skewed clocks agree. A killed leader is
-  replaced within ``ttl_s + every_s`` (12 s); one stopped cleanly releases its rows at once. There
-  is no fencing token: a leader stalled past its ttl may finish one control pass it started after a
-  successor took over (a re-plan is then applied twice; both are stored).
+  replaced within ``ttl_s + every_s`` (12 s); one stopped cleanly releases its rows at once. Leader
+  writes are fenced: a re-plan is recorded only in a transaction that finds this replica's lease
+  unexpired and locks its row (``Store.record_replan(fence_lease=…)``), so a leader stalled past its
+  ttl cannot record a re-plan after a successor took over (``NotLeader``; its own pools then follow
+  the stored plan back).
 - **What every replica does, leader or not**: serves the whole API from the database; executes the
   runs it accepts on replica pools of its own, started from the deployment's stored plan (the
   runtime does not name its Ray actors, so pools are never re-attached across processes: a replica

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from orchestrator.control import Controller, ControlPolicy, LiveDeployment, plan_diff, pools_json
 from orchestrator.db import new_id, utcnow
-from orchestrator.leader import Leadership, new_replica_id
+from orchestrator.leader import LEADER, Leadership, new_replica_id
 from orchestrator.metrics import EngineMetricsCollector, Metrics
 from orchestrator.settings import Settings
 from orchestrator.store import FINAL_RUN_STATES, STORAGE_RETRY_AFTER_S, DeploymentContext, StorageError, Store, run_json
@@ -92,6 +92,7 @@ class Service:
         self.leadership = Leadership(self.store, self._sync)
         self.control.leading = lambda: self.leadership.leader
         self.control.rate_from_db = self.leadership.shared
+        self.control.fence_lease = LEADER if self.leadership.shared else None
         self._starting: set[str] = set()  # deployments whose pools this replica is starting (or stopping)
         self.runs_live: dict[str, RunHandle] = {}
         self._unstored: deque[str] = deque()  # runs kept in runs_live because their outcome was not stored

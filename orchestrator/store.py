@@ -29,6 +29,7 @@ from orchestrator.db import (
     DeploymentRow,
     EventRow,
     GraphRow,
+    LeaseRow,
     OpRecordRow,
     PlanRow,
     ReplanRow,
@@ -77,6 +78,10 @@ EVENT_INSERT = insert(cast(Table, EventRow.__table__))
 
 class StorageError(Exception):
     """The database refused or lost a write: the caller answers 503 (retry later), never a 500."""
+
+
+class NotLeader(RuntimeError):
+    """A leader-only write from a replica whose lease has passed to another (it stalled past its ttl)."""
 
 
 class StorageFull(StorageError):
@@ -542,9 +547,27 @@ class Store:
         new_plan_id: str,
         changes: dict[str, Any],
         pools: dict[str, Any],
+        fence_lease: str | None = None,
     ) -> None:
-        """A re-plan and the deployment's new plan and pools, in one transaction."""
+        """A re-plan and the deployment's new plan and pools, in one transaction. With ``fence_lease``, only
+        while this replica holds that lease: the row is read ``FOR UPDATE``, so a successor cannot take the
+        lease between the check and the commit; NotLeader (nothing written) when it is another's or expired."""
         with self.sessions.begin() as s:
+            if fence_lease is not None:
+                held = s.execute(
+                    select(LeaseRow.holder)
+                    .where(
+                        LeaseRow.name == fence_lease,
+                        LeaseRow.holder == self.replica_id,
+                        LeaseRow.expires_at > func.now(),
+                    )
+                    .with_for_update()
+                ).first()
+                if held is None:
+                    raise NotLeader(
+                        f"replica {self.replica_id} no longer holds the {fence_lease!r} lease: re-plan of "
+                        f"deployment {dep_id} not recorded"
+                    )
             s.add(
                 ReplanRow(
                     deployment_id=dep_id,

@@ -71,3 +71,48 @@ def test_state_survives_a_restart_on_postgres(postgres_url, tmp_path):  # noqa: 
             assert "PostgreSQL" in s.execute(text("select version()")).scalar()
     finally:
         second.stop()
+
+
+def test_a_replan_from_a_replica_whose_lease_passed_on_is_not_recorded(postgres_url):  # noqa: F811
+    """Fencing: replica A leads, stalls past its ttl (its lease row's expiry set in the past), B takes the
+    lease; A's re-plan is refused (NotLeader) and writes nothing, B's is recorded."""
+    import datetime as dt
+
+    import pytest
+    from sqlalchemy import func, select, update
+
+    from orchestrator.db import DeploymentRow, LeaseRow, ReplanRow
+    from orchestrator.leader import LEADER, Leadership
+    from orchestrator.store import NotLeader, Store
+
+    a, b = Store(postgres_url, "replica-a"), Store(postgres_url, "replica-b")
+    try:
+        lead_a = Leadership(a, lambda *_: None, ttl_s=30, every_s=5)
+        lead_b = Leadership(b, lambda *_: None, ttl_s=30, every_s=5)
+        lead_a.step()
+        lead_b.step()
+        assert (lead_a.leader, lead_b.leader) == (True, False)
+        graph = a.add_graph("fenced", GRAPH)
+        old, new = (a.add_plan(graph["id"], {}, {"feasible": True, "n": n}) for n in (1, 2))
+        with a.transaction() as s:
+            s.add(DeploymentRow(id="d_fence", graph_id=graph["id"], plan_id=old["id"], state="ready", detail=""))
+        a.record_replan("d_fence", "rate up", old["id"], new["id"], {}, {"p": 1}, fence_lease=LEADER)  # A leads
+
+        with a.transaction() as s:  # A stalls past its ttl
+            s.execute(
+                update(LeaseRow).where(LeaseRow.name == LEADER).values(expires_at=func.now() - dt.timedelta(seconds=1))
+            )
+        lead_b.step()
+        assert lead_b.leader
+        with pytest.raises(NotLeader, match="replica-a no longer holds the 'leader' lease"):
+            a.record_replan("d_fence", "rate down", new["id"], old["id"], {}, {"p": 2}, fence_lease=LEADER)
+        with a.transaction() as s:
+            assert s.get(DeploymentRow, "d_fence").plan_id == new["id"]  # A's refused re-plan left no trace
+            assert s.scalar(select(func.count()).select_from(ReplanRow)) == 1
+        b.record_replan("d_fence", "rate down", new["id"], old["id"], {}, {"p": 3}, fence_lease=LEADER)
+        with b.transaction() as s:
+            assert s.get(DeploymentRow, "d_fence").plan_id == old["id"]
+            assert s.scalar(select(func.count()).select_from(ReplanRow)) == 2
+    finally:
+        a.close()
+        b.close()

@@ -122,12 +122,18 @@ def roofline_step_s(
     return total, "compute" if parts["compute"] >= parts["memory"] else "memory"
 
 
+def link_transfer_ms(nbytes: float, gb_s: float, fixed_ms: float) -> float:
+    """Time for ``nbytes`` over a link of ``gb_s`` effective GB/s with ``fixed_ms`` per hand-off (a plan's
+    edge carries both: the runtime predicts a request's KV transfer with them); 0 for no bytes."""
+    if nbytes <= 0:
+        return 0.0
+    return fixed_ms + nbytes / (gb_s * 1e9) * 1000.0
+
+
 def nic_transfer_ms(nbytes: float, device: DeviceType) -> float:
     """Time for ``nbytes`` through one device's share of the scale-out network: its fixed hand-off
     cost plus bytes over its effective bandwidth."""
-    if nbytes <= 0:
-        return 0.0
-    return device.efficiency.transfer_fixed_ms + nbytes / (device.network_gb_s * device.efficiency.link * 1e9) * 1000.0
+    return link_transfer_ms(nbytes, device.network_gb_s * device.efficiency.link, device.efficiency.transfer_fixed_ms)
 
 
 def binding_link(nbytes: float, src: DeviceType, dst: DeviceType) -> tuple[float, float]:

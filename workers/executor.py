@@ -813,13 +813,15 @@ class GraphRunner:
     def _kv_transfer(self, name: str, env: dict, picks: list[tuple[str, int]]) -> dict[str, Any]:
         """One split request's KV hand-off: bytes moved, measured time, and the cost model's time for
         those bytes on the planned link (the plan's edge: its bandwidth and fixed cost)."""
+        from costmodels.roofline import link_transfer_ms
+
         transfer = env["detail"]["kv_transfer"]
         edge = self._edges.get((f"{name}.prefill", f"{name}.decode"))
         nbytes = transfer.get("kv_bytes")
         predicted = None
         if edge is not None and nbytes is not None:
             predicted = (
-                edge.link_fixed_ms + nbytes / (edge.link_gb_s * 1e9) * 1e3 if edge.link_gb_s else edge.transfer_ms
+                link_transfer_ms(nbytes, edge.link_gb_s, edge.link_fixed_ms) if edge.link_gb_s else edge.transfer_ms
             )
         return {
             "node": name,

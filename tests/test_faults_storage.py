@@ -414,3 +414,71 @@ def test_disk_full_answers_507_and_recovers_when_space_is_freed(tmp_path):
         f"then {len(refused)} graph writes and 1 run refused with 507 naming the disk; integrity_check ok; "
         "writes and runs succeed again once the file is removed, and the run that ended meanwhile is stored"
     )
+
+
+def test_postgres_disk_full_answers_507_and_recovers_when_space_is_freed(postgres_server):  # noqa: F811
+    """PostgreSQL out of space: the daemon's database in a tablespace on a 24 MiB tmpfs, filled by a file. The
+    WAL stays on the main disk (PostgreSQL PANICs when it cannot write WAL; a full data disk is the case a
+    server survives): its tables cannot grow (sqlstate 53100). Graph writes get 507 problem+json naming the
+    database server, reads go on, and writes succeed again once the file is removed, without a restart."""
+    import tempfile
+
+    import psycopg
+    from fastapi.testclient import TestClient
+
+    from orchestrator import auth
+    from orchestrator.app import create_app
+    from orchestrator.settings import Settings
+
+    space = Path(tempfile.mkdtemp(prefix="hetagent-pg-space-"))  # pytest's tmp dirs are root-only (0700)
+    pg = subprocess.run(["id", "-u", "postgres"], capture_output=True, text=True)
+    uid = pg.stdout.strip() if pg.returncode == 0 else str(os.getuid())
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size=24m,uid={uid},mode=0700", "tmpfs", str(space)], capture_output=True
+    )
+    if mounted.returncode != 0 and os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    assert mounted.returncode == 0, mounted.stderr
+    admin = f"host=127.0.0.1 port={postgres_server.port} user=postgres dbname=postgres"
+    try:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f"CREATE TABLESPACE small LOCATION '{space}'")
+            conn.execute("CREATE DATABASE fulldisk TABLESPACE small")
+        url = postgres_server.url.rsplit("/", 1)[0] + "/fulldisk"
+        data = Path(tempfile.mkdtemp(prefix="hetagent-pg-data-"))
+        app = create_app(Settings(data_dir=data, database_url=url, control_enabled=False, rate_limit_per_s=0))
+        with TestClient(app) as c:
+            key = auth.create_key(app.state.service.store.sessions, "admin")[1]
+            c.headers["Authorization"] = f"Bearer {key}"
+            yaml_body = {"Content-Type": "application/yaml"}
+            first = c.post("/v1/graphs", content=_graph("before-full"), headers=yaml_body)
+            assert first.status_code == 201, first.text
+            filled = _fill(space / "filler")
+            acked, refused = [], []
+            for i in range(300):  # pages with room left take a few more rows: write until the disk says no
+                r = c.post("/v1/graphs", content=_graph(f"full-{i}"), headers=yaml_body)
+                if r.status_code == 201:
+                    acked.append(r.json()["id"])
+                elif len(refused := [*refused, r]) == 3:
+                    break
+            assert len(refused) == 3, f"{len(acked)} graphs stored on a full disk"
+            for r in refused:
+                assert r.status_code == 507, (r.status_code, r.text)
+                assert _is_problem(r) and int(r.headers["retry-after"]) > 0, r.headers
+                assert r.json()["title"] == "insufficient storage"
+                assert "disk holding the database server is full" in r.json()["detail"], r.json()
+            assert c.get(f"/v1/graphs/{first.json()['id']}").status_code == 200  # reads go on
+            (space / "filler").unlink()  # space freed: writes succeed again, without a restart
+            after = c.post("/v1/graphs", content=_graph("after-full"), headers=yaml_body)
+            assert after.status_code == 201, after.text
+            listed = {g["id"] for g in c.get("/v1/graphs").json()}
+            assert {first.json()["id"], after.json()["id"], *acked} <= listed  # every acknowledged write is there
+        print(
+            f"\nPostgreSQL: filled {filled / 2**20:.1f} MiB of a 24 MiB tablespace; {len(acked)} graphs stored after "
+            "that, then 3 graph writes refused with 507 naming the database server; writes succeed once freed"
+        )
+    finally:
+        with contextlib.suppress(Exception), psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute("DROP DATABASE IF EXISTS fulldisk WITH (FORCE)")
+            conn.execute("DROP TABLESPACE IF EXISTS small")
+        subprocess.run(["umount", "-l", str(space)], check=False)

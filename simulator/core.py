@@ -65,7 +65,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from costmodels import work as W
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DeviceType
 from costmodels.granular import GranularGraph, GranularOp
-from costmodels.roofline import TOOL_CPU_S_PER_CALL, roofline_step_s
+from costmodels.roofline import TOOL_CPU_S_PER_CALL, link_transfer_ms, roofline_step_s
 from planner.plan import LatencyHistogram, Plan, PlannedEdge, PlannedOp
 from simulator.servers import CorePool, DecodeEngine, Event, PrefillEngine, Replica, SlotServer, StepTimes, Task
 
@@ -437,7 +437,7 @@ class _Simulation:
     def _transfer_s(self, run: _Run, src: GranularOp, edge: PlannedEdge) -> float:
         if src.kind == "prefill" and edge.link_gb_s and src.input_tokens > 0:
             scaled = edge.bytes * run.sizes[src.source_node][0] / src.input_tokens
-            return (edge.link_fixed_ms + scaled / (edge.link_gb_s * 1e9) * 1000.0) / 1000.0
+            return link_transfer_ms(scaled, edge.link_gb_s, edge.link_fixed_ms) / 1000.0
         return edge.transfer_ms / 1000.0
 
     # ------------------------------------------------------------------ run and report

@@ -33,7 +33,7 @@ def require(scope: str) -> Callable[..., str]:
             raise HTTPException(401, "an API key is required: 'Authorization: Bearer <key>'")
         address = request.client.host if request.client is not None else ""
         failures = request.app.state.auth_failures
-        blocked_s = failures.wait_s(address)
+        blocked_s = failures.take(address, take=False)
         if blocked_s > 0:  # before the lookup: while blocked, a right key is not told apart from a wrong one
             raise ServiceError(
                 429,

@@ -109,31 +109,24 @@ class RateLimiter:
         self._buckets: dict[str, tuple[float, float]] = {}  # key -> (tokens, at monotonic time)
         self._lock = threading.Lock()
 
-    def take(self, key: str) -> float:
-        """0 when the request may go on (a token is taken); else the seconds until a token is due."""
+    def take(self, key: str, take: bool = True) -> float:
+        """0 when the request may go on (a token is taken, unless ``take`` is False: a look only); else the
+        seconds until a token is due."""
         if self.rate_per_s <= 0:
             return 0.0
         now = time.monotonic()
         with self._lock:
             tokens, at = self._buckets.get(key, (float(self.burst), now))
             tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
-            if tokens >= 1.0:
+            if tokens < 1.0:
+                if take:
+                    self._buckets[key] = (tokens, now)
+                return (1.0 - tokens) / self.rate_per_s
+            if take:
                 self._buckets[key] = (tokens - 1.0, now)
                 if len(self._buckets) > self.MAX_KEYS:
                     self._forget_full(now)
-                return 0.0
-            self._buckets[key] = (tokens, now)
-            return (1.0 - tokens) / self.rate_per_s
-
-    def wait_s(self, key: str) -> float:
-        """Like ``take`` without taking: 0 when a token is there, else the seconds until one is due."""
-        if self.rate_per_s <= 0:
             return 0.0
-        now = time.monotonic()
-        with self._lock:
-            tokens, at = self._buckets.get(key, (float(self.burst), now))
-        tokens = min(float(self.burst), tokens + (now - at) * self.rate_per_s)
-        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate_per_s
 
     def _forget_full(self, now: float) -> None:
         for k, (tokens, at) in list(self._buckets.items()):

@@ -13,6 +13,9 @@ half of the load) says whether memory is flat. Latency p50/p99 per minute and re
 
 Usage: python bench/soak.py [--clients 16] [--duration 600] [--json out.json] [--database-url URL]
        [--graph graph.yaml --inputs '{"text": "..."}'] [--mix sync=4,async_poll=2,async_sse=2,plan=1]
+       [--tracemalloc DIR] [--env MALLOC_ARENA_MAX=4 ...]
+--tracemalloc: the daemon dumps its allocations (bench/soak_trace.py; compare with
+``python bench/soak_trace.py compare DIR``); --env: extra variables in the daemon's environment.
 Exit status 1 when the accounting finds a run lost, duplicated, stuck or inconsistent.
 """
 
@@ -112,6 +115,15 @@ def group_rss_mib(pgid: int) -> float:
         except (OSError, ValueError, IndexError):
             continue
     return total
+
+
+class TracedDaemon(Daemon):
+    """The daemon under tracemalloc (``--tracemalloc``): bench/soak_trace.py dumps snapshots, then runs the CLI."""
+
+    def command(self) -> list[str]:
+        cmd = super().command()
+        assert cmd[1:3] == ["-m", "orchestrator.cli"], cmd
+        return [cmd[0], "-m", "bench.soak_trace", *cmd[3:]]
 
 
 # ----------------------------------------------------------------------------- load
@@ -302,7 +314,11 @@ def api_statuses(url: str, keys: list[str], run_ids: list[str], grace_s: float) 
 
     def get(i: int, run_id: str) -> None:
         for _ in range(20):
-            r = clients[i % len(clients)].get(f"/v1/runs/{run_id}")
+            try:
+                r = clients[i % len(clients)].get(f"/v1/runs/{run_id}")
+            except httpx.TransportError:  # a keep-alive connection the server closed as it was reused
+                time.sleep(0.5)
+                continue
             if r.status_code == 404:
                 out[run_id] = None
                 return
@@ -311,7 +327,7 @@ def api_statuses(url: str, keys: list[str], run_ids: list[str], grace_s: float) 
                 out[run_id] = str(r.json()["status"])
                 return
             time.sleep(float(r.headers.get("Retry-After", "1") or 1))
-        raise RuntimeError(f"GET /v1/runs/{run_id}: still refused after 20 tries")
+        raise RuntimeError(f"GET /v1/runs/{run_id}: still refused or failing after 20 tries")
 
     try:
         deadline = time.monotonic() + grace_s
@@ -403,8 +419,17 @@ def soak(args: argparse.Namespace, keep: dict[str, Any] | None = None) -> dict[s
         phases[name] = round(time.monotonic() - t, 1)
         t = time.monotonic()
 
-    daemon = Daemon(
-        args.data_dir, database_url=args.database_url, control_interval_s=args.control_interval_s, scopes=("admin",)
+    env = dict(e.split("=", 1) for e in args.env)
+    daemon_class: type[Daemon] = Daemon
+    if args.tracemalloc:
+        env |= {"HETAGENT_TRACEMALLOC_DIR": str(args.tracemalloc.resolve())}
+        daemon_class = TracedDaemon
+    daemon = daemon_class(
+        args.data_dir,
+        database_url=args.database_url,
+        control_interval_s=args.control_interval_s,
+        scopes=("admin",),
+        env=env,
     )
     if args.graph is None:
         build_soak_index(daemon.data_dir)
@@ -495,6 +520,12 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--rss-interval-s", type=float, default=5.0, help="Period of the RSS samples.")
     ap.add_argument("--bucket-s", type=float, default=60.0, help="Width of the latency buckets (p50/p99 over time).")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument(
+        "--tracemalloc",
+        type=Path,
+        help="Dump the daemon's allocations here (bench/soak_trace.py; HETAGENT_TRACEMALLOC_* tune it).",
+    )
+    ap.add_argument("--env", action="append", default=[], help="KEY=VALUE in the daemon's environment (repeatable).")
     ap.add_argument("--json", type=Path, help="Write the report here.")
     return ap
 
@@ -508,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(str(exc))
     if args.clients < 1 or args.duration <= 0:
         ap.error("--clients must be >= 1 and --duration > 0")
+    if any("=" not in e for e in args.env):
+        ap.error("--env takes KEY=VALUE")
     if args.inputs and not args.graph:
         ap.error("--inputs goes with --graph")
     args.command = "python bench/soak.py " + shlex.join(argv if argv is not None else sys.argv[1:])

@@ -725,6 +725,9 @@ def serve(
     """Run the control-plane daemon (REST API, OpenAPI at /docs, Prometheus metrics at /metrics)."""
     import uvicorn
 
+    from orchestrator import malloc
+
+    malloc.tune()  # before any thread: glibc's heaps otherwise grow under load (orchestrator/malloc.py)
     from orchestrator.app import create_app
     from orchestrator.settings import Settings
 

@@ -191,7 +191,9 @@ def test_run_on_the_calibrated_profile_predicts_for_the_loaded_model(engine_prof
     catalog = load_catalog(profiles=folder)
     cluster = load_cluster("local", catalog)
     graph = parse_graph(_draft_writer(), catalog)
-    plan = plan_spec(graph, cluster, PlanOptions(rate_per_s=0.01, baselines=False), catalog)
+    # a rate far below any capacity: the fixture's fit follows the machine's load (a fresh-clone run beside a
+    # soak fitted a profile that sustained 0.0086 runs/s), and the test is about what the run predicts
+    plan = plan_spec(graph, cluster, PlanOptions(rate_per_s=0.0005, baselines=False), catalog)
     assert plan.feasible, plan.reason
     ensure_ray(None, ["local-cpu"])
     runner = GraphRunner(

@@ -385,6 +385,13 @@ def test_connections_are_checked_on_the_address_they_are_opened_to(echo):
     with httpx.Client(transport=checked_transport(["127.0.0.0/8", "::1"])) as c:
         assert c.post(f"http://localhost:{port}/x", json={"q": 3}).json() == {"echo": {"q": 3}}
     assert _Echo.hits == before + 1
+    # the pool keeps httpx's own limits (a tool holds many calls at once): only the socket opening changes
+    plain, checked = httpx.HTTPTransport()._pool, checked_transport([])._pool
+    assert (checked._max_connections, checked._max_keepalive_connections, checked._keepalive_expiry) == (
+        plain._max_connections,
+        plain._max_keepalive_connections,
+        plain._keepalive_expiry,
+    )
 
 
 TOOL_GRAPH = """

@@ -111,6 +111,7 @@ def checked_transport(allow: list[str]) -> Any:
             raise failed
 
     transport = httpx.HTTPTransport()
-    # the pool httpx builds, with the backend that opens its sockets replaced (httpx has no parameter for it)
-    transport._pool = httpcore.ConnectionPool(ssl_context=httpx.create_ssl_context(), network_backend=_CheckedBackend())
+    # the pool httpx built (its limits, keep-alive, TLS context kept), with the backend that opens its sockets
+    # replaced: httpx has no parameter for it, and the pool reads the attribute for every new connection
+    transport._pool._network_backend = _CheckedBackend()
     return transport

@@ -31,8 +31,9 @@ Model (the planner's notation, planner/ilp.py; what the plan fixes is read from 
                  (processor sharing, evaluated at the service's start)
     Runtime CPU  the serving runtime's own work (SimOptions.runtime_*, measured: bench/simulator_validation.py):
                  c_run core-seconds per run (the daemon, Ray) on the pool of the device the daemon shares,
-                 charged at arrival, and c_tok per generated token (an engine's front-end: output processing,
-                 streaming) on its CPU engine's pool, charged as steps end; a charge is background demand spread
+                 charged when the run starts (its arrival, unless it waits for a run thread), and c_tok per
+                 generated token (an engine's front-end: output processing, streaming) on its CPU engine's
+                 pool, charged as steps end; a charge is background demand spread
                  over the next τ = 1 s and served first (servers.CorePool: the daemon at nice 0, Ray workers at 15),
                  so what starts on those cores meanwhile gets capacity − D.
                  GPU engines' front-ends run on host CPUs that are not a pool here: not charged

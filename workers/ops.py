@@ -337,9 +337,13 @@ class ToolOp:
         try:
             check_target(str(request.url), self.egress)
         except EgressRefused as exc:
-            err = ToolError(self.name, str(exc), url=str(request.url))
-            err._final = True  # not retried: the policy will answer the same
-            raise err from None
+            raise self._refused(exc, str(request.url)) from None
+
+    def _refused(self, exc: Exception, url: str, attempts: int = 1) -> ToolError:
+        """The egress policy's refusal as the run's error; not retried: the policy will answer the same."""
+        err = ToolError(self.name, str(exc), url=url, attempts=attempts)
+        err._final = True
+        return err
 
     def __call__(self, inputs: dict[str, Any]) -> Any:
         if self._fn is not None:
@@ -390,9 +394,7 @@ class ToolOp:
                     )
                 ctype = resp.headers.get("content-type", "")
         except EgressRefused as exc:  # the connection's own check (a DNS answer changed since the request hook's)
-            err = ToolError(self.name, str(exc), url=self.url, attempts=attempt)
-            err._final = True
-            raise err from None
+            raise self._refused(exc, self.url, attempt) from None
         except httpx.TimeoutException as exc:
             raise ToolTimeout(
                 self.name,

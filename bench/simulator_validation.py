@@ -2,8 +2,10 @@
 
 Starts `hetagent serve` (a fresh data dir, a free loopback port, cluster ``local``; its re-planning held off so
 the deployment keeps the plan under test, its online calibration left on), deploys a graph, measures the
-deployment's capacity (closed loop: as many clients as the engine batches, ``max_num_seqs``, for
-``--capacity-s``; more would only queue), then
+deployment's capacity (a closed loop of as many clients as the engine batches, ``max_num_seqs``, for
+``--capacity-s`` gives a first guess; ``--probes`` open-loop Poisson probes of ``--probe-s`` then bracket the
+highest rate whose runs' wait does not grow: a saturated closed loop costs the runtime more CPU per run than an
+open loop near capacity, so it under-reads), then
 replays seeded Poisson arrivals at ``--fractions`` of that capacity (default light 15 %, 60 % and 90 %) for
 ``--duration`` seconds each: the arrival times are ``simulator.arrivals.arrival_times("poisson", rate,
 duration, seed)``, the very list the simulator is given, and each run is a sync ``POST /v1/graphs/{id}/runs``
@@ -15,11 +17,13 @@ same arrival times for:
 - (b) **fed back**: the same plan with every op of its LLM nodes slowed by the factor the daemon's online
   calibration had applied to the op's device when the rate started (``GET /v1/hardware`` →
   ``calibrations[].slowdown``, multiplied: the refit divides both efficiencies by it, so a roofline op's
-  predicted time grows by it); the runs measured before the rate are the evidence;
+  predicted time grows by it); the evidence is the runs before the rate's window: its lead-in (``--lead-in-runs``
+  at the same rate, other arrivals), so the daemon has calibrated at the load it is compared at;
 - (c) **+ the runtime**: the plan as made, with what the bench measured of the runtime itself charged
   (SimOptions.runtime_*): the daemon's and Ray's CPU per run and the engine front-end's per output token (over
-  the capacity probe, from /proc), the cores the engine keeps busy while it steps (over the warm-up runs sent one
-  at a time), and the daemon's run threads (``Settings.max_runs_in_flight``).
+  the rate's lead-in, from /proc; without one, over the open-loop probe at capacity), the cores the engine keeps
+  busy while it steps (over the warm-up runs sent one at a time), and the daemon's run threads
+  (``Settings.max_runs_in_flight``).
 
 Why draft_writer with its LLM set to ``tiny-llama``: its latency is almost all one vLLM engine with continuous
 batching, where queueing and batch formation, the simulator's hard part, decide p99. On ``local`` the shipped
@@ -31,7 +35,7 @@ Also records, per rate, the CPU share of other processes (``costmodels.calibrate
 Ray and engines are this script's descendants and count as ours): on a shared 2-core machine an engine's steps
 slow down many-fold when they compete. Prints a Markdown table; ``--json`` writes every number.
 
-    .venv/bin/python bench/simulator_validation.py [--duration 90] [--capacity-s 30] [--seed 7] [--json out.json]
+    .venv/bin/python bench/simulator_validation.py [--duration 90] [--probes 5] [--seed 7] [--json out.json]
     .venv/bin/python bench/simulator_validation.py --resimulate out.json --slowdown F   # no runs: re-simulate
 
 Results and what they mean: docs/simulator.md.
@@ -42,14 +46,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime
+import functools
 import json
 import math
 import os
 import platform
-import signal
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -64,6 +66,8 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from tests.support.daemon import Daemon  # noqa: E402
+
 BRIEFS = (
     "Plan a week of meals for a family of four on a small budget.",
     "Describe how to water tomato plants during a hot summer.",
@@ -77,82 +81,12 @@ LLM_KINDS = ("tokenize", "prefill", "decode", "detokenize")  # the granular ops 
 # ----------------------------------------------------------------------------- the daemon
 
 
-class Daemon:
-    """`hetagent serve` on a free loopback port with a fresh data dir; its process group is stopped on exit.
-
-    Re-planning is held off (a rate band and dwell time no load reaches), so the deployment runs the plan
-    under test all along; online calibration (each control pass) stays on. No rate limit on the client key."""
-
-    def __init__(self, data_dir: Path | None = None, control_interval_s: float = 5.0):
-        self.data_dir = data_dir or Path(tempfile.mkdtemp(prefix="hetagent-simval-"))
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.control_interval_s = control_interval_s
-        self.env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "disabled",
-            "PYTHONPATH": str(ROOT),
-            "HETAGENT_CONTROL_BAND": "1e9",
-            "HETAGENT_CONTROL_DWELL_S": "1e9",
-            "HETAGENT_RATE_LIMIT_PER_S": "0",
-        }
-        self.proc: subprocess.Popen | None = None
-        self.key = ""
-
-    def __enter__(self) -> Daemon:
-        cli = [sys.executable, "-m", "orchestrator.cli"]
-        self.key = subprocess.run(
-            [*cli, "keys", "create", "--scope", "write", "--data-dir", str(self.data_dir)],
-            env=self.env,
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.strip()
-        with open(self.data_dir / "daemon.log", "w") as log:  # the daemon keeps its own copy of the descriptor
-            self.proc = subprocess.Popen(
-                [
-                    *cli,
-                    "serve",
-                    "--port",
-                    str(self.port),
-                    "--data-dir",
-                    str(self.data_dir),
-                    "--control-interval-s",
-                    str(self.control_interval_s),
-                ],
-                env=self.env,
-                cwd=ROOT,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"daemon exited:\n{(self.data_dir / 'daemon.log').read_text()[-3000:]}")
-            time.sleep(0.2)
-        self.__exit__()
-        raise RuntimeError("daemon not ready in 120 s")
-
-    def __exit__(self, *exc: object) -> None:
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)  # the daemon and the local Ray it started (its group)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(30)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc = None
-
-    def client(self, timeout_s: float = 600.0) -> httpx.Client:
-        return httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.key}"}, timeout=timeout_s)
+def start_daemon() -> Daemon:
+    """`hetagent serve` (tests/support/daemon.py) with re-planning held off (a rate band and dwell time no load
+    reaches), so the deployment runs the plan under test all along; online calibration (each control pass) stays
+    on. No rate limit on the client key."""
+    env = {"HETAGENT_CONTROL_BAND": "1e9", "HETAGENT_CONTROL_DWELL_S": "1e9", "HETAGENT_RATE_LIMIT_PER_S": "0"}
+    return Daemon(Path(tempfile.mkdtemp(prefix="hetagent-simval-")), control_interval_s=5.0, env=env)
 
 
 def deploy(
@@ -256,7 +190,7 @@ def closed_loop(client: Callable[[], httpx.Client], gid: str, clients: int, seco
     mean e2e of the completed runs; a closed loop without think time), which a short window on a slow machine
     still reads."""
     done: list[tuple[float, float]] = []  # (finish time, client ms)
-    output_tokens: list[int] = []  # the LLM calls' generated tokens, over the runs that succeeded
+    output_tokens: list[int] = []  # per succeeded run, its LLM calls' generated tokens
     failed: list[str] = []
     lock = threading.Lock()
     stop_at = time.perf_counter() + seconds
@@ -270,11 +204,7 @@ def closed_loop(client: Callable[[], httpx.Client], gid: str, clients: int, seco
                 with lock:
                     if row["ok"]:
                         done.append((time.perf_counter(), row["client_ms"]))
-                        output_tokens.extend(
-                            (rec.get("detail") or {}).get("output_tokens") or 0
-                            for rec in row["records"]
-                            if rec.get("kind") == "llm"
-                        )
+                        output_tokens.append(llm_output_tokens([row]))
                     else:
                         failed.append(str(row["error"]))
 
@@ -299,6 +229,90 @@ def closed_loop(client: Callable[[], httpx.Client], gid: str, clients: int, seco
         "output_tokens": sum(output_tokens),
         "errors": sorted(set(failed))[:3],
     }
+
+
+GROWTH_LIMIT = 1.5  # an open-loop probe keeps up unless its last third of runs waits this much longer
+
+
+def llm_output_tokens(rows: Sequence[dict[str, Any]]) -> int:
+    """The LLM calls' generated tokens over the runs that succeeded."""
+    return sum(
+        (rec.get("detail") or {}).get("output_tokens") or 0
+        for r in rows
+        if r["ok"]
+        for rec in r["records"]
+        if rec.get("kind") == "llm"
+    )
+
+
+def open_loop_probe(
+    client: Callable[[], httpx.Client], gid: str, daemon_pid: int, rate: float, seconds: float, seed: int
+) -> dict[str, Any]:
+    """Poisson arrivals at ``rate`` for ``seconds``: does the deployment keep up, and what does the runtime spend?
+
+    It keeps up when every run succeeds and the median client e2e of the last third of the arrivals is at most
+    ``GROWTH_LIMIT`` × that of the first third: past capacity the backlog, so the wait, grows with time. Unlike a
+    closed loop holding the engine's whole batch, the probe loads the runtime only as much as the rate does, and
+    its CPU per run (``runtime_cpu``) is the runtime's at that rate."""
+    from simulator.arrivals import arrival_times
+
+    times = arrival_times("poisson", rate, seconds, seed)
+    cpu0 = _process_cpu_s(daemon_pid)
+    rows = replay(client, gid, times, lambda i: {"brief": BRIEFS[i % len(BRIEFS)]})
+    ok = [r for r in rows if r["ok"]]
+    cpu = runtime_cpu(cpu0, _process_cpu_s(daemon_pid), len(ok), llm_output_tokens(rows))
+    return {
+        "rate_per_s": rate,
+        "seconds": seconds,
+        "seed": seed,
+        "runs": len(rows),
+        "failed": len(rows) - len(ok),
+        "p50_ms": pct([r["client_ms"] for r in ok], 50) if ok else None,
+        "p99_ms": pct([r["client_ms"] for r in ok], 99) if ok else None,
+        **keeps_up(rows),
+        "runtime_cpu": cpu,
+    }
+
+
+def keeps_up(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """``growth``: the median client e2e of the last third of the runs (in arrival order) ÷ the first third's;
+    ``keeps_up``: every run succeeded, at least 9 were sent, and growth ≤ ``GROWTH_LIMIT``."""
+    third = max(1, len(rows) // 3)
+    first = [r["client_ms"] for r in rows[:third] if r["ok"]]
+    last = [r["client_ms"] for r in rows[-third:] if r["ok"]]
+    growth = statistics.median(last) / statistics.median(first) if first and last else math.inf
+    ok = all(r["ok"] for r in rows) and len(rows) >= 9 and growth <= GROWTH_LIMIT
+    return {"growth": growth, "keeps_up": ok}
+
+
+def capacity_by_probes(
+    probe: Callable[[float, int], dict[str, Any]], guess: float, probes: int, step: float = 1.4
+) -> dict[str, Any]:
+    """The highest Poisson rate the deployment keeps up with, bracketed by open-loop probes: from ``guess``, up
+    (× ``step``) while it keeps up or down (÷ ``step``) while it does not, then bisection; ``probes`` in all.
+    ``capacity_per_s`` is the highest rate kept up with (None if none was), ``above_per_s`` the lowest not."""
+    kept: float | None = None
+    lost: float | None = None
+    rate = guess
+    runs = []
+    for k in range(probes):
+        r = probe(rate, k)
+        runs.append(r)
+        print(
+            f"probe {k}: {rate:.2f} runs/s, {r['runs']} runs ({r['failed']} failed), growth {r['growth']:.2f}, "
+            f"p50 {_fmt(r['p50_ms'])} ms: {'keeps up' if r['keeps_up'] else 'falls behind'}",
+            flush=True,
+        )
+        if r["keeps_up"]:
+            kept = max(kept or 0.0, rate)
+        else:
+            lost = min(lost or math.inf, rate)
+        if kept is not None and lost is not None:
+            rate = (kept + lost) / 2
+        else:
+            rate = rate * step if lost is None else rate / step
+    best = next((r for r in runs if r["keeps_up"] and r["rate_per_s"] == kept), None)
+    return {"capacity_per_s": kept, "above_per_s": lost, "probes": runs, "at_capacity": best}
 
 
 # ----------------------------------------------------------------------------- the runtime's own CPU
@@ -555,11 +569,12 @@ def table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def runtime_options(out: dict[str, Any], plan: Any) -> dict[str, Any]:
-    """SimOptions' runtime_* fields from the capacity probe's measurement; the daemon shares the cores of the
-    plan's CPU device (on ``local``, its only device)."""
+def runtime_options(out: dict[str, Any], plan: Any, at_rate: dict[str, Any] | None = None) -> dict[str, Any]:
+    """SimOptions' runtime_* fields from the bench's measurements: the runtime's CPU ``at_rate`` (a lead-in's
+    ``runtime_cpu``: measured at the rate simulated), else at capacity; the daemon shares the cores of the plan's
+    CPU device (on ``local``, its only device)."""
     cpu = [d.device for d in plan.devices if d.device_class == "cpu"]
-    rt = out.get("runtime_cpu") or {}
+    rt = at_rate or out.get("runtime_cpu") or {}
     return {
         "runtime_device": cpu[0] if len(cpu) == 1 else None,
         "runtime_cpu_s_per_run": rt.get("runtime_cpu_s_per_run", 0.0),
@@ -609,6 +624,8 @@ def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool
         times = arrival_times("poisson", r["rate_per_s"], done.get("duration_s", 90.0), r["seed"])
         if len(times) != r["runs"]:
             raise SystemExit(f"{len(times)} arrivals regenerated, the run had {r['runs']}: pass the run's --duration")
+        if runtime is not None:  # the CPU measured at this row's rate, when a lead-in measured it
+            runtime = runtime_options(done, plan, (r.get("lead_in") or {}).get("runtime_cpu"))
         sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma, runtime)
         m = r["measured"]
         print(
@@ -631,8 +648,18 @@ def main() -> int:
     p.add_argument("--plan-rate", type=float, default=5.0, help="Rate the deployed plan is made for, runs/s.")
     p.add_argument("--fractions", default="0.15,0.6,0.9", help="Rates to replay, as fractions of the capacity.")
     p.add_argument("--capacity", type=float, default=None, help="Skip the capacity probe: this many runs/s.")
-    p.add_argument("--capacity-s", type=float, default=30.0, help="Seconds of the closed-loop capacity probe.")
+    p.add_argument("--capacity-s", type=float, default=30.0, help="Seconds of the closed loop (the first guess).")
+    p.add_argument("--probes", type=int, default=5, help="Open-loop probes bracketing the capacity.")
+    p.add_argument("--probe-s", type=float, default=45.0, help="Seconds of Poisson arrivals per probe.")
     p.add_argument("--duration", type=float, default=90.0, help="Seconds of Poisson arrivals per rate.")
+    p.add_argument(
+        "--lead-in-runs",
+        type=int,
+        default=30,
+        help="Before each rate's measured window, this many runs (expected) at the same rate, other arrivals: the "
+        "daemon's online calibration and the runtime's CPU (charged by (c)) are then those of the rate. 0: none.",
+    )
+    p.add_argument("--lead-in-s", type=float, default=30.0, help="Shortest lead-in, seconds.")
     p.add_argument("--warmup", type=int, default=6, help="Sequential runs before measuring.")
     p.add_argument("--seed", type=int, default=7, help="Seed of rate k's arrivals and simulation: seed + k.")
     p.add_argument("--size-sigma", type=float, default=0.0, help="The simulator's request-size σ (0: the spec's).")
@@ -678,7 +705,7 @@ def main() -> int:
         "duration_s": a.duration,
         "results": [],
     }
-    with Daemon() as d, d.client() as c:
+    with start_daemon() as d, d.client(timeout_s=600) as c:
         t0 = time.perf_counter()
         gid, plan_doc = deploy(c, graph_yaml, a.plan_rate)
         plan = Plan.model_validate(plan_doc)
@@ -696,28 +723,42 @@ def main() -> int:
         }
         print(f"deployed {gid} in {out['deploy_s']:.0f} s; plan {plan.predicted_e2e_ms:.0f} ms e2e", flush=True)
         assert d.proc is not None  # started by __enter__
+        daemon_pid = d.proc.pid
+        client = functools.partial(d.client, timeout_s=600)
         warm: list[dict[str, Any]] = []
         for i in range(a.warmup):
             if i == 1:  # the first run warms the engine up; the others, one at a time, time its cores
-                cpu_w = _process_cpu_s(d.proc.pid)
+                cpu_w = _process_cpu_s(daemon_pid)
             row = run_row(c, gid, {"brief": BRIEFS[i % len(BRIEFS)]})
             warm += [row] if i >= 1 else []
             print(f"warm-up {i}: {row['status']} {_fmt(row['e2e_ms'])} ms", flush=True)
         if warm:
-            out["engine_cores"] = engine_cores(cpu_w, _process_cpu_s(d.proc.pid), warm)
+            out["engine_cores"] = engine_cores(cpu_w, _process_cpu_s(daemon_pid), warm)
             print(f"engine cores busy while stepping: {out['engine_cores']}", flush=True)
         out["max_runs_in_flight"] = Settings().max_runs_in_flight  # the daemon's run threads (its env is ours)
         engine_seqs = max((int(e["batch"]) for e in plan.engines), default=1)
         if a.capacity is None:
-            cpu0 = _process_cpu_s(d.proc.pid)
+            cpu0 = _process_cpu_s(daemon_pid)
             with other_load() as load:
-                cap = closed_loop(d.client, gid, engine_seqs, a.capacity_s)
+                cap = closed_loop(client, gid, engine_seqs, a.capacity_s)
             cap["other_cpu"] = load.fraction
-            out["runtime_cpu"] = runtime_cpu(cpu0, _process_cpu_s(d.proc.pid), cap["runs"], cap["output_tokens"])
-            out["capacity"] = cap
-            capacity = cap["runs_per_s"]
-            if not capacity > 0:
-                raise SystemExit(f"no run completed in the capacity probe: {cap['errors']}")
+            cap["runtime_cpu"] = runtime_cpu(cpu0, _process_cpu_s(daemon_pid), cap["runs"], cap["output_tokens"])
+            out["closed_loop"] = cap
+            if not cap["runs_per_s"] > 0:
+                raise SystemExit(f"no run completed in the closed loop: {cap['errors']}")
+            print(f"closed loop ({engine_seqs} clients): {cap['runs_per_s']:.2f} runs/s", flush=True)
+            with other_load() as load:
+                found = capacity_by_probes(
+                    lambda rate, k: open_loop_probe(client, gid, daemon_pid, rate, a.probe_s, a.seed + 100 + k),
+                    cap["runs_per_s"],
+                    a.probes,
+                )
+            found["other_cpu"] = load.fraction
+            out["capacity"] = found
+            if found["capacity_per_s"] is None:
+                raise SystemExit(f"no probe kept up, the lowest at {min(p['rate_per_s'] for p in found['probes'])}")
+            capacity = found["capacity_per_s"]
+            out["runtime_cpu"] = found["at_capacity"]["runtime_cpu"]  # (c)'s charge: the runtime near capacity
         else:
             out["capacity"] = {"given_runs_per_s": a.capacity}
             out["runtime_cpu"] = {"runtime_cpu_s_per_run": 0.0, "runtime_cpu_s_per_output_token": 0.0}
@@ -725,16 +766,25 @@ def main() -> int:
         print(f"capacity {capacity:.2f} runs/s (plan: {out['plan']['capacity_per_s']:.2f})", flush=True)
         for k, frac in enumerate(fractions):
             rate, seed = frac * capacity, a.seed + k
+            lead = None
+            if a.lead_in_runs > 0:  # the daemon runs at this rate first: its calibration and the runtime's CPU
+                lead_s = max(a.lead_in_s, a.lead_in_runs / rate)
+                print(f"lead-in at {rate:.2f} runs/s for {lead_s:.0f} s", flush=True)
+                lead = open_loop_probe(client, gid, daemon_pid, rate, lead_s, seed + 1000)
+                time.sleep(d.control_interval_s + 1.0)  # a control pass refits on the lead-in's last runs
             slowdown = device_slowdown(c.get("/v1/hardware").json())  # fed back from the runs so far
+            rt = runtime_options(out, plan, lead["runtime_cpu"] if lead else None)
             times = arrival_times("poisson", rate, a.duration, seed)
             with other_load() as load:
-                rows = replay(d.client, gid, times, lambda i: {"brief": BRIEFS[i % len(BRIEFS)]})
+                rows = replay(client, gid, times, lambda i: {"brief": BRIEFS[i % len(BRIEFS)]})
             sims = {
                 "plan": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma),
                 "fed_back": simulate(fed_back(plan, slowdown), graph_yaml, a.cluster, times, seed, a.size_sigma),
-                "runtime": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma, runtime_options(out, plan)),
+                "runtime": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma, rt),
             }
             res = {"fraction": frac, "rate_per_s": rate, "seed": seed, **compare(rows, sims)}
+            res["lead_in"] = lead
+            res["runtime_charged"] = rt
             res["other_cpu"] = load.fraction
             res["slowdown"] = {k2: v for k2, v in slowdown.items() if v != 1.0}
             res["tokens"] = token_counts(rows)

@@ -59,6 +59,10 @@ def test_replayed_runs_leave_at_the_simulators_arrival_times_and_both_are_compar
         rows = bench.replay(d.client, gid, times, lambda i: {"brief": f"mail run{i}@example.com"})
         cpu1 = bench._process_cpu_s(daemon_pid)
         slowdown = bench.device_slowdown(c.get("/v1/hardware").json())
+        # an open-loop probe far below what two host ops of 2-3 ms serve: it keeps up and prices the runtime
+        probe = bench.open_loop_probe(d.client, gid, daemon_pid, 8.0, 2.5, 12)
+    assert probe["runs"] == len(arrival_times("poisson", 8.0, 2.5, 12)) and probe["failed"] == 0
+    assert probe["keeps_up"] and probe["runtime_cpu"]["runtime_cpu_s_per_run"] > 0
     # the daemon and the Ray it started are its tree; the runs cost the daemon CPU time
     assert daemon_pid in cpu1 and any(argv0 == "ray::HostWorker" for argv0, _ in cpu1.values())
     runtime = bench.runtime_cpu(cpu0, cpu1, len(times), 0)
@@ -183,3 +187,38 @@ def test_the_fed_back_plan_carries_the_slowdown_on_llm_ops_only(bench):
     base = bench.simulate(plan, graph_yaml, "local", times, 3, 0.0)
     slow = bench.simulate(slowed, graph_yaml, "local", times, 3, 0.0)
     assert slow.p50_ms > 1.5 * base.p50_ms  # the simulator sees the slower engine
+
+
+def test_keeps_up_reads_a_growing_wait_and_failures(bench):
+    def rows(ms, ok=True):
+        return [{"ok": ok, "client_ms": float(v)} for v in ms]
+
+    flat = rows([100, 120, 90, 110, 105, 95, 115, 100, 98, 130, 90, 101])
+    assert bench.keeps_up(flat) == {"growth": pytest.approx(1.0, abs=0.1), "keeps_up": True}
+    growing = rows([100 + 60 * i for i in range(12)])  # the backlog grows: last third's median ≫ first's
+    verdict = bench.keeps_up(growing)
+    assert verdict["growth"] == pytest.approx(670 / 190)  # medians of 100…280 and 580…760 and not verdict["keeps_up"]
+    assert not bench.keeps_up(flat[:-1] + rows([100], ok=False))["keeps_up"]  # a failed run: not kept up
+    assert not bench.keeps_up(flat[:6])["keeps_up"]  # too few runs to tell
+
+
+def test_capacity_by_probes_brackets_the_rate_a_probe_keeps_up_with(bench):
+    """A deployment that keeps up with up to 2.3 runs/s, probed from a guess of 1.3 (a saturated closed loop's
+    under-read): up by 1.4× while it keeps up, then bisection."""
+    seen = []
+
+    def probe(rate, k):
+        seen.append((round(rate, 4), k))
+        return {"rate_per_s": rate, "runs": 50, "failed": 0, "growth": 1.0, "p50_ms": 1.0, "keeps_up": rate <= 2.3}
+
+    found = bench.capacity_by_probes(probe, 1.3, 6)
+    assert [k for _, k in seen] == list(range(6))
+    assert [r for r, _ in seen[:3]] == [1.3, 1.82, 2.548]  # 2.548 falls behind: bisect from here
+    assert found["capacity_per_s"] <= 2.3 < found["above_per_s"]
+    assert found["above_per_s"] - found["capacity_per_s"] < 0.1
+    assert found["at_capacity"]["rate_per_s"] == found["capacity_per_s"]
+    # a guess above capacity comes down by 1.4× until one keeps up
+    down = bench.capacity_by_probes(probe, 5.0, 4)
+    assert down["capacity_per_s"] == pytest.approx(5.0 / 1.4**3) and down["above_per_s"] == pytest.approx(5.0 / 1.4**2)
+    none = bench.capacity_by_probes(lambda rate, k: {**probe(rate, k), "keeps_up": False}, 1.0, 2)
+    assert none["capacity_per_s"] is None and none["at_capacity"] is None

@@ -120,7 +120,9 @@ class OtherLoad:
     all threads), or with ``tree=True`` that of this process and all its descendants (an engine's
     core process, a Ray cluster this process started). On a shared machine a competing process makes
     torch's spinning OpenMP threads wait for a core, and small kernels slow down by 10-100x, so
-    calibration checks this. ``fraction`` is None where /proc/stat is unreadable.
+    calibration checks this. ``fraction`` is None where /proc/stat is unreadable. ``steal_fraction``: of the
+    same time, what the hypervisor gave to other guests (a VM's vCPUs waiting for the host's cores, which no
+    process here accounts for); ``own_cpu_s``: CPU seconds this process (or tree) used.
     """
 
     def __init__(self, tree: bool = False):
@@ -128,6 +130,8 @@ class OtherLoad:
 
     def __enter__(self) -> OtherLoad:
         self.fraction: float | None = None
+        self.steal_fraction: float | None = None
+        self.own_cpu_s: float | None = None
         self._t0 = self._sample()
         return self
 
@@ -135,19 +139,22 @@ class OtherLoad:
         t1 = self._sample()
         if self._t0 is None or t1 is None:
             return
-        (busy0, total0, own0), (busy1, total1, own1) = self._t0, t1
+        (busy0, total0, own0, steal0), (busy1, total1, own1, steal1) = self._t0, t1
         total = max(1, total1 - total0)
         other = (busy1 - busy0) - (own1 - own0)
         self.fraction = min(1.0, max(0.0, other / total))
+        self.steal_fraction = (steal1 - steal0) / (total + steal1 - steal0)
+        self.own_cpu_s = (own1 - own0) / os.sysconf("SC_CLK_TCK")
 
-    def _sample(self) -> tuple[int, int, float] | None:
+    def _sample(self) -> tuple[int, int, float, int] | None:
         try:
-            fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+            fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:9]]
         except (OSError, ValueError, IndexError):
             return None
         idle = fields[3] + fields[4]  # idle + iowait
+        steal = fields[7] if len(fields) > 7 else 0
         own = _tree_ticks() if self.tree else time.process_time() * os.sysconf("SC_CLK_TCK")
-        return sum(fields) - idle, sum(fields), own
+        return sum(fields[:7]) - idle, sum(fields[:7]), own, steal
 
 
 def _tree_ticks() -> float:

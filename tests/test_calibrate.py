@@ -158,3 +158,22 @@ def test_shipped_local_cpu_entry_loads():
     dev = load_device_profile(path)
     assert dev.name == "local-cpu" and dev.device_class is DeviceClass.cpu
     assert all(k in dev.sources for k in ("memory_bandwidth_gb_s", "efficiency.fixed_overhead_ms"))
+
+
+def test_other_load_tells_this_process_tree_from_other_cpu_users():
+    """A child spinning ~0.6 CPU-s: with ``tree=True`` it is ours (own_cpu_s), without it is another process's."""
+    import subprocess
+    import sys
+
+    from costmodels.calibrate import OtherLoad
+
+    spin = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.6: pass"
+    with OtherLoad(tree=True) as ours:
+        subprocess.run([sys.executable, "-c", spin], check=True)
+    with OtherLoad(tree=False) as other:
+        subprocess.run([sys.executable, "-c", spin], check=True)
+    assert ours.own_cpu_s is not None and ours.own_cpu_s >= 0.55  # the waited-for child counts in the tree
+    assert other.own_cpu_s is not None and other.own_cpu_s < 0.3  # this process alone barely ran
+    assert other.fraction is not None and other.fraction > 0.1  # the child's spin is another's CPU here
+    for load in (ours, other):
+        assert load.steal_fraction is not None and 0.0 <= load.steal_fraction <= 1.0

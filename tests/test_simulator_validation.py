@@ -194,7 +194,11 @@ def test_keeps_up_reads_a_growing_wait_and_failures(bench):
         return [{"ok": ok, "client_ms": float(v)} for v in ms]
 
     flat = rows([100, 120, 90, 110, 105, 95, 115, 100, 98, 130, 90, 101])
-    assert bench.keeps_up(flat) == {"growth": pytest.approx(1.0, abs=0.1), "keeps_up": True}
+    assert bench.keeps_up(flat) == {"growth": pytest.approx(1.0, abs=0.1), "vs_lone": None, "keeps_up": True}
+    # the same runs against a lone run of 40 ms: a median 2.51 × it is past the latency bound (2.5 ×)
+    assert bench.keeps_up(flat, 40.0)["vs_lone"] == pytest.approx(100.5 / 40)
+    assert not bench.keeps_up(flat, 40.0)["keeps_up"]
+    assert bench.keeps_up(flat, 45.0)["keeps_up"]
     growing = rows([100 + 60 * i for i in range(12)])  # the backlog grows: last third's median ≫ first's
     verdict = bench.keeps_up(growing)
     assert verdict["growth"] == pytest.approx(670 / 190)  # medians of 100…280 and 580…760 and not verdict["keeps_up"]
@@ -209,7 +213,15 @@ def test_capacity_by_probes_brackets_the_rate_a_probe_keeps_up_with(bench):
 
     def probe(rate, k):
         seen.append((round(rate, 4), k))
-        return {"rate_per_s": rate, "runs": 50, "failed": 0, "growth": 1.0, "p50_ms": 1.0, "keeps_up": rate <= 2.3}
+        return {
+            "rate_per_s": rate,
+            "runs": 50,
+            "failed": 0,
+            "growth": 1.0,
+            "vs_lone": 1.2,
+            "p50_ms": 1.0,
+            "keeps_up": rate <= 2.3,
+        }
 
     found = bench.capacity_by_probes(probe, 1.3, 6)
     assert [k for _, k in seen] == list(range(6))

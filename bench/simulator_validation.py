@@ -637,6 +637,44 @@ def runtime_options(out: dict[str, Any], plan: Any, at_rate: dict[str, Any] | No
     }
 
 
+STEAL_QUIET = 0.05  # a run is on a quiet host when no second of its life had more steal than this
+
+
+def steal_report(path: Path) -> int:
+    """Per rate of a finished run's JSON: the hypervisor's steal while it ran, and the measured e2e of the runs no
+    steal touched (every 1 s sample from arrival − 1 s to finish + 1 s at most ``STEAL_QUIET``) beside the others'.
+    On a shared VM, steal is CPU time the host gave to other guests: no process here shows it, and an engine step
+    stretches by it."""
+    done = json.loads(path.read_text())
+    print(
+        "| load | rate runs/s | mean steal | seconds with steal > 10 % | quiet-host runs: n, p50 / p99 ms | "
+        "steal-hit runs: n, p50 / p99 ms | (c) sim p50 / p99 ms, all runs |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for r in done["results"]:
+        timeline, detail = r.get("cpu_timeline"), r.get("runs_detail")
+        if not timeline or not detail:
+            raise SystemExit(f"{path}: rate {r['rate_per_s']:.2f} has no cpu_timeline (made before it was recorded)")
+        quiet: list[float] = []
+        hit: list[float] = []
+        for arrival_s, client_ms, _ in detail:
+            if client_ms is None:
+                continue
+            life = [x[2] for x in timeline if arrival_s - 1.0 <= x[0] <= arrival_s + client_ms / 1000.0 + 1.0]
+            (quiet if max(life, default=0.0) <= STEAL_QUIET else hit).append(client_ms)
+
+        def cell(xs: list[float]) -> str:
+            return f"{len(xs)}, {pct(xs, 50):,.0f} / {pct(xs, 99):,.0f}" if xs else "0"
+
+        c = r.get("runtime") or {}
+        print(
+            f"| {r['fraction']:.0%} | {r['rate_per_s']:.2f} | {r.get('steal') or 0:.1%} | "
+            f"{sum(1 for x in timeline if x[2] > 0.1)} of {len(timeline)} | {cell(quiet)} | {cell(hit)} | "
+            f"{_fmt(c.get('p50_ms'), '{:,.0f}')} / {_fmt(c.get('p99_ms'), '{:,.0f}')} |"
+        )
+    return 0
+
+
 def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool = False) -> int:
     """Simulate a finished validation's rows again (the same arrival lists: rate and seed), with the LLM ops
     slowed by ``slowdown``: e.g. the measured ÷ planned ratio of the light rate, to see whether the queueing
@@ -736,7 +774,15 @@ def main() -> int:
         action="store_true",
         help="With --resimulate: charge the runtime's CPU the run measured (its runtime_cpu) to the simulation.",
     )
+    p.add_argument(
+        "--steal-report",
+        type=Path,
+        default=None,
+        help="No runs: per rate of this --json output, the host's steal and the runs it did not touch.",
+    )
     a = p.parse_args()
+    if a.steal_report is not None:
+        return steal_report(a.steal_report)
     if a.resimulate is not None:
         return resimulate(a.resimulate, a.slowdown, a.size_sigma, a.runtime_cpu)
     if a.profiles_data_dir is not None:

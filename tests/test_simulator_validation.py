@@ -234,3 +234,22 @@ def test_capacity_by_probes_brackets_the_rate_a_probe_keeps_up_with(bench):
     assert down["capacity_per_s"] == pytest.approx(5.0 / 1.4**3) and down["above_per_s"] == pytest.approx(5.0 / 1.4**2)
     none = bench.capacity_by_probes(lambda rate, k: {**probe(rate, k), "keeps_up": False}, 1.0, 2)
     assert none["capacity_per_s"] is None and none["at_capacity"] is None
+
+
+def test_steal_report_splits_runs_by_the_steal_in_their_lifetime(bench, tmp_path, capsys):
+    """Four runs; the host stole 40 % of the CPU from second 10 to 12: the run alive then is 'steal-hit'."""
+    import json
+
+    timeline = [[float(t), 0.0, 0.4 if 10 <= t <= 12 else 0.01, 1.5] for t in range(1, 31)]
+    detail = [[2.0, 3000.0, 2950.0], [9.0, 3000.0, 2950.0], [16.0, 2000.0, 1950.0], [22.0, 4000.0, 3950.0]]
+    row = {"fraction": 0.15, "rate_per_s": 0.2, "steal": 0.04, "cpu_timeline": timeline, "runs_detail": detail}
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps({"results": [{**row, "runtime": {"p50_ms": 2500.0, "p99_ms": 3900.0}}]}))
+    assert bench.steal_report(path) == 0
+    line = capsys.readouterr().out.splitlines()[-1]
+    # quiet: the runs at 2 s, 16 s and 22 s (p50 3,000); hit: the one alive from 9 to 12 s
+    assert line.startswith("| 15% | 0.20 | 4.0% | 3 of 30 | 3, 3,000 / "), line
+    assert "| 1, 3,000 / 3,000 |" in line and line.endswith("| 2,500 / 3,900 |")
+    path.write_text(json.dumps({"results": [{"rate_per_s": 0.2, "fraction": 0.15}]}))
+    with pytest.raises(SystemExit, match="no cpu_timeline"):
+        bench.steal_report(path)

@@ -675,11 +675,12 @@ def steal_report(path: Path) -> int:
     return 0
 
 
-def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool = False) -> int:
+def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool = False, steal: bool = False) -> int:
     """Simulate a finished validation's rows again (the same arrival lists: rate and seed), with the LLM ops
     slowed by ``slowdown``: e.g. the measured ÷ planned ratio of the light rate, to see whether the queueing
-    model holds once the service time is right. The plan is the stored one, else planned again (deterministic)
-    and checked against the stored prediction."""
+    model holds once the service time is right; ``steal``: with the host's steal each row's timeline measured
+    (SimOptions.cpu_steal). The plan is the stored one, else planned again (deterministic) and checked against the
+    stored prediction."""
     import yaml
 
     from compiler.spec import parse_graph
@@ -708,7 +709,10 @@ def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool
     runtime = runtime_options(done, plan) if runtime_cpu else None
     if runtime_cpu and "runtime_cpu" not in done:
         raise SystemExit(f"{path} has no runtime_cpu measurement (made before it was measured)")
-    print(f"{done['graph']} ({done['date']}): LLM ops × {slowdown:g}; runtime CPU {runtime or 'not charged'}")
+    print(
+        f"{done['graph']} ({done['date']}): LLM ops × {slowdown:g}; runtime CPU {runtime or 'not charged'}; "
+        f"host steal {'as measured' if steal else 'not charged'}"
+    )
     print("| load | rate runs/s | runs (ok) | measured p50 / p99 ms | sim p50 / p99 ms | error p50 / p99 |")
     print("|---|---|---|---|---|---|")
     for r in done["results"]:
@@ -717,7 +721,14 @@ def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool
             raise SystemExit(f"{len(times)} arrivals regenerated, the run had {r['runs']}: pass the run's --duration")
         if runtime is not None:  # the CPU measured at this row's rate, when a lead-in measured it
             runtime = runtime_options(done, plan, (r.get("lead_in") or {}).get("runtime_cpu"))
-        sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma, runtime)
+        options = dict(runtime or {})
+        if steal:
+            if not r.get("cpu_timeline"):
+                raise SystemExit(
+                    f"{path}: rate {r['rate_per_s']:.2f} has no cpu_timeline (made before it was recorded)"
+                )
+            options["cpu_steal"] = [(t_s, share) for t_s, _, share, _ in r["cpu_timeline"]]
+        sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma, options or None)
         m = r["measured"]
         print(
             f"| {r['fraction']:.0%} | {r['rate_per_s']:.2f} | {r['runs']} ({r['succeeded']}) | "
@@ -775,6 +786,11 @@ def main() -> int:
         help="With --resimulate: charge the runtime's CPU the run measured (its runtime_cpu) to the simulation.",
     )
     p.add_argument(
+        "--steal",
+        action="store_true",
+        help="With --resimulate: take out of the CPU cores the host's steal each rate's timeline measured.",
+    )
+    p.add_argument(
         "--steal-report",
         type=Path,
         default=None,
@@ -784,7 +800,7 @@ def main() -> int:
     if a.steal_report is not None:
         return steal_report(a.steal_report)
     if a.resimulate is not None:
-        return resimulate(a.resimulate, a.slowdown, a.size_sigma, a.runtime_cpu)
+        return resimulate(a.resimulate, a.slowdown, a.size_sigma, a.runtime_cpu, a.steal)
     if a.profiles_data_dir is not None:
         if not (a.profiles_data_dir / "profiles").is_dir():
             raise SystemExit(f"{a.profiles_data_dir}/profiles is not a folder: run `hetagent calibrate` for it first")

@@ -37,6 +37,8 @@ Model (the planner's notation, planner/ilp.py; what the plan fixes is read from 
                  over the next τ = 1 s and served first (servers.CorePool: the daemon at nice 0, Ray workers at 15),
                  so what starts on those cores meanwhile gets capacity − D.
                  GPU engines' front-ends run on host CPUs that are not a pool here: not charged
+    Host steal   with SimOptions.cpu_steal, the share s(t) of the cores a VM's host took (hypervisor steal,
+                 measured) is gone too: a service starting at t gets capacity · (1 − s(t)) − D
     Run threads  with max_runs_in_flight = m (the daemon's Settings.max_runs_in_flight), at most m runs are in
                  the graph at once; later arrivals wait FIFO for one to finish, and their e2e and TTFT count it
     TTFT         arrival → the end of the first decode step of the final LLM (a streaming LLM if any, else the
@@ -61,7 +63,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from costmodels import work as W
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, DeviceType
@@ -118,6 +120,22 @@ class SimOptions(BaseModel):
         description="Runs the daemon executes at once (Settings.max_runs_in_flight, its run threads); later arrivals "
         "wait, FIFO, and their e2e counts the wait. None: no limit.",
     )
+    cpu_steal: list[tuple[float, float]] | None = Field(
+        None,
+        description="The share of every CPU device's cores the host took, measured (a VM's hypervisor steal, e.g. "
+        "bench/simulator_validation.py's timeline): (t_s, share) samples, t_s from the arrivals' time origin, "
+        "ascending, each share holding since the previous sample; 0 after the last. None: no steal.",
+    )
+
+    @field_validator("cpu_steal")
+    @classmethod
+    def _steal_in_order(cls, v: list[tuple[float, float]] | None) -> list[tuple[float, float]] | None:
+        if v is not None:
+            if any(not 0.0 <= share < 1.0 for _, share in v):
+                raise ValueError("cpu_steal shares must be in [0, 1)")
+            if any(b[0] <= a[0] for a, b in itertools.pairwise(v)):
+                raise ValueError("cpu_steal times must ascend")
+        return v
 
 
 class OpStats(BaseModel):
@@ -283,7 +301,8 @@ class _Simulation:
         pools = {}
         for d in self.plan.devices:
             if d.device_class == "cpu":
-                pools[d.device] = CorePool(float((d.cores or 1) * max(d.allocated, 1)))
+                steal = tuple((float(t), float(x)) for t, x in self.opts.cpu_steal or ())
+                pools[d.device] = CorePool(float((d.cores or 1) * max(d.allocated, 1)), steal=steal)
         return pools
 
     def _device(self, name: str) -> DeviceType:

@@ -6,6 +6,7 @@ busy time, the time-integral of its queue length, waits and completed calls.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 import random
@@ -46,8 +47,9 @@ class CorePool:
     The runtime's work is a background demand in cores, each charge spread over the next ``tau_s`` seconds
     (an exponentially weighted rate: D(t) = Σ_i c_i·exp(−(t − t_i)/τ)/τ), served first: the daemon runs at
     nice 0 and Ray's workers at nice 15 (Ray's default worker niceness), so the plan's ops get what is left.
-    A service starting at t is stretched by (cores held) ÷ (capacity − D(t)) when that exceeds 1 (processor
-    sharing at its start); what is left is floored at MIN_LEFT_SHARE of the capacity."""
+    A service starting at t is stretched by (cores held) ÷ (capacity · (1 − s(t)) − D(t)) when that exceeds 1
+    (processor sharing at its start); what is left is floored at MIN_LEFT_SHARE of the capacity. s(t) is the share
+    of the cores the host took (a VM's hypervisor steal, measured: ``steal``), 0 without a measurement."""
 
     capacity: float  # cores × sockets allocated
     in_use: float = 0.0
@@ -55,6 +57,15 @@ class CorePool:
     background_cores: float = 0.0  # D at background_t
     background_t: float = 0.0
     charged_s: float = 0.0  # Σ core-seconds charged
+    # the host's share s(t) as samples (t_k, s_k), t_k ascending: s_k holds over (t_{k-1}, t_k]; 0 after the last
+    steal: tuple[tuple[float, float], ...] = ()
+
+    def stolen(self, now: float) -> float:
+        """s(now): the share of the pool's cores the host took at ``now``."""
+        if not self.steal:
+            return 0.0
+        k = bisect.bisect_left(self.steal, (now, -math.inf))
+        return self.steal[k][1] if k < len(self.steal) else 0.0
 
     def charge(self, cpu_s: float, now: float) -> None:
         """``cpu_s`` core-seconds of the runtime's own work, done from ``now`` on."""
@@ -73,7 +84,8 @@ class CorePool:
         self.in_use += cores
         if self.capacity <= 0:
             return 1.0
-        left = max(self.capacity - self.background(now), MIN_LEFT_SHARE * self.capacity)
+        left = self.capacity * (1.0 - self.stolen(now)) - self.background(now)
+        left = max(left, MIN_LEFT_SHARE * self.capacity)
         return max(1.0, self.in_use / left)
 
     def release(self, cores: float) -> None:

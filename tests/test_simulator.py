@@ -432,6 +432,25 @@ def test_a_cpu_engine_holding_fewer_cores_is_not_slowed_by_what_the_others_leave
     assert simulate(plan, graph, catalog, [0.0], SimOptions(**charge, engine_cores_busy=4.0)).p50_ms == both_cores
 
 
+def test_host_steal_takes_its_share_of_the_cores_while_measured():
+    """A 10 ms op holding the one core of its socket: while the host takes half the core (steal 0.5, from 5 s to
+    10 s) it takes 20 ms; before and after, 10 ms. Shares outside [0, 1) and times out of order are refused."""
+    plan, graph = _one_transform(10.0)
+    plan.ops[0].cores_per_replica = 1
+    plan.devices = [_cpu_device(1)]
+    steal = [(5.0, 0.0), (10.0, 0.5)]  # 0 up to 5 s, 0.5 over (5, 10] s, 0 after
+    result = simulate(plan, graph, load_catalog(), [1.0], SimOptions(size_sigma=0, cpu_steal=steal))
+    assert result.p50_ms == pytest.approx(10.0)
+    stolen = simulate(plan, graph, load_catalog(), [6.0], SimOptions(size_sigma=0, cpu_steal=steal))
+    assert stolen.p50_ms == pytest.approx(20.0)
+    after = simulate(plan, graph, load_catalog(), [11.0], SimOptions(size_sigma=0, cpu_steal=steal))
+    assert after.p50_ms == pytest.approx(10.0)
+    with pytest.raises(ValueError, match=r"shares must be in \[0, 1\)"):
+        SimOptions(cpu_steal=[(1.0, 1.0)])
+    with pytest.raises(ValueError, match="times must ascend"):
+        SimOptions(cpu_steal=[(2.0, 0.1), (1.0, 0.1)])
+
+
 def test_runs_past_the_daemons_run_threads_wait_for_one():
     """A 10 ms op with 10 slots never queues at 50 runs/s; with one run thread (max_runs_in_flight = 1) the
     daemon is an M/D/1 queue of μ = 100/s in front of it: mean wait ρ/(2μ(1 − ρ)) = 5 ms (Pollaczek–Khinchine)."""

@@ -23,7 +23,9 @@ same arrival times for:
   (SimOptions.runtime_*): the daemon's and Ray's CPU per run and the engine front-end's per output token (over
   the rate's lead-in, from /proc; without one, over the open-loop probe at capacity), the cores the engine keeps
   busy while it steps (over the warm-up runs sent one at a time), and the daemon's run threads
-  (``Settings.max_runs_in_flight``).
+  (``Settings.max_runs_in_flight``);
+- (d) **+ the host's steal**: (c) with the share of the cores the VM's host took (hypervisor steal), as the
+  window's 1 s CPU timeline measured it (``SimOptions.cpu_steal``).
 
 Why draft_writer with its LLM set to ``tiny-llama``: its latency is almost all one vLLM engine with continuous
 batching, where queueing and batch formation, the simulator's hard part, decide p99. On ``local`` the shipped
@@ -604,12 +606,14 @@ def table(results: list[dict[str, Any]]) -> str:
     head = (
         "| load | rate runs/s | runs (ok) | other CPU | measured p50 / p99 ms | (a) plan: sim p50 / p99 ms | "
         "(a) error p50 / p99 | (b) fed back: sim p50 / p99 ms | (b) error p50 / p99 | "
-        "(c) + runtime CPU: sim p50 / p99 ms | (c) error p50 / p99 | TTFT p50 measured / (a) / (b) / (c) ms |"
+        "(c) + runtime CPU: sim p50 / p99 ms | (c) error p50 / p99 | TTFT p50 measured / (a) / (b) / (c) ms | "
+        "(d) (c) + host steal: error p50 / p99 |"
     )
-    lines = [head, "|" + "---|" * 12]
+    lines = [head, "|" + "---|" * 13]
+    nan = {"p50_ms": math.nan, "p99_ms": math.nan, "p50_error": math.nan, "p99_error": math.nan}
     for r in results:
         m, a, b = r["measured"], r["plan"], r["fed_back"]
-        c = r.get("runtime") or {"p50_ms": math.nan, "p99_ms": math.nan, "p50_error": math.nan, "p99_error": math.nan}
+        c, d = r.get("runtime") or nan, r.get("steal") or nan
         lines.append(
             f"| {r['fraction']:.0%} | {r['rate_per_s']:.2f} | {r['runs']} ({r['succeeded']}) | "
             f"{_fmt(r['other_cpu'], '{:.0%}')} | {m['p50_ms']:.0f} / {m['p99_ms']:.0f} | "
@@ -617,7 +621,7 @@ def table(results: list[dict[str, Any]]) -> str:
             f"{b['p50_ms']:.0f} / {b['p99_ms']:.0f} | {b['p50_error']:+.0%} / {b['p99_error']:+.0%} | "
             f"{c['p50_ms']:.0f} / {c['p99_ms']:.0f} | {c['p50_error']:+.0%} / {c['p99_error']:+.0%} | "
             f"{_fmt(m['ttft_p50_ms'])} / {_fmt(a['ttft_p50_ms'])} / {_fmt(b['ttft_p50_ms'])} / "
-            f"{_fmt(c.get('ttft_p50_ms'))} |"
+            f"{_fmt(c.get('ttft_p50_ms'))} | {d['p50_error']:+.0%} / {d['p99_error']:+.0%} |"
         )
     return "\n".join(lines)
 
@@ -635,6 +639,11 @@ def runtime_options(out: dict[str, Any], plan: Any, at_rate: dict[str, Any] | No
         "engine_cores_busy": (out.get("engine_cores") or {}).get("engine_cores_busy"),
         "max_runs_in_flight": out.get("max_runs_in_flight"),
     }
+
+
+def steal_of(timeline: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
+    """SimOptions.cpu_steal from a ``cpu_timeline``: (seconds from the window's start, the host's steal share)."""
+    return [(t_s, min(share, 0.99)) for t_s, _, share, *_ in timeline]
 
 
 STEAL_QUIET = 0.05  # a run is on a quiet host when no second of its life had more steal than this
@@ -727,7 +736,7 @@ def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool
                 raise SystemExit(
                     f"{path}: rate {r['rate_per_s']:.2f} has no cpu_timeline (made before it was recorded)"
                 )
-            options["cpu_steal"] = [(t_s, share) for t_s, _, share, _ in r["cpu_timeline"]]
+            options["cpu_steal"] = steal_of(r["cpu_timeline"])
         sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma, options or None)
         m = r["measured"]
         print(
@@ -901,6 +910,9 @@ def main() -> int:
                 "plan": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma),
                 "fed_back": simulate(fed_back(plan, slowdown), graph_yaml, a.cluster, times, seed, a.size_sigma),
                 "runtime": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma, rt),
+                "steal": simulate(  # (d): (c) with the host's steal this window measured
+                    plan, graph_yaml, a.cluster, times, seed, a.size_sigma, {**rt, "cpu_steal": steal_of(timeline)}
+                ),
             }
             res = {"fraction": frac, "rate_per_s": rate, "seed": seed, **compare(rows, sims)}
             res["lead_in"] = lead

@@ -684,7 +684,14 @@ def steal_report(path: Path) -> int:
     return 0
 
 
-def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool = False, steal: bool = False) -> int:
+def resimulate(
+    path: Path,
+    slowdown: float,
+    size_sigma: float,
+    runtime_cpu: bool = False,
+    steal: bool = False,
+    steal_model: str = "proportional",
+) -> int:
     """Simulate a finished validation's rows again (the same arrival lists: rate and seed), with the LLM ops
     slowed by ``slowdown``: e.g. the measured ÷ planned ratio of the light rate, to see whether the queueing
     model holds once the service time is right; ``steal``: with the host's steal each row's timeline measured
@@ -720,7 +727,7 @@ def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool
         raise SystemExit(f"{path} has no runtime_cpu measurement (made before it was measured)")
     print(
         f"{done['graph']} ({done['date']}): LLM ops × {slowdown:g}; runtime CPU {runtime or 'not charged'}; "
-        f"host steal {'as measured' if steal else 'not charged'}"
+        f"host steal {f'as measured ({steal_model})' if steal else 'not charged'}"
     )
     print("| load | rate runs/s | runs (ok) | measured p50 / p99 ms | sim p50 / p99 ms | error p50 / p99 |")
     print("|---|---|---|---|---|---|")
@@ -737,6 +744,7 @@ def resimulate(path: Path, slowdown: float, size_sigma: float, runtime_cpu: bool
                     f"{path}: rate {r['rate_per_s']:.2f} has no cpu_timeline (made before it was recorded)"
                 )
             options["cpu_steal"] = steal_of(r["cpu_timeline"])
+            options["steal_model"] = steal_model
         sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma, options or None)
         m = r["measured"]
         print(
@@ -800,6 +808,12 @@ def main() -> int:
         help="With --resimulate: take out of the CPU cores the host's steal each rate's timeline measured.",
     )
     p.add_argument(
+        "--steal-model",
+        choices=("proportional", "gang"),
+        default="proportional",
+        help="How (d) and --resimulate --steal charge steal (SimOptions.steal_model).",
+    )
+    p.add_argument(
         "--steal-report",
         type=Path,
         default=None,
@@ -809,7 +823,7 @@ def main() -> int:
     if a.steal_report is not None:
         return steal_report(a.steal_report)
     if a.resimulate is not None:
-        return resimulate(a.resimulate, a.slowdown, a.size_sigma, a.runtime_cpu, a.steal)
+        return resimulate(a.resimulate, a.slowdown, a.size_sigma, a.runtime_cpu, a.steal, a.steal_model)
     if a.profiles_data_dir is not None:
         if not (a.profiles_data_dir / "profiles").is_dir():
             raise SystemExit(f"{a.profiles_data_dir}/profiles is not a folder: run `hetagent calibrate` for it first")
@@ -906,13 +920,12 @@ def main() -> int:
             times = arrival_times("poisson", rate, a.duration, seed)
             with other_load() as load, cpu_timeline() as timeline:
                 rows = replay(client, gid, times, lambda i: {"brief": BRIEFS[i % len(BRIEFS)]})
+            with_steal = {**rt, "cpu_steal": steal_of(timeline), "steal_model": a.steal_model}  # as measured
             sims = {
                 "plan": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma),
                 "fed_back": simulate(fed_back(plan, slowdown), graph_yaml, a.cluster, times, seed, a.size_sigma),
                 "runtime": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma, rt),
-                "steal": simulate(  # (d): (c) with the host's steal this window measured
-                    plan, graph_yaml, a.cluster, times, seed, a.size_sigma, {**rt, "cpu_steal": steal_of(timeline)}
-                ),
+                "steal": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma, with_steal),  # (d)
             }
             res = {"fraction": frac, "rate_per_s": rate, "seed": seed, **compare(rows, sims)}
             res["lead_in"] = lead

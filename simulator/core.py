@@ -39,6 +39,7 @@ Model (the planner's notation, planner/ilp.py; what the plan fixes is read from 
                  GPU engines' front-ends run on host CPUs that are not a pool here: not charged
     Host steal   with SimOptions.cpu_steal, the share s(t) of the cores a VM's host took (hypervisor steal,
                  measured) is gone too: a service starting at t gets capacity · (1 − s(t)) − D
+                 (steal_model "gang": a service of c cores is stretched × (1 − s)^−⌈c⌉ beyond the sharing)
     Run threads  with max_runs_in_flight = m (the daemon's Settings.max_runs_in_flight), at most m runs are in
                  the graph at once; later arrivals wait FIFO for one to finish, and their e2e and TTFT count it
     TTFT         arrival → the end of the first decode step of the final LLM (a streaming LLM if any, else the
@@ -125,6 +126,12 @@ class SimOptions(BaseModel):
         description="The share of every CPU device's cores the host took, measured (a VM's hypervisor steal, e.g. "
         "bench/simulator_validation.py's timeline): (t_s, share) samples, t_s from the arrivals' time origin, "
         "ascending, each share holding since the previous sample; 0 after the last. None: no steal.",
+    )
+
+    steal_model: Literal["proportional", "gang"] = Field(
+        "proportional",
+        description="How cpu_steal slows a service: proportional (the pool's cores × (1 − s)) or gang (a service "
+        "holding c cores × (1 − s)^−⌈c⌉: a multi-threaded engine step waits for its slowest vCPU).",
     )
 
     @field_validator("cpu_steal")
@@ -302,7 +309,8 @@ class _Simulation:
         for d in self.plan.devices:
             if d.device_class == "cpu":
                 steal = tuple((float(t), float(x)) for t, x in self.opts.cpu_steal or ())
-                pools[d.device] = CorePool(float((d.cores or 1) * max(d.allocated, 1)), steal=steal)
+                cores = float((d.cores or 1) * max(d.allocated, 1))
+                pools[d.device] = CorePool(cores, steal=steal, steal_model=self.opts.steal_model)
         return pools
 
     def _device(self, name: str) -> DeviceType:

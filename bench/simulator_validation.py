@@ -147,22 +147,24 @@ def run_row(c: httpx.Client, gid: str, inputs: dict[str, Any]) -> dict[str, Any]
     }
 
 
+def llm_detail(row: dict[str, Any]) -> dict[str, Any]:
+    """The engine's own figures for a run's (first) LLM call (its record's ``detail``: vLLM's e2e, TTFT, tokens);
+    {} for a run without one."""
+    return next(((rec.get("detail") or {}) for rec in row.get("records", []) if rec.get("kind") == "llm"), {})
+
+
 def engine_e2e_ms(row: dict[str, Any]) -> float | None:
     """The LLM engine's own e2e of a run's (first) LLM call: vLLM's arrival → finish, without the runtime."""
-    for rec in row.get("records", []):
-        if rec.get("kind") == "llm":
-            return (rec.get("detail") or {}).get("e2e_ms")
-    return None
+    return llm_detail(row).get("e2e_ms")
 
 
 def measured_ttft_ms(run: dict[str, Any]) -> float | None:
     """Run start → first token of the streaming LLM node: e2e less what its engine spent after the first token
     (``detail.e2e_ms − detail.ttft_ms``); None for a run without one."""
-    for rec in run.get("records", []):
-        d = rec.get("detail") or {}
-        if rec.get("kind") == "llm" and d.get("ttft_ms") is not None and d.get("e2e_ms") is not None:
-            return run["e2e_ms"] - (d["e2e_ms"] - d["ttft_ms"])
-    return None
+    d = llm_detail(run)
+    if d.get("ttft_ms") is None or d.get("e2e_ms") is None:
+        return None
+    return float(run["e2e_ms"] - (d["e2e_ms"] - d["ttft_ms"]))
 
 
 def replay(
@@ -247,13 +249,7 @@ LONE_RUN_LIMIT = 2.5  # ... or its median e2e is above this many times a lone ru
 
 def llm_output_tokens(rows: Sequence[dict[str, Any]]) -> int:
     """The LLM calls' generated tokens over the runs that succeeded."""
-    return sum(
-        (rec.get("detail") or {}).get("output_tokens") or 0
-        for r in rows
-        if r["ok"]
-        for rec in r["records"]
-        if rec.get("kind") == "llm"
-    )
+    return sum(llm_detail(r).get("output_tokens") or 0 for r in rows if r["ok"])
 
 
 def open_loop_probe(
@@ -406,16 +402,7 @@ def engine_cores(
         for pid, (argv0, cpu) in after.items()
         if argv0.startswith("VLLM::")
     )
-    engine_s = (
-        sum(
-            (rec.get("detail") or {}).get("e2e_ms") or 0.0
-            for r in rows
-            if r["ok"]
-            for rec in r["records"]
-            if rec.get("kind") == "llm"
-        )
-        / 1000.0
-    )
+    engine_s = sum(engine_e2e_ms(r) or 0.0 for r in rows if r["ok"]) / 1000.0
     return {
         "runs": sum(1 for r in rows if r["ok"]),
         "engine_cpu_s": cpu_s,
@@ -584,10 +571,8 @@ def cpu_timeline(period_s: float = 1.0) -> Iterator[list[list[float]]]:
                 stop.wait(period_s)
             if load.fraction is not None:
                 cores = (load.own_cpu_s or 0.0) / period_s
-                samples.append(
-                    [round(time.perf_counter() - t0, 1), round(load.fraction, 3), round(load.steal_fraction or 0, 3)]
-                    + [round(cores, 2)]
-                )
+                now_s = round(time.perf_counter() - t0, 1)
+                samples.append([now_s, round(load.fraction, 3), round(load.steal_fraction or 0, 3), round(cores, 2)])
 
     thread = threading.Thread(target=sample, name="cpu-timeline", daemon=True)
     thread.start()
@@ -613,7 +598,7 @@ def table(results: list[dict[str, Any]]) -> str:
     nan = {"p50_ms": math.nan, "p99_ms": math.nan, "p50_error": math.nan, "p99_error": math.nan}
     for r in results:
         m, a, b = r["measured"], r["plan"], r["fed_back"]
-        c, d = r.get("runtime") or nan, r.get("steal") or nan
+        c, d = r.get("runtime") or nan, r.get("with_steal") or nan  # r["steal"] is the measured share
         lines.append(
             f"| {r['fraction']:.0%} | {r['rate_per_s']:.2f} | {r['runs']} ({r['succeeded']}) | "
             f"{_fmt(r['other_cpu'], '{:.0%}')} | {m['p50_ms']:.0f} / {m['p99_ms']:.0f} | "
@@ -641,6 +626,13 @@ def runtime_options(out: dict[str, Any], plan: Any, at_rate: dict[str, Any] | No
     }
 
 
+def timeline_of(path: Path, row: dict[str, Any]) -> list[list[float]]:
+    """A stored rate's 1 s CPU timeline, or a clear exit for a run made before it was recorded."""
+    if not row.get("cpu_timeline") or not row.get("runs_detail"):
+        raise SystemExit(f"{path}: rate {row['rate_per_s']:.2f} has no cpu_timeline (made before it was recorded)")
+    return list(row["cpu_timeline"])
+
+
 def steal_of(timeline: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
     """SimOptions.cpu_steal from a ``cpu_timeline``: (seconds from the window's start, the host's steal share)."""
     return [(t_s, min(share, 0.99)) for t_s, _, share, *_ in timeline]
@@ -661,12 +653,10 @@ def steal_report(path: Path) -> int:
     )
     print("|---|---|---|---|---|---|---|")
     for r in done["results"]:
-        timeline, detail = r.get("cpu_timeline"), r.get("runs_detail")
-        if not timeline or not detail:
-            raise SystemExit(f"{path}: rate {r['rate_per_s']:.2f} has no cpu_timeline (made before it was recorded)")
+        timeline = timeline_of(path, r)
         quiet: list[float] = []
         hit: list[float] = []
-        for arrival_s, client_ms, _ in detail:
+        for arrival_s, client_ms, _ in r["runs_detail"]:
             if client_ms is None:
                 continue
             life = [x[2] for x in timeline if arrival_s - 1.0 <= x[0] <= arrival_s + client_ms / 1000.0 + 1.0]
@@ -695,8 +685,8 @@ def resimulate(
     """Simulate a finished validation's rows again (the same arrival lists: rate and seed), with the LLM ops
     slowed by ``slowdown``: e.g. the measured ÷ planned ratio of the light rate, to see whether the queueing
     model holds once the service time is right; ``steal``: with the host's steal each row's timeline measured
-    (SimOptions.cpu_steal). The plan is the stored one, else planned again (deterministic) and checked against the
-    stored prediction."""
+    (SimOptions.cpu_steal), charged as ``steal_model`` says. The plan is the stored one, else planned
+    again (deterministic) and checked against the stored prediction."""
     import yaml
 
     from compiler.spec import parse_graph
@@ -722,33 +712,36 @@ def resimulate(
                 f"re-planned {plan.predicted_e2e_ms} ms, the run's plan {done['plan']['predicted_e2e_ms']}"
             )
     slowed = fed_back(plan, {o.device: slowdown for o in plan.ops})
-    runtime = runtime_options(done, plan) if runtime_cpu else None
     if runtime_cpu and "runtime_cpu" not in done:
         raise SystemExit(f"{path} has no runtime_cpu measurement (made before it was measured)")
     print(
-        f"{done['graph']} ({done['date']}): LLM ops × {slowdown:g}; runtime CPU {runtime or 'not charged'}; "
+        f"{done['graph']} ({done['date']}): LLM ops × {slowdown:g}; runtime CPU "
+        f"{'per rate, at its lead-in (else at capacity)' if runtime_cpu else 'not charged'}; "
         f"host steal {f'as measured ({steal_model})' if steal else 'not charged'}"
     )
-    print("| load | rate runs/s | runs (ok) | measured p50 / p99 ms | sim p50 / p99 ms | error p50 / p99 |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| load | rate runs/s | runs (ok) | runtime CPU core-s per run / ms per token | measured p50 / p99 ms | "
+        "sim p50 / p99 ms | error p50 / p99 |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for r in done["results"]:
         times = arrival_times("poisson", r["rate_per_s"], done.get("duration_s", 90.0), r["seed"])
         if len(times) != r["runs"]:
             raise SystemExit(f"{len(times)} arrivals regenerated, the run had {r['runs']}: pass the run's --duration")
-        if runtime is not None:  # the CPU measured at this row's rate, when a lead-in measured it
-            runtime = runtime_options(done, plan, (r.get("lead_in") or {}).get("runtime_cpu"))
-        options = dict(runtime or {})
+        options: dict[str, Any] = {}
+        if runtime_cpu:  # the CPU measured at this row's rate, when a lead-in measured it
+            options |= runtime_options(done, plan, (r.get("lead_in") or {}).get("runtime_cpu"))
         if steal:
-            if not r.get("cpu_timeline"):
-                raise SystemExit(
-                    f"{path}: rate {r['rate_per_s']:.2f} has no cpu_timeline (made before it was recorded)"
-                )
-            options["cpu_steal"] = steal_of(r["cpu_timeline"])
-            options["steal_model"] = steal_model
-        sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma, options or None)
+            options |= {"cpu_steal": steal_of(timeline_of(path, r)), "steal_model": steal_model}
+        sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma, options)
         m = r["measured"]
+        charged = (
+            f"{options['runtime_cpu_s_per_run']:.2f} / {options['runtime_cpu_s_per_output_token'] * 1000:.2f}"
+            if runtime_cpu
+            else "–"
+        )
         print(
-            f"| {r['fraction']:.0%} | {r['rate_per_s']:.2f} | {r['runs']} ({r['succeeded']}) | "
+            f"| {r['fraction']:.0%} | {r['rate_per_s']:.2f} | {r['runs']} ({r['succeeded']}) | {charged} | "
             f"{m['p50_ms']:.0f} / {m['p99_ms']:.0f} | {sim.p50_ms:.0f} / {sim.p99_ms:.0f} | "
             f"{rel_error(sim.p50_ms, m['p50_ms']):+.0%} / {rel_error(sim.p99_ms, m['p99_ms']):+.0%} |"
         )
@@ -925,7 +918,7 @@ def main() -> int:
                 "plan": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma),
                 "fed_back": simulate(fed_back(plan, slowdown), graph_yaml, a.cluster, times, seed, a.size_sigma),
                 "runtime": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma, rt),
-                "steal": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma, with_steal),  # (d)
+                "with_steal": simulate(plan, graph_yaml, a.cluster, times, seed, a.size_sigma, with_steal),  # (d)
             }
             res = {"fraction": frac, "rate_per_s": rate, "seed": seed, **compare(rows, sims)}
             res["lead_in"] = lead

@@ -306,9 +306,9 @@ class _Simulation:
 
     def _core_pools(self) -> dict[str, CorePool]:
         pools = {}
+        steal = tuple((float(t), float(x)) for t, x in self.opts.cpu_steal or ())
         for d in self.plan.devices:
             if d.device_class == "cpu":
-                steal = tuple((float(t), float(x)) for t, x in self.opts.cpu_steal or ())
                 cores = float((d.cores or 1) * max(d.allocated, 1))
                 pools[d.device] = CorePool(cores, steal=steal, steal_model=self.opts.steal_model)
         return pools

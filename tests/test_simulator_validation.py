@@ -140,6 +140,10 @@ def test_compare_reads_percentiles_and_signed_errors(bench):
     row = {"fraction": 0.6, "rate_per_s": 3.0, "other_cpu": 0.25, **out, "fed_back": out["plan"]}
     line = bench.table([row]).splitlines()[-1]
     assert line.startswith("| 60% | 3.00 | 102 (101) | 25% | 51 / 100 | 61 / 80 | +20% / -20% |"), line
+    assert line.endswith("| +nan% / +nan% |"), line  # no (d) simulated
+    # as main() stores a rate: the measured steal share beside (d)'s simulation
+    row |= {"steal": 0.04, "with_steal": out["plan"]}
+    assert bench.table([row]).splitlines()[-1].endswith("| +20% / -20% |")
 
 
 def test_ttft_and_slowdown_are_read_from_the_daemons_documents(bench):

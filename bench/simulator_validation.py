@@ -680,7 +680,7 @@ def resimulate(
     size_sigma: float,
     runtime_cpu: bool = False,
     steal: bool = False,
-    steal_model: str = "proportional",
+    steal_model: str = "gang",
 ) -> int:
     """Simulate a finished validation's rows again (the same arrival lists: rate and seed), with the LLM ops
     slowed by ``slowdown``: e.g. the measured ÷ planned ratio of the light rate, to see whether the queueing
@@ -803,7 +803,7 @@ def main() -> int:
     p.add_argument(
         "--steal-model",
         choices=("proportional", "gang"),
-        default="proportional",
+        default="gang",
         help="How (d) and --resimulate --steal charge steal (SimOptions.steal_model).",
     )
     p.add_argument(

@@ -39,7 +39,8 @@ Model (the planner's notation, planner/ilp.py; what the plan fixes is read from 
                  GPU engines' front-ends run on host CPUs that are not a pool here: not charged
     Host steal   with SimOptions.cpu_steal, the share s(t) of the cores a VM's host took (hypervisor steal,
                  measured) is gone too: a service starting at t gets capacity · (1 − s(t)) − D
-                 (steal_model "gang": a service of c cores is stretched × (1 − s)^−⌈c⌉ beyond the sharing)
+                 (steal_model "gang", the default: a service of c cores is stretched × (1 − s)^−⌈c⌉ beyond the
+                 sharing instead; "proportional": as written)
     Run threads  with max_runs_in_flight = m (the daemon's Settings.max_runs_in_flight), at most m runs are in
                  the graph at once; later arrivals wait FIFO for one to finish, and their e2e and TTFT count it
     TTFT         arrival → the end of the first decode step of the final LLM (a streaming LLM if any, else the
@@ -129,9 +130,10 @@ class SimOptions(BaseModel):
     )
 
     steal_model: Literal["proportional", "gang"] = Field(
-        "proportional",
-        description="How cpu_steal slows a service: proportional (the pool's cores × (1 − s)) or gang (a service "
-        "holding c cores × (1 − s)^−⌈c⌉: a multi-threaded engine step waits for its slowest vCPU).",
+        "gang",
+        description="How cpu_steal slows a service: gang (a service holding c cores × (1 − s)^−⌈c⌉: a "
+        "multi-threaded engine step waits for its slowest vCPU; measured closer, docs/simulator.md) or proportional "
+        "(the pool's cores × (1 − s)).",
     )
 
     @field_validator("cpu_steal")

@@ -49,9 +49,10 @@ class CorePool:
     nice 0 and Ray's workers at nice 15 (Ray's default worker niceness), so the plan's ops get what is left.
     A service starting at t is stretched by (cores held) ÷ (capacity · (1 − s(t)) − D(t)) when that exceeds 1
     (processor sharing at its start); what is left is floored at MIN_LEFT_SHARE of the capacity. s(t) is the share
-    of the cores the host took (a VM's hypervisor steal, measured: ``steal``), 0 without a measurement; with
-    ``steal_model`` "gang" a service of c cores is instead stretched by the sharing without s, × (1 − s)^−⌈c⌉
-    (its threads meet at barriers, so it waits for whichever vCPU the host has descheduled)."""
+    of the cores the host took (a VM's hypervisor steal, measured: ``steal``), 0 without a measurement. With
+    ``steal_model`` "gang" (the default) a service of c cores is instead stretched by the sharing without s,
+    × (1 − s)^−⌈c⌉ (its threads meet at barriers, so it waits for whichever vCPU the host has descheduled);
+    "proportional" only shrinks the pool by s."""
 
     capacity: float  # cores × sockets allocated
     in_use: float = 0.0
@@ -61,9 +62,7 @@ class CorePool:
     charged_s: float = 0.0  # Σ core-seconds charged
     # the host's share s(t) as samples (t_k, s_k), t_k ascending: s_k holds over (t_{k-1}, t_k]; 0 after the last
     steal: tuple[tuple[float, float], ...] = ()
-    # "gang": a service holding c cores runs only while all ⌈c⌉ of its vCPUs do, each stretched by 1/(1 − s):
-    # × (1 − s)^−⌈c⌉ on top of the pool's sharing; "proportional": s only shrinks the pool
-    steal_model: str = "proportional"
+    steal_model: str = "gang"  # or "proportional": see the class docstring
 
     def stolen(self, now: float) -> float:
         """s(now): the share of the pool's cores the host took at ``now``."""

@@ -449,9 +449,9 @@ def test_host_steal_takes_its_share_of_the_cores_while_measured():
     # two threads both run only (1 − s)² of the time (40 ms)
     plan.ops[0].cores_per_replica = 2
     plan.devices = [_cpu_device(4)]
-    proportional = simulate(plan, graph, load_catalog(), [6.0], SimOptions(size_sigma=0, cpu_steal=steal))
-    gang = SimOptions(size_sigma=0, cpu_steal=steal, steal_model="gang")
-    assert proportional.p50_ms == pytest.approx(10.0)
+    proportional = SimOptions(size_sigma=0, cpu_steal=steal, steal_model="proportional")
+    assert simulate(plan, graph, load_catalog(), [6.0], proportional).p50_ms == pytest.approx(10.0)
+    gang = SimOptions(size_sigma=0, cpu_steal=steal)  # the default
     assert simulate(plan, graph, load_catalog(), [6.0], gang).p50_ms == pytest.approx(40.0)
     assert simulate(plan, graph, load_catalog(), [1.0], gang).p50_ms == pytest.approx(10.0)
     with pytest.raises(ValueError, match=r"shares must be in \[0, 1\)"):

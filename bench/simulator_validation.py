@@ -674,6 +674,39 @@ def steal_report(path: Path) -> int:
     return 0
 
 
+def engine_report(path: Path) -> int:
+    """Per rate of a finished run's JSON: how many requests the engine held on average (Σ the runs' engine e2e ÷ the
+    span from the first's start to the last's finish), the engine's median time per output token, and the
+    calibrated roofline's decode step at that batch (the profile under HETAGENT_DATA_DIR): how much slower the
+    engine stepped under load than the cost model says."""
+    from costmodels import work as W
+    from costmodels.catalog import load_catalog
+    from costmodels.roofline import roofline_step_s
+
+    done = json.loads(path.read_text())
+    catalog = load_catalog()
+    model = catalog.model(done["model"])
+    print(
+        "| load | rate runs/s | requests in the engine (mean) | engine ms per output token (median) | "
+        "roofline ms | ratio |"
+    )
+    print("|---|---|---|---|---|---|")
+    for r in done["results"]:
+        timeline_of(path, r)  # runs_detail came with it
+        spans = [(a + (c - e) / 1000.0, a + c / 1000.0) for a, c, e in r["runs_detail"] if c is not None and e]
+        prompt, output = r["tokens"]["prompt_tokens"][1], r["tokens"]["output_tokens"][1]
+        in_engine = sum(t - s0 for s0, t in spans) / (max(t for _, t in spans) - min(s0 for s0, _ in spans))
+        per_token_ms = statistics.median(e for _, c, e in r["runs_detail"] if c is not None and e) / output
+        device = catalog.device(next(o["device"] for o in done["plan_doc"]["ops"] if o["kind"] == "decode"))
+        work = W.decode_step_work(model, W.decode_mean_context(round(prompt), round(output)), max(1, round(in_engine)))
+        roof_ms = roofline_step_s(work, device, model.dtype, cores=device.cores)[0] * 1000.0
+        print(
+            f"| {r['fraction']:.0%} | {r['rate_per_s']:.2f} | {in_engine:.1f} | {per_token_ms:.1f} | {roof_ms:.1f} | "
+            f"{per_token_ms / roof_ms:.2f} |"
+        )
+    return 0
+
+
 def resimulate(
     path: Path,
     slowdown: float,
@@ -807,12 +840,20 @@ def main() -> int:
         help="How (d) and --resimulate --steal charge steal (SimOptions.steal_model).",
     )
     p.add_argument(
+        "--engine-report",
+        type=Path,
+        default=None,
+        help="No runs: per rate of this --json output, the engine's time per output token vs the roofline's.",
+    )
+    p.add_argument(
         "--steal-report",
         type=Path,
         default=None,
         help="No runs: per rate of this --json output, the host's steal and the runs it did not touch.",
     )
     a = p.parse_args()
+    if a.engine_report is not None:
+        return engine_report(a.engine_report)
     if a.steal_report is not None:
         return steal_report(a.steal_report)
     if a.resimulate is not None:

@@ -257,3 +257,24 @@ def test_steal_report_splits_runs_by_the_steal_in_their_lifetime(bench, tmp_path
     path.write_text(json.dumps({"results": [{"rate_per_s": 0.2, "fraction": 0.15}]}))
     with pytest.raises(SystemExit, match="no cpu_timeline"):
         bench.steal_report(path)
+
+
+def test_engine_report_reads_the_engines_batch_and_time_per_token(bench, tmp_path, capsys):
+    """Two runs of 256 tokens whose engine took 2,560 ms each, the second starting 1 s later: the engine held
+    (2 × 2.56 s) ÷ (0.44 s → 4.0 s) = 1.44 requests on average, at 10.0 ms per output token."""
+    import json
+
+    row = {
+        "fraction": 0.6,
+        "rate_per_s": 1.0,
+        "cpu_timeline": [[1.0, 0.0, 0.0, 1.0]],
+        "runs_detail": [[0.0, 3000.0, 2560.0], [1.0, 3000.0, 2560.0], [2.0, None, None]],
+        "tokens": {"prompt_tokens": [30, 34, 40], "output_tokens": [256, 256, 256]},
+    }
+    plan_doc = {"ops": [{"kind": "prefill", "device": "local-cpu"}, {"kind": "decode", "device": "local-cpu"}]}
+    path = tmp_path / "v.json"
+    path.write_text(json.dumps({"model": "tiny-llama", "plan_doc": plan_doc, "results": [row]}))
+    assert bench.engine_report(path) == 0
+    cells = capsys.readouterr().out.splitlines()[-1].split(" | ")
+    assert cells[1:4] == ["1.00", "1.4", "10.0"], cells
+    assert float(cells[4]) > 0

@@ -52,6 +52,7 @@ from typing import Any
 
 from costmodels.catalog import Catalog, ClusterInventory, DeviceClass, load_catalog, load_cluster
 from workers.actors import device_resource
+from workers.executor import ray_node_env
 
 DEVICE_RESOURCE_UNITS = 1000  # what a tier node advertises of its `device:<type>` resource (a replica asks 0.001)
 MARKER_ENV = "HETAGENT_RAY_CLUSTER"  # every process of a cluster inherits <MARKER_ENV>=<cluster id>
@@ -391,6 +392,7 @@ def _ray_executable() -> str:
 def _node_env(cluster_id: str, node: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS",)}
     env.update({"RAY_AUTH_MODE": "disabled", MARKER_ENV: cluster_id, NODE_ENV: node, "RAY_USAGE_STATS_ENABLED": "0"})
+    env.update(ray_node_env())
     return env
 
 

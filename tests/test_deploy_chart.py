@@ -242,6 +242,16 @@ def test_autoscaler_follows_the_control_loop(rendered):
     assert env["HETAGENT_CONTROL_DWELL_S"] == "300" and env["HETAGENT_CONTROL_WINDOW_S"] == "120"
 
 
+def test_the_gcs_keeps_a_bounded_number_of_task_events(rendered):
+    def head_env(objects: list[dict[str, Any]]) -> dict[str, str]:
+        (head,) = _one(objects, "RayCluster")["spec"]["headGroupSpec"]["template"]["spec"]["containers"]
+        return {e["name"]: e["value"] for e in head["env"]}
+
+    assert head_env(rendered["default"])["RAY_task_events_max_num_task_in_gcs"] == "10000"
+    small = render_chart({"rayCluster": {"head": {"taskEventsMax": 500}}})
+    assert head_env(small)["RAY_task_events_max_num_task_in_gcs"] == "500"
+
+
 def test_daemon_probes_security_and_ray_address(rendered):
     from orchestrator.routers.system import router
 
@@ -412,6 +422,11 @@ BAD_VALUES = [
         "unknown accelerator resource",
         {"rayCluster": {"workerGroups": [_worker_group(acceleratorResource="nvidia.com/mig-1g.10gb")]}},
         "at '/rayCluster/workerGroups/0/acceleratorResource': value must be one of",
+    ),
+    (
+        "no task events kept",
+        {"rayCluster": {"head": {"taskEventsMax": 0}}},
+        "at '/rayCluster/head/taskEventsMax': minimum: got 0, want 1",
     ),
     (
         "bad scrape interval",

@@ -73,6 +73,27 @@ def _runner(graph):
     return GraphRunner(graph, plan)
 
 
+def test_the_local_rays_gcs_keeps_a_bounded_number_of_task_events(ray_local):
+    """The GCS process of the local Ray ensure_ray started has the task-event cap in its environment (Ray reads
+    RAY_task_events_max_num_task_in_gcs there; its own log names the variable when the cap is reached)."""
+    import psutil
+
+    from workers.executor import RAY_TASK_EVENTS_ENV, ray_node_env
+
+    gcs = [p for p in psutil.Process().children(recursive=True) if p.name() == "gcs_server"]
+    assert len(gcs) == 1, [p.name() for p in psutil.Process().children(recursive=True)]
+    assert gcs[0].environ()[RAY_TASK_EVENTS_ENV] == ray_node_env()[RAY_TASK_EVENTS_ENV]
+
+
+def test_the_task_event_cap_defaults_and_yields_to_the_users(monkeypatch):
+    from workers.executor import RAY_TASK_EVENTS_ENV, ray_node_env
+
+    monkeypatch.delenv(RAY_TASK_EVENTS_ENV, raising=False)
+    assert ray_node_env() == {RAY_TASK_EVENTS_ENV: "10000"}
+    monkeypatch.setenv(RAY_TASK_EVENTS_ENV, "77")
+    assert ray_node_env() == {RAY_TASK_EVENTS_ENV: "77"}
+
+
 def test_fan_out_runs_in_parallel(ray_local, slow_server):
     k = 4
     nodes = [

@@ -73,16 +73,32 @@ def _runner(graph):
     return GraphRunner(graph, plan)
 
 
-def test_the_local_rays_gcs_keeps_a_bounded_number_of_task_events(ray_local):
-    """The GCS process of the local Ray ensure_ray started has the task-event cap in its environment (Ray reads
-    RAY_task_events_max_num_task_in_gcs there; its own log names the variable when the cap is reached)."""
-    import psutil
+def test_the_local_rays_gcs_keeps_a_bounded_number_of_task_events():
+    """The GCS process of a local Ray that ensure_ray starts has the task-event cap in its environment (Ray reads
+    RAY_task_events_max_num_task_in_gcs there; its own log names the variable when the cap is reached). In a process
+    of its own, so no other test's Ray (or its exited processes) is among its children."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
-    from workers.executor import RAY_TASK_EVENTS_ENV, ray_node_env
+    from workers.executor import RAY_TASK_EVENTS_ENV
 
-    gcs = [p for p in psutil.Process().children(recursive=True) if p.name() == "gcs_server"]
-    assert len(gcs) == 1, [p.name() for p in psutil.Process().children(recursive=True)]
-    assert gcs[0].environ()[RAY_TASK_EVENTS_ENV] == ray_node_env()[RAY_TASK_EVENTS_ENV]
+    code = (
+        "import psutil, ray\n"
+        "from workers.executor import RAY_TASK_EVENTS_ENV, ensure_ray\n"
+        "ensure_ray(None, ['local-cpu'])\n"
+        "gcs = [p for p in psutil.Process().children(recursive=True) if p.name() == 'gcs_server']\n"
+        "print(len(gcs), gcs[0].environ().get(RAY_TASK_EVENTS_ENV) if gcs else None)\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", RAY_TASK_EVENTS_ENV)}
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.splitlines()[-1] == "1 10000", done.stdout
 
 
 def test_the_task_event_cap_defaults_and_yields_to_the_users(monkeypatch):

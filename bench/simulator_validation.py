@@ -626,11 +626,12 @@ def runtime_options(out: dict[str, Any], plan: Any, at_rate: dict[str, Any] | No
     }
 
 
-def timeline_of(path: Path, row: dict[str, Any]) -> list[list[float]]:
-    """A stored rate's 1 s CPU timeline, or a clear exit for a run made before it was recorded."""
+def recorded(path: Path, row: dict[str, Any]) -> tuple[list[list[float]], list[list[Any]]]:
+    """A stored rate's 1 s CPU timeline and its runs' (arrival s, client ms, engine ms), recorded together; a clear
+    exit for a run made before they were."""
     if not row.get("cpu_timeline") or not row.get("runs_detail"):
         raise SystemExit(f"{path}: rate {row['rate_per_s']:.2f} has no cpu_timeline (made before it was recorded)")
-    return list(row["cpu_timeline"])
+    return list(row["cpu_timeline"]), list(row["runs_detail"])
 
 
 def steal_of(timeline: Sequence[Sequence[float]]) -> list[tuple[float, float]]:
@@ -653,10 +654,10 @@ def steal_report(path: Path) -> int:
     )
     print("|---|---|---|---|---|---|---|")
     for r in done["results"]:
-        timeline = timeline_of(path, r)
+        timeline, detail = recorded(path, r)
         quiet: list[float] = []
         hit: list[float] = []
-        for arrival_s, client_ms, _ in r["runs_detail"]:
+        for arrival_s, client_ms, _ in detail:
             if client_ms is None:
                 continue
             life = [x[2] for x in timeline if arrival_s - 1.0 <= x[0] <= arrival_s + client_ms / 1000.0 + 1.0]
@@ -692,11 +693,11 @@ def engine_report(path: Path) -> int:
     )
     print("|---|---|---|---|---|---|")
     for r in done["results"]:
-        timeline_of(path, r)  # runs_detail came with it
-        spans = [(a + (c - e) / 1000.0, a + c / 1000.0) for a, c, e in r["runs_detail"] if c is not None and e]
+        finished = [(a, c, e) for a, c, e in recorded(path, r)[1] if c is not None and e]
+        spans = [(a + (c - e) / 1000.0, a + c / 1000.0) for a, c, e in finished]
         prompt, output = r["tokens"]["prompt_tokens"][1], r["tokens"]["output_tokens"][1]
         in_engine = sum(t - s0 for s0, t in spans) / (max(t for _, t in spans) - min(s0 for s0, _ in spans))
-        per_token_ms = statistics.median(e for _, c, e in r["runs_detail"] if c is not None and e) / output
+        per_token_ms = statistics.median(e for _, _, e in finished) / output
         device = catalog.device(next(o["device"] for o in done["plan_doc"]["ops"] if o["kind"] == "decode"))
         work = W.decode_step_work(model, W.decode_mean_context(round(prompt), round(output)), max(1, round(in_engine)))
         roof_ms = roofline_step_s(work, device, model.dtype, cores=device.cores)[0] * 1000.0
@@ -765,7 +766,7 @@ def resimulate(
         if runtime_cpu:  # the CPU measured at this row's rate, when a lead-in measured it
             options |= runtime_options(done, plan, (r.get("lead_in") or {}).get("runtime_cpu"))
         if steal:
-            options |= {"cpu_steal": steal_of(timeline_of(path, r)), "steal_model": steal_model}
+            options |= {"cpu_steal": steal_of(recorded(path, r)[0]), "steal_model": steal_model}
         sim = simulate(slowed, graph_yaml, done["cluster"], times, r["seed"], size_sigma, options)
         m = r["measured"]
         charged = (
